@@ -1,0 +1,126 @@
+//! Programs on each container's host-side veth (`fy<id>`).
+//!
+//! Everything a container sends arrives at `from_container` (tc ingress);
+//! everything the host stack delivers to a container leaves through
+//! `to_container` (tc egress). Packets redirected from one container to
+//! another skip the host stack and both programs on the destination veth, so
+//! `from_container` counts them for the destination itself.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
+};
+use ferry_common::{DropReason, EndpointKey};
+
+use crate::{
+    counters::{count_rx, count_tx, drop_packet},
+    maps::endpoints,
+    parse::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, mac_eq, ptr_at, pull},
+};
+
+/// tc ingress on a container's host-side veth: every packet the container
+/// sends.
+///
+/// Verdicts: `TC_ACT_REDIRECT` straight into the destination container's
+/// `eth0` (`bpf_redirect_peer`) when the destination is a local container on
+/// the same network; `TC_ACT_OK` to the host stack for anything else from the
+/// container (the host itself; later: NAT); `TC_ACT_SHOT` for spoofed,
+/// malformed, cross-network or non-IPv4 traffic, counted by reason. ARP
+/// passes to the host untouched: containers hold a permanent entry for their
+/// gateway, and the host's entries for containers are permanent too, so ARP
+/// can neither be needed nor poison anything.
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    match try_from_container(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop_packet(reason),
+    }
+}
+
+#[inline(always)]
+fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
+    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN);
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: `ptr_at` checked that the Ethernet header is inside the packet.
+    let proto = unsafe { (*eth).proto() };
+    match proto {
+        ETH_P_IP => {}
+        ETH_P_ARP => return Ok(TC_ACT_OK as i32),
+        _ => return Err(DropReason::UnsupportedL3),
+    }
+
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `ptr_at`; the header is only read here.
+    let (src, dst) = unsafe {
+        if (*ip).version() != 4 || (*ip).header_len() < IPV4_MIN_HLEN {
+            return Err(DropReason::Malformed);
+        }
+        (EndpointKey { ip: (*ip).src }, EndpointKey { ip: (*ip).dst })
+    };
+
+    // Anti-spoofing: the source must be the container behind this veth,
+    // with its own MAC.
+    // SAFETY: a hash map value is valid for the duration of the program run
+    // (RCU); ferryd only replaces endpoints whole.
+    let Some(me) = (unsafe { endpoints.get(&src) }) else {
+        return Err(DropReason::SpoofedIp);
+    };
+    // SAFETY: the program runs on an skb, `ctx.skb.skb` is the kernel's
+    // `__sk_buff` context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if me.ifindex != ifindex {
+        return Err(DropReason::SpoofedIp);
+    }
+    // SAFETY: Ethernet header bounds checked above.
+    if !mac_eq(unsafe { &(*eth).src }, &me.mac) {
+        return Err(DropReason::SpoofedMac);
+    }
+    count_tx(&src, ctx.len());
+
+    // SAFETY: as for `me`.
+    let Some(peer) = (unsafe { endpoints.get(&dst) }) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    if peer.net_id != me.net_id {
+        return Err(DropReason::PolicyDenied);
+    }
+    // Make the frame look as if the peer's gateway had sent it.
+    // SAFETY: Ethernet header bounds checked above.
+    unsafe {
+        (*eth).dst = peer.mac;
+        (*eth).src = peer.host_mac;
+    }
+    count_rx(&dst, ctx.len());
+    // SAFETY: a plain helper call; it only records the target ifindex.
+    let verdict = unsafe { bpf_redirect_peer(peer.ifindex, 0) };
+    if verdict != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// tc egress on a container's host-side veth: what the host stack delivers
+/// to the container. Counts it for the destination endpoint; always
+/// `TC_ACT_OK` (this hook only observes).
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    pull(&ctx, ETH_HLEN + IPV4_MIN_HLEN);
+    let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    if unsafe { (*eth).proto() } != ETH_P_IP {
+        return TC_ACT_OK as i32;
+    }
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN) else {
+        return TC_ACT_OK as i32;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let dst = EndpointKey {
+        ip: unsafe { (*ip).dst },
+    };
+    count_rx(&dst, ctx.len());
+    TC_ACT_OK as i32
+}

@@ -1,0 +1,34 @@
+//! ferry's kernel side: one module per attach point (`lxc`: the host-side
+//! veth of each container) and one per subsystem (`parse`, `counters`), all
+//! maps in `maps`.
+//!
+//! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
+//! target this crate is an empty binary so workspace-wide tooling still works.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod lxc;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod parse;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach a panic, so this is
+    // never called; it only satisfies no_std linking.
+    loop {}
+}
+
+/// "Dual MIT/GPL" makes the object GPL-compatible for the kernel, which
+/// several helpers (e.g. `bpf_fib_lookup`) require.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

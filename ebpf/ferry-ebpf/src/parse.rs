@@ -1,0 +1,82 @@
+//! Header layouts and bounds-checked access to packet bytes.
+//!
+//! Headers are byte arrays only (alignment 1), so a pointer at any packet
+//! offset is valid to read once its bounds are checked.
+
+use aya_ebpf::programs::TcContext;
+use ferry_common::DropReason;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const IPV4_MIN_HLEN: usize = 20;
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// Network byte order.
+    pub proto: [u8; 2],
+}
+
+impl EthHdr {
+    #[inline(always)]
+    pub fn proto(&self) -> u16 {
+        u16::from_be_bytes(self.proto)
+    }
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub version_ihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frag_off: [u8; 2],
+    pub ttl: u8,
+    pub protocol: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+}
+
+impl Ipv4Hdr {
+    #[inline(always)]
+    pub fn version(&self) -> u8 {
+        self.version_ihl >> 4
+    }
+
+    /// Header length in bytes.
+    #[inline(always)]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.version_ihl & 0x0f) * 4
+    }
+}
+
+/// A pointer to a `T` at `offset` into the packet, after checking that the
+/// whole `T` lies inside the linear data.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, DropReason> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return Err(DropReason::Malformed);
+    }
+    Ok((start + offset) as *mut T)
+}
+
+/// Makes the first `len` bytes linear when they are not, so `ptr_at` can
+/// reach them. Packets shorter than `len` stay as they are; `ptr_at` then
+/// reports them as malformed.
+#[inline(always)]
+pub fn pull(ctx: &TcContext, len: usize) {
+    if ctx.data() + len > ctx.data_end() {
+        let _ignored = ctx.pull_data(len as u32);
+    }
+}
+
+/// Compares two MAC addresses without a `memcmp` call (there is none in BPF).
+#[inline(always)]
+pub fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
+}

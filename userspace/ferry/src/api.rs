@@ -1,0 +1,300 @@
+//! The HTTP/JSON API on ferryd's unix socket, shaped like Docker's Engine
+//! API where that fits. The types here are shared with the `ferry` client.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State, rejection::JsonRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    daemon::Daemon,
+    link::mac_to_string,
+    state::{ContainerRecord, Status},
+};
+
+pub const API_VERSION: &str = "0.1";
+
+/// `POST /containers/run`: create and start a container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerState {
+    pub status: String,
+    pub running: bool,
+    pub pid: u32,
+    pub exit_code: i32,
+    pub finished_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfig {
+    pub hostname: String,
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSettings {
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mac_address: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettings {
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    pub gateway: String,
+    pub mac_address: String,
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// What ferry adds to Docker's inspect shape: the host side of the wiring.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FerrySettings {
+    pub host_veth: String,
+    pub host_veth_ifindex: u32,
+    pub host_veth_mac: String,
+    pub monitor_pid: u32,
+}
+
+/// `ferry inspect` / `GET /containers/{id}/json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerJson {
+    pub id: String,
+    pub name: String,
+    pub created: u64,
+    pub state: ContainerState,
+    pub config: ContainerConfig,
+    pub network_settings: NetworkSettings,
+    pub ferry: FerrySettings,
+}
+
+impl From<&ContainerRecord> for ContainerJson {
+    fn from(r: &ContainerRecord) -> Self {
+        let gateway = std::net::Ipv4Addr::from(ferry_common::GATEWAY_V4).to_string();
+        let (network_settings, ferry) = match &r.network {
+            Some(n) => {
+                let endpoint = EndpointSettings {
+                    ip_address: n.ip.to_string(),
+                    ip_prefix_len: 32,
+                    gateway: gateway.clone(),
+                    mac_address: mac_to_string(&n.mac),
+                };
+                (
+                    NetworkSettings {
+                        ip_address: endpoint.ip_address.clone(),
+                        gateway,
+                        mac_address: endpoint.mac_address.clone(),
+                        networks: BTreeMap::from([("bridge".to_owned(), endpoint)]),
+                    },
+                    FerrySettings {
+                        host_veth: n.host_ifname.clone(),
+                        host_veth_ifindex: n.host_ifindex,
+                        host_veth_mac: mac_to_string(&n.host_mac),
+                        monitor_pid: r.monitor_pid.unwrap_or(0),
+                    },
+                )
+            }
+            None => (NetworkSettings::default(), FerrySettings::default()),
+        };
+        Self {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            created: r.created,
+            state: ContainerState {
+                status: r.status.as_str().to_owned(),
+                running: r.status == Status::Running,
+                pid: r.pid.unwrap_or(0),
+                exit_code: r.exit_code.unwrap_or(0),
+                finished_at: r.finished.unwrap_or(0),
+            },
+            config: ContainerConfig {
+                hostname: r.hostname.clone(),
+                env: r.env.clone(),
+                cmd: r.cmd.clone(),
+            },
+            network_settings,
+            ferry,
+        }
+    }
+}
+
+/// `GET /containers/{id}/stats`: datapath counters of one container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// `GET /datapath`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DatapathJson {
+    pub pin_dir: String,
+    pub endpoints: usize,
+    pub programs: Vec<String>,
+    /// Drop counters by reason name.
+    pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// An API failure: the HTTP status says which kind, the message says what.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = ErrorBody {
+            message: self.to_string(),
+        };
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct StopQuery {
+    t: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/_ping", get(|| async { "OK" }))
+        .route("/version", get(|| async { Json(serde_json::json!({ "ApiVersion": API_VERSION, "Version": env!("CARGO_PKG_VERSION") })) }))
+        .route("/containers/run", post(run))
+        .route("/containers/json", get(list))
+        .route("/containers/{id}/json", get(inspect))
+        .route("/containers/{id}/stop", post(stop))
+        .route("/containers/{id}/stats", get(stats))
+        .route("/containers/{id}", delete(remove))
+        .route("/datapath", get(datapath))
+        .with_state(daemon)
+}
+
+async fn run(
+    State(d): State<Arc<Daemon>>,
+    body: Result<Json<RunRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<ContainerJson>), ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let record = d.run(req).await?;
+    Ok((StatusCode::CREATED, Json(ContainerJson::from(&record))))
+}
+
+async fn list(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<ListQuery>,
+) -> Json<Vec<ContainerJson>> {
+    Json(
+        d.list(q.all)
+            .await
+            .iter()
+            .map(ContainerJson::from)
+            .collect(),
+    )
+}
+
+async fn inspect(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<ContainerJson>, ApiError> {
+    Ok(Json(ContainerJson::from(&d.inspect(&id).await?)))
+}
+
+async fn stop(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> Result<StatusCode, ApiError> {
+    d.stop(&id, q.t.unwrap_or(10)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    d.remove(&id, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<NetStats>, ApiError> {
+    Ok(Json(d.stats(&id).await?))
+}
+
+async fn datapath(State(d): State<Arc<Daemon>>) -> Result<Json<DatapathJson>, ApiError> {
+    Ok(Json(d.datapath_info().await?))
+}

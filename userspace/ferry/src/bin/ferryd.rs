@@ -1,0 +1,95 @@
+//! `ferryd`: the ferry daemon.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ferry::{
+    config::{self, Config},
+    container, daemon,
+};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(version, about = "ferry daemon: containers on an eBPF datapath")]
+struct Args {
+    /// Subnet containers get their addresses from.
+    #[arg(long, default_value = config::DEFAULT_SUBNET)]
+    subnet: String,
+    /// Persistent state (containers, logs).
+    #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Run-time state (lock file).
+    #[arg(long, default_value = config::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+    /// Where maps and programs are pinned (on a bpf filesystem).
+    #[arg(long, default_value = config::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// The API socket.
+    #[arg(long, short = 'H', default_value = config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Group allowed to use the API socket besides root.
+    #[arg(long)]
+    group: Option<String>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Remove every container, attachment, pin and state file of this
+    /// configuration (ferryd must be stopped).
+    Reset,
+}
+
+fn main() -> ExitCode {
+    // The container init stage is this same binary, re-executed.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == container::INIT_ARG)
+    {
+        container::init_main();
+    }
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ferryd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = Config {
+        subnet: config::parse_subnet(&args.subnet)?,
+        socket_gid: args.group.as_deref().map(config::parse_group).transpose()?,
+        state_dir: args.state_dir,
+        run_dir: args.run_dir,
+        pin_dir: args.pin_dir,
+        socket: args.socket,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match args.command {
+            None => daemon::serve(config).await,
+            Some(Command::Reset) => daemon::reset(&config).await,
+        }
+    })
+}

@@ -1,0 +1,100 @@
+//! The API client used by the `ferry` CLI: HTTP/1.1 over ferryd's unix socket.
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, StatusCode, body::Bytes};
+use hyper_util::rt::TokioIo;
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::net::UnixStream;
+
+use crate::api::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach ferryd at {path}: {source} (is ferryd running?)")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to ferryd: {0}")]
+    Http(String),
+    /// ferryd answered with an error: its message is the whole story.
+    #[error("{message}")]
+    Api { status: StatusCode, message: String },
+}
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            socket: socket.to_owned(),
+        }
+    }
+
+    /// Sends one request; decodes a JSON answer, or returns ferryd's error.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let bytes = self.raw(method, path, body).await?;
+        let bytes = if bytes.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            bytes
+        };
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Http(format!("bad answer: {e}")))
+    }
+
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Bytes, ClientError> {
+        let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    path: self.socket.clone(),
+                    source,
+                })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http(&e))?;
+        tokio::spawn(conn);
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| http(&e))?,
+            None => Vec::new(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("http://ferryd{path}"))
+            .header("host", "ferryd")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| http(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| http(&e))?;
+        let status = response.status();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| http(&e))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<ErrorBody>(&bytes)
+            .map(|b| b.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        Err(ClientError::Api { status, message })
+    }
+}

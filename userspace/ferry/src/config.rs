@@ -1,0 +1,114 @@
+//! ferryd's configuration: paths, the container subnet, the API socket.
+
+use std::{net::Ipv4Addr, path::PathBuf};
+
+use ipnet::Ipv4Net;
+
+/// Default locations; every one can be overridden so that tests and a
+/// production daemon never share state.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferry";
+pub const DEFAULT_RUN_DIR: &str = "/run/ferry";
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ferry";
+pub const DEFAULT_SOCKET: &str = "/run/ferry/ferry.sock";
+pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid subnet {value:?}: {reason}")]
+    Subnet { value: String, reason: String },
+    #[error("unknown group {0:?} for the API socket")]
+    Group(String),
+}
+
+/// Everything ferryd needs to know at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Group that may use the API socket (mode 0660), `None` for root only.
+    pub socket_gid: Option<u32>,
+    pub subnet: Ipv4Net,
+}
+
+/// Parses and checks a container subnet: IPv4 CIDR, network address given
+/// exactly, room for at least one container besides the reserved addresses.
+pub fn parse_subnet(value: &str) -> Result<Ipv4Net, ConfigError> {
+    let err = |reason: &str| ConfigError::Subnet {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let net: Ipv4Net = value
+        .parse()
+        .map_err(|_| err("expected an IPv4 CIDR such as 10.88.0.0/16"))?;
+    if net.network() != net.addr() {
+        return Err(err(&format!(
+            "host bits are set; did you mean {}?",
+            net.trunc()
+        )));
+    }
+    if net.prefix_len() > 30 {
+        return Err(err(
+            "prefix longer than /30 leaves no address for containers",
+        ));
+    }
+    if net.contains(&Ipv4Addr::new(169, 254, 1, 1)) || net.addr().is_loopback() {
+        return Err(err("overlaps loopback or the 169.254.1.1 gateway"));
+    }
+    if net.addr().is_multicast() || net.addr().is_broadcast() {
+        return Err(err("not a unicast range"));
+    }
+    Ok(net)
+}
+
+/// Resolves a group name (or numeric gid) for the API socket.
+pub fn parse_group(name: &str) -> Result<u32, ConfigError> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        _ => Err(ConfigError::Group(name.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_accepts_plain_cidrs() {
+        let net = parse_subnet("10.88.0.0/16").expect("valid");
+        assert_eq!(net.prefix_len(), 16);
+        assert!(parse_subnet("192.168.7.0/30").is_ok());
+    }
+
+    #[test]
+    fn subnet_rejects_bad_input_with_a_reason() {
+        for (input, reason) in [
+            ("10.88.0.0/33", "CIDR"),
+            ("banana", "CIDR"),
+            ("10.88.0.1/16", "host bits"),
+            ("10.0.0.0/31", "/30"),
+            ("169.254.0.0/16", "gateway"),
+            ("127.0.0.0/8", "loopback"),
+            ("224.0.0.0/8", "unicast"),
+            ("fd00::/64", "CIDR"),
+        ] {
+            let err = parse_subnet(input).expect_err(input).to_string();
+            assert!(err.contains(reason), "{input}: {err}");
+            assert!(
+                err.contains(input),
+                "{input}: error does not name the input: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn group_accepts_numbers_and_names() {
+        assert_eq!(parse_group("0").expect("gid"), 0);
+        assert_eq!(parse_group("root").expect("root group"), 0);
+        assert!(parse_group("no-such-group-ferry").is_err());
+    }
+}

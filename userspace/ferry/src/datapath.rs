@@ -1,0 +1,329 @@
+//! The eBPF datapath: loads the embedded object, pins maps and programs
+//! under the pin directory (default /sys/fs/bpf/ferry), attaches the
+//! programs to container veths and writes the maps.
+//!
+//! Pins (one line each in docs/datapath.md):
+//! - `<pin>/endpoints`, `<pin>/ep_stats`, `<pin>/drops`: the maps, reused by
+//!   a restarted ferryd so counters and entries survive it;
+//! - `<pin>/progs/from_container`, `<pin>/progs/to_container`: the programs.
+//!
+//! Attachments are netlink cls_bpf filters (`tc filter show`, `bpftool net
+//! show` list them by program name). They belong to the interface, not to
+//! ferryd: they stay when ferryd exits and go when the veth is deleted.
+
+use std::{
+    collections::HashMap,
+    io,
+    mem::ManuallyDrop,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
+    },
+    util::nr_cpus,
+};
+use ferry_common::{DropReason, Endpoint, EndpointKey, EndpointStats};
+use tracing::{debug, info};
+
+/// The kernel object built by build.rs from `ebpf/ferry-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-datapath"));
+
+pub const MAP_ENDPOINTS: &str = "endpoints";
+pub const MAP_EP_STATS: &str = "ep_stats";
+pub const MAP_DROPS: &str = "drops";
+const MAPS: [&str; 3] = [MAP_ENDPOINTS, MAP_EP_STATS, MAP_DROPS];
+
+pub const PROG_FROM_CONTAINER: &str = "from_container";
+pub const PROG_TO_CONTAINER: &str = "to_container";
+
+const BPF_NOEXIST: u64 = 1;
+
+/// Where ferry's filters sit in the clsact hooks, fixed so a restarted ferryd
+/// replaces its own filter in place rather than adding a second one.
+const TC_PRIORITY: u16 = 1;
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("cannot create pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot load the eBPF object: {0}")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("cannot pin {what} at {path}: {reason}")]
+    Pin {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot attach {program} to {ifname}: {source}")]
+    Attach {
+        program: &'static str,
+        ifname: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+}
+
+/// A loaded datapath. Dropping it keeps every pin and attachment.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    /// Attachments made by this process, kept but never detached on drop.
+    links: HashMap<(String, &'static str), ManuallyDrop<SchedClassifierLink>>,
+}
+
+impl Datapath {
+    /// Loads the programs, reusing maps already pinned in `pin_dir` (so a
+    /// restarted ferryd keeps entries and counters) and pinning everything.
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        let progs_dir = pin_dir.join("progs");
+        std::fs::create_dir_all(&progs_dir).map_err(|source| DatapathError::PinDir {
+            path: progs_dir.clone(),
+            source,
+        })?;
+        let map_paths: Vec<(&str, PathBuf)> = MAPS
+            .iter()
+            .map(|name| (*name, pin_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+            let prog = classifier(&mut ebpf, name)?;
+            prog.load()
+                .map_err(|source| DatapathError::Program { name, source })?;
+            let path = progs_dir.join(name);
+            // A pin from an earlier ferryd points at the old program: the new
+            // one takes its place (attached filters are swapped in `attach`).
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(DatapathError::Pin {
+                        what: name,
+                        path,
+                        reason: e.to_string(),
+                    });
+                }
+                _ => {}
+            }
+            prog.pin(&path).map_err(|e| DatapathError::Pin {
+                what: name,
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        info!(pin_dir = %pin_dir.display(), "datapath loaded");
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            links: HashMap::new(),
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Attaches `from_container` (ingress) and `to_container` (egress) to a
+    /// container's host-side veth, replacing ferry's filters if an earlier
+    /// ferryd left them there.
+    pub fn attach(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        match qdisc_add_clsact(ifname) {
+            Err(e) if !is_eexist(&e) => {
+                return Err(DatapathError::Attach {
+                    program: "clsact qdisc",
+                    ifname: ifname.to_owned(),
+                    source: ProgramError::from(e),
+                });
+            }
+            _ => {}
+        }
+        for (program, hook) in [
+            (PROG_FROM_CONTAINER, TcAttachType::Ingress),
+            (PROG_TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            let prog = classifier(&mut self.ebpf, program)?;
+            let fail = |source| DatapathError::Attach {
+                program,
+                ifname: ifname.to_owned(),
+                source,
+            };
+            let options = TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle: TC_HANDLE,
+                classid: None,
+            });
+            let id = match prog.attach_with_options(ifname, hook, options) {
+                Ok(id) => id,
+                Err(err) if is_program_eexist(&err) => {
+                    debug!(ifname, program, "replacing an existing filter");
+                    let existing =
+                        SchedClassifierLink::attached(ifname, hook, TC_PRIORITY, TC_HANDLE, None)
+                            .map_err(|e| {
+                            fail(ProgramError::from(aya::programs::tc::TcError::IoError(e)))
+                        })?;
+                    prog.attach_to_link(existing).map_err(fail)?
+                }
+                Err(err) => return Err(fail(err)),
+            };
+            let link = prog.take_link(id).map_err(fail)?;
+            self.links
+                .insert((ifname.to_owned(), program), ManuallyDrop::new(link));
+        }
+        Ok(())
+    }
+
+    /// Forgets the attachments of an interface that is being deleted (the
+    /// kernel removes the filters with the interface).
+    pub fn forget(&mut self, ifname: &str) {
+        self.links.retain(|(name, _), _| name != ifname);
+    }
+
+    fn map(&mut self, name: &'static str) -> Result<&mut Map, DatapathError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))
+    }
+
+    /// Publishes a container to the datapath, with zeroed counters.
+    pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DatapathError> {
+        let key = EndpointKey { ip: ip.octets() };
+        let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
+        let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
+            .map_err(|e| DatapathError::Cpus(e.to_string()))?;
+        let mut stats: PerCpuHashMap<_, EndpointKey, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        // BPF_NOEXIST: re-adding an endpoint (adoption) keeps its counters.
+        match stats.insert(key, zeros, BPF_NOEXIST) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+            other => other.map_err(map_err(MAP_EP_STATS))?,
+        }
+        let mut endpoints: BpfHashMap<_, EndpointKey, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        endpoints
+            .insert(key, endpoint, 0)
+            .map_err(map_err(MAP_ENDPOINTS))
+    }
+
+    /// Removes a container from the datapath. Missing entries are fine.
+    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
+        let key = EndpointKey { ip: ip.octets() };
+        let mut endpoints: BpfHashMap<_, EndpointKey, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        ignore_missing(endpoints.remove(&key)).map_err(map_err(MAP_ENDPOINTS))?;
+        let mut stats: PerCpuHashMap<_, EndpointKey, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        ignore_missing(stats.remove(&key)).map_err(map_err(MAP_EP_STATS))
+    }
+
+    /// A container's counters, summed over CPUs.
+    pub fn endpoint_stats(&mut self, ip: Ipv4Addr) -> Result<EndpointStats, DatapathError> {
+        let key = EndpointKey { ip: ip.octets() };
+        let stats: PerCpuHashMap<_, EndpointKey, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        match stats.get(&key, 0) {
+            Ok(values) => Ok(values
+                .iter()
+                .fold(EndpointStats::default(), |acc, v| acc.merged(*v))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(EndpointStats::default()),
+            Err(source) => Err(DatapathError::Map {
+                map: MAP_EP_STATS,
+                source,
+            }),
+        }
+    }
+
+    /// Drop counters by reason, summed over CPUs.
+    pub fn drops(&mut self) -> Result<Vec<(DropReason, u64)>, DatapathError> {
+        let drops: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(MAP_DROPS)?).map_err(map_err(MAP_DROPS))?;
+        DropReason::ALL
+            .iter()
+            .map(|reason| {
+                let values = drops
+                    .get(&(*reason as u32), 0)
+                    .map_err(map_err(MAP_DROPS))?;
+                Ok((*reason, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// Number of endpoints in the map.
+    pub fn endpoint_count(&mut self) -> Result<usize, DatapathError> {
+        let endpoints: BpfHashMap<_, EndpointKey, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        Ok(endpoints.keys().filter(Result::is_ok).count())
+    }
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, DatapathError> {
+    let missing = || DatapathError::Program {
+        name,
+        source: ProgramError::UnexpectedProgramType,
+    };
+    ebpf.program_mut(name)
+        .ok_or_else(missing)?
+        .try_into()
+        .map_err(|source| DatapathError::Program { name, source })
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn is_eexist(e: &aya::programs::tc::TcError) -> bool {
+    match e {
+        aya::programs::tc::TcError::NetlinkError(e) => e.raw_os_error() == Some(libc::EEXIST),
+        aya::programs::tc::TcError::IoError(e) => e.raw_os_error() == Some(libc::EEXIST),
+        _ => false,
+    }
+}
+
+fn is_program_eexist(e: &ProgramError) -> bool {
+    matches!(e, ProgramError::TcError(tc) if is_eexist(tc))
+}

@@ -1,0 +1,16 @@
+//! ferry: containers with bridge-mode isolation whose forwarding runs in eBPF.
+//!
+//! The library holds everything `ferryd` (the daemon) and `ferry` (the CLI)
+//! share. Each module owns one kind of kernel object or one piece of state.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod container;
+pub mod daemon;
+pub mod datapath;
+pub mod ipam;
+pub mod link;
+pub mod netns;
+pub mod preflight;
+pub mod state;

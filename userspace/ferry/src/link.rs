@@ -1,0 +1,229 @@
+//! Interfaces, addresses, routes and neighbours via rtnetlink.
+//!
+//! A `Netlink` handle is bound to the network namespace it was opened in, so
+//! ferryd configures a container's side by opening a handle inside the
+//! container's namespace, never by moving the daemon's thread around while
+//! awaiting.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
+    neighbour::NeighbourState,
+    route::RouteScope,
+};
+use rtnetlink::{
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder, new_connection,
+};
+
+use crate::netns::{NetNsGuard, NetnsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{op} {target}: {source}")]
+    Request {
+        op: &'static str,
+        target: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+pub type Mac = [u8; 6];
+
+/// Formats a MAC the way `ip link` prints it.
+pub fn mac_to_string(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An rtnetlink connection in one network namespace.
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// A connection in the current thread's namespace. Needs a tokio runtime.
+    pub fn current() -> Result<Self, LinkError> {
+        let (connection, handle, _) = new_connection().map_err(LinkError::Socket)?;
+        tokio::spawn(connection);
+        Ok(Self { handle })
+    }
+
+    /// A connection inside another namespace: the socket is created there and
+    /// stays there after this thread returns home.
+    pub fn in_netns(netns: BorrowedFd<'_>) -> Result<Self, LinkError> {
+        let _guard = NetNsGuard::enter(netns)?;
+        Self::current()
+    }
+
+    fn fail(op: &'static str, target: impl ToString) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+        let target = target.to_string();
+        move |source| LinkError::Request { op, target, source }
+    }
+
+    /// Creates a veth pair: `host_name` here, `peer_name` directly inside
+    /// `peer_netns`, both with fixed MACs. Returns the host side's ifindex.
+    pub async fn create_veth(
+        &self,
+        host_name: &str,
+        host_mac: Mac,
+        peer_name: &str,
+        peer_mac: Mac,
+        peer_netns: BorrowedFd<'_>,
+    ) -> Result<u32, LinkError> {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_name.to_owned())
+            .address(peer_mac.to_vec())
+            .setns_by_fd(peer_netns.as_raw_fd())
+            .build();
+        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host_name.to_owned())
+            .address(host_mac.to_vec())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(Self::fail("create veth", host_name))?;
+        self.index_of(host_name)
+            .await?
+            .ok_or_else(|| LinkError::Request {
+                op: "find new veth",
+                target: host_name.to_owned(),
+                source: rtnetlink::Error::RequestFailed,
+            })
+    }
+
+    /// The ifindex of `name`, `None` if there is no such interface.
+    pub async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(msg.header.index)),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+            Err(source) => Err(LinkError::Request {
+                op: "look up",
+                target: name.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    /// The MAC of interface `index`.
+    pub async fn mac_of(&self, index: u32) -> Result<Option<Mac>, LinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let msg = links
+            .try_next()
+            .await
+            .map_err(Self::fail("look up", index))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Address(bytes) => bytes.try_into().ok(),
+                _ => None,
+            })
+        }))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<(), LinkError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(Self::fail("set up", index))
+    }
+
+    /// Deletes an interface (and with a veth, its peer). Missing is fine.
+    pub async fn delete(&self, index: u32) -> Result<(), LinkError> {
+        match self.handle.link().del(index).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            other => other.map_err(Self::fail("delete link", index)),
+        }
+    }
+
+    pub async fn add_address(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), LinkError> {
+        self.handle
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+            .map_err(Self::fail("add address", format!("{addr}/{prefix}")))
+    }
+
+    /// A PERMANENT neighbour entry: never resolved, never expires.
+    pub async fn add_permanent_neighbour(
+        &self,
+        index: u32,
+        addr: Ipv4Addr,
+        mac: Mac,
+    ) -> Result<(), LinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(addr))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::fail("add neighbour", addr))
+    }
+
+    /// `ip route add <addr>/32 dev <index> scope link`.
+    pub async fn add_host_route(&self, index: u32, addr: Ipv4Addr) -> Result<(), LinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::fail("add route", format!("{addr}/32")))
+    }
+
+    /// `ip route add default via <gateway> dev <index> onlink`.
+    pub async fn add_default_route_onlink(
+        &self,
+        index: u32,
+        gateway: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .output_interface(index)
+            .onlink()
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(Self::fail("add default route via", gateway))
+    }
+}

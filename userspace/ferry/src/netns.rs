@@ -1,0 +1,80 @@
+//! Network namespaces: entering one for the current thread only, and
+//! reaching a process's namespace.
+
+use std::{
+    fs::File,
+    io,
+    marker::PhantomData,
+    os::fd::{AsFd, BorrowedFd},
+    path::{Path, PathBuf},
+};
+
+use nix::sched::{CloneFlags, setns};
+use tracing::error;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enter network namespace: {0}")]
+    Enter(#[source] nix::Error),
+}
+
+/// Keeps the current thread inside another network namespace until dropped,
+/// then moves it back. `!Send`: namespaces belong to threads, so the guard
+/// must be dropped on the thread that created it. Never hold one across an
+/// `.await`.
+pub struct NetNsGuard {
+    original: File,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl NetNsGuard {
+    pub fn enter(target: BorrowedFd<'_>) -> Result<Self, NetnsError> {
+        let original = open(Path::new("/proc/thread-self/ns/net"))?;
+        setns(target, CloneFlags::CLONE_NEWNET).map_err(NetnsError::Enter)?;
+        Ok(Self {
+            original,
+            _not_send: PhantomData,
+        })
+    }
+}
+
+impl Drop for NetNsGuard {
+    fn drop(&mut self) {
+        if let Err(err) = setns(self.original.as_fd(), CloneFlags::CLONE_NEWNET) {
+            // A thread stranded in a container's namespace would configure
+            // the wrong interfaces from then on; stopping is the safe choice.
+            error!(%err, "cannot return to the original network namespace; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+/// Opens a namespace file (e.g. `/proc/<pid>/ns/net`).
+pub fn open(path: &Path) -> Result<File, NetnsError> {
+    File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The network namespace of a process.
+pub fn of_pid(pid: u32) -> Result<File, NetnsError> {
+    open(&PathBuf::from(format!("/proc/{pid}/ns/net")))
+}
+
+/// Writes a sysctl of the *current thread's* network namespace (files under
+/// /proc/sys/net follow the namespace of the thread that opens them). A
+/// missing file (e.g. IPv6 compiled out) is not an error.
+pub fn write_net_sysctl(key: &str, value: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/{key}");
+    match std::fs::write(&path, value) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
