@@ -1,5 +1,7 @@
 //! Programs on each container's host-side veth (`fy<id>`).
 //!
+//! Both directions are written from the container's point of view.
+//!
 //! Everything a container sends arrives at `from_container` (tc ingress);
 //! everything the host stack delivers to a container leaves through
 //! `to_container` (tc egress). Packets redirected from one container to
@@ -8,16 +10,19 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::bpf_redirect_peer,
+    helpers::{bpf_redirect, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
-use ferry_common::{DropReason, EndpointKey};
+use ferry_common::{DropReason, Endpoint, EndpointKey, GATEWAY_V4};
 
 use crate::{
     counters::{count_rx, count_tx, drop_packet},
     maps::endpoints,
-    parse::{ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, mac_eq, ptr_at, pull},
+    parse::{
+        ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
+        Ipv4Hdr, mac_eq, ptr_at, pull,
+    },
 };
 
 /// tc ingress on a container's host-side veth: every packet the container
@@ -25,12 +30,13 @@ use crate::{
 ///
 /// Verdicts: `TC_ACT_REDIRECT` straight into the destination container's
 /// `eth0` (`bpf_redirect_peer`) when the destination is a local container on
-/// the same network; `TC_ACT_OK` to the host stack for anything else from the
-/// container (the host itself; later: NAT); `TC_ACT_SHOT` for spoofed,
-/// malformed, cross-network or non-IPv4 traffic, counted by reason. ARP
-/// passes to the host untouched: containers hold a permanent entry for their
-/// gateway, and the host's entries for containers are permanent too, so ARP
-/// can neither be needed nor poison anything.
+/// the same network, or back out of this veth with the answer to an ARP
+/// request for the gateway; `TC_ACT_OK` to the host stack for anything else
+/// from the container (the host itself; later: NAT); `TC_ACT_SHOT` for
+/// spoofed, malformed, cross-network or non-IPv4 traffic, counted by reason.
+///
+/// Anti-spoofing covers IPv4 and ARP alike: the frame must come from the
+/// container's own MAC on its own veth and name its own address.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     match try_from_container(&ctx) {
@@ -44,13 +50,40 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     pull(ctx, ETH_HLEN + IPV4_MIN_HLEN);
     let eth: *mut EthHdr = ptr_at(ctx, 0)?;
     // SAFETY: `ptr_at` checked that the Ethernet header is inside the packet.
-    let proto = unsafe { (*eth).proto() };
-    match proto {
-        ETH_P_IP => {}
-        ETH_P_ARP => return Ok(TC_ACT_OK as i32),
-        _ => return Err(DropReason::UnsupportedL3),
+    match unsafe { (*eth).proto() } {
+        ETH_P_IP => ipv4_from_container(ctx, eth),
+        ETH_P_ARP => arp_from_container(ctx, eth),
+        _ => Err(DropReason::UnsupportedL3),
     }
+}
 
+/// The endpoint that may send from `src`, provided the frame really comes
+/// from it: right veth, right source MAC.
+#[inline(always)]
+fn sender(
+    ctx: &TcContext,
+    eth: *const EthHdr,
+    src: &EndpointKey,
+) -> Result<&'static Endpoint, DropReason> {
+    // SAFETY: a hash map value is valid for the duration of the program run
+    // (RCU); ferryd only replaces endpoints whole.
+    let Some(me) = (unsafe { endpoints.get(src) }) else {
+        return Err(DropReason::SpoofedIp);
+    };
+    // SAFETY: the program runs on an skb, `ctx.skb.skb` is the kernel's
+    // `__sk_buff` context pointer.
+    if me.ifindex != unsafe { (*ctx.skb.skb).ifindex } {
+        return Err(DropReason::SpoofedIp);
+    }
+    // SAFETY: the caller checked the Ethernet header's bounds.
+    if !mac_eq(unsafe { &(*eth).src }, &me.mac) {
+        return Err(DropReason::SpoofedMac);
+    }
+    Ok(me)
+}
+
+#[inline(always)]
+fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by `ptr_at`; the header is only read here.
     let (src, dst) = unsafe {
@@ -59,27 +92,10 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         (EndpointKey { ip: (*ip).src }, EndpointKey { ip: (*ip).dst })
     };
-
-    // Anti-spoofing: the source must be the container behind this veth,
-    // with its own MAC.
-    // SAFETY: a hash map value is valid for the duration of the program run
-    // (RCU); ferryd only replaces endpoints whole.
-    let Some(me) = (unsafe { endpoints.get(&src) }) else {
-        return Err(DropReason::SpoofedIp);
-    };
-    // SAFETY: the program runs on an skb, `ctx.skb.skb` is the kernel's
-    // `__sk_buff` context pointer.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    if me.ifindex != ifindex {
-        return Err(DropReason::SpoofedIp);
-    }
-    // SAFETY: Ethernet header bounds checked above.
-    if !mac_eq(unsafe { &(*eth).src }, &me.mac) {
-        return Err(DropReason::SpoofedMac);
-    }
+    let me = sender(ctx, eth, &src)?;
     count_tx(&src, ctx.len());
 
-    // SAFETY: as for `me`.
+    // SAFETY: as in `sender`.
     let Some(peer) = (unsafe { endpoints.get(&dst) }) else {
         return Ok(TC_ACT_OK as i32);
     };
@@ -87,7 +103,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
         return Err(DropReason::PolicyDenied);
     }
     // Make the frame look as if the peer's gateway had sent it.
-    // SAFETY: Ethernet header bounds checked above.
+    // SAFETY: Ethernet header bounds checked by the caller.
     unsafe {
         (*eth).dst = peer.mac;
         (*eth).src = peer.host_mac;
@@ -95,6 +111,53 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
     count_rx(&dst, ctx.len());
     // SAFETY: a plain helper call; it only records the target ifindex.
     let verdict = unsafe { bpf_redirect_peer(peer.ifindex, 0) };
+    if verdict != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// ARP from a container: validated like IPv4; a request for the gateway is
+/// answered here (the gateway address exists nowhere), anything else goes to
+/// the host, whose entries for containers are permanent and cannot be
+/// poisoned.
+#[inline(always)]
+fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
+    let arp: *mut ArpHdr = ptr_at(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (valid, src) = unsafe {
+        (
+            (*arp).is_ipv4_over_ethernet(),
+            EndpointKey { ip: (*arp).spa },
+        )
+    };
+    if !valid {
+        return Err(DropReason::UnsupportedL3);
+    }
+    let me = sender(ctx, eth, &src)?;
+    // SAFETY: bounds checked by `ptr_at`.
+    if !mac_eq(unsafe { &(*arp).sha }, &me.mac) {
+        return Err(DropReason::SpoofedMac);
+    }
+    count_tx(&src, ctx.len());
+    // SAFETY: bounds checked by `ptr_at`.
+    let asks_gateway = unsafe { (*arp).oper() == ARP_OP_REQUEST && (*arp).tpa == GATEWAY_V4 };
+    if !asks_gateway {
+        return Ok(TC_ACT_OK as i32);
+    }
+    // Turn the request into the reply, in place, and send it back.
+    // SAFETY: both headers were bounds checked above.
+    unsafe {
+        (*arp).oper = ARP_OP_REPLY.to_be_bytes();
+        (*arp).tha = me.mac;
+        (*arp).tpa = (*arp).spa;
+        (*arp).sha = me.host_mac;
+        (*arp).spa = GATEWAY_V4;
+        (*eth).dst = me.mac;
+        (*eth).src = me.host_mac;
+    }
+    // SAFETY: a plain helper call; it only records the target ifindex.
+    let verdict = unsafe { bpf_redirect(me.ifindex, 0) };
     if verdict != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }

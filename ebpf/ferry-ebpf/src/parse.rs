@@ -40,6 +40,41 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+/// An ARP packet for IPv4 over Ethernet (RFC 826), the only kind ferry
+/// accepts from containers.
+#[repr(C)]
+pub struct ArpHdr {
+    pub htype: [u8; 2],
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub oper: [u8; 2],
+    pub sha: [u8; 6],
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+pub const ARP_HTYPE_ETHER: u16 = 1;
+pub const ARP_OP_REQUEST: u16 = 1;
+pub const ARP_OP_REPLY: u16 = 2;
+
+impl ArpHdr {
+    /// IPv4 over Ethernet, the only ARP flavour that makes sense here.
+    #[inline(always)]
+    pub fn is_ipv4_over_ethernet(&self) -> bool {
+        u16::from_be_bytes(self.htype) == ARP_HTYPE_ETHER
+            && u16::from_be_bytes(self.ptype) == ETH_P_IP
+            && self.hlen == 6
+            && self.plen == 4
+    }
+
+    #[inline(always)]
+    pub fn oper(&self) -> u16 {
+        u16::from_be_bytes(self.oper)
+    }
+}
+
 impl Ipv4Hdr {
     #[inline(always)]
     pub fn version(&self) -> u8 {

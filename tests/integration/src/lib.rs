@@ -1,1 +1,402 @@
+//! Test harness for ferry's privileged integration tests.
+//!
+//! A [`World`] is a throwaway setup built from real parts: a "host" network
+//! namespace where its own `ferryd` runs (own socket, state, run and pin
+//! directories), and a "client" namespace joined to it by an uplink veth,
+//! playing the outside network. Every name carries a unique prefix, and
+//! `Drop` tears everything down even when the test panics. Nothing here
+//! touches the machine's own interfaces, routes or firewall.
 
+use std::{
+    fs::File,
+    os::{fd::AsFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Address of the host namespace on the uplink, and of the client.
+pub const HOST_UPLINK_IP: &str = "10.200.0.1";
+pub const CLIENT_IP: &str = "10.200.0.2";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Where `ferryd` and `ferry` live: `FERRY_BIN_DIR` (set by `cargo xtask
+/// test`), else next to this test's own profile directory.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FERRY_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_owned()
+}
+
+/// A command that runs inside the network namespace at `ns_path`
+/// (`/run/netns/<name>` or `/proc/<pid>/ns/net`). Uses setns rather than
+/// `ip netns exec`, which would remount /sys and hide the bpffs pins.
+pub fn in_netns(ns_path: &Path, program: &str, args: &[&str]) -> Command {
+    let ns = File::open(ns_path).unwrap_or_else(|e| panic!("open {}: {e}", ns_path.display()));
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    // SAFETY: setns is async-signal-safe; `ns` outlives the spawn because
+    // the closure owns it.
+    unsafe {
+        cmd.pre_exec(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
+
+/// Runs a command to completion, returning its output.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command that must succeed; returns its stdout.
+pub fn check(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A container as the tests see it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub pid: u32,
+    pub ip: String,
+    pub host_veth: String,
+    pub netns: PathBuf,
+}
+
+pub struct World {
+    pub name: String,
+    pub host_ns: String,
+    pub client_ns: String,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub subnet: String,
+    ferryd: Option<Child>,
+}
+
+impl World {
+    /// A world with ferryd running in the host namespace.
+    pub fn new() -> Self {
+        Self::with_subnet_unstarted(None).started()
+    }
+
+    /// The namespaces and directories only; call [`World::start_ferryd`].
+    pub fn with_subnet_unstarted(subnet: Option<&str>) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("fyt{}x{n}", std::process::id());
+        let world = Self {
+            host_ns: format!("{name}-h"),
+            client_ns: format!("{name}-c"),
+            dir: std::env::temp_dir().join(&name),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
+            socket: std::env::temp_dir().join(&name).join("ferry.sock"),
+            subnet: subnet.unwrap_or("10.89.0.0/24").to_owned(),
+            ferryd: None,
+            name,
+        };
+        std::fs::create_dir_all(&world.dir).expect("create world dir");
+        let ip = |args: &[&str]| check(Command::new("ip").args(args));
+        ip(&["netns", "add", &world.host_ns]);
+        ip(&["netns", "add", &world.client_ns]);
+        let (h, c) = (world.host_ns.as_str(), world.client_ns.as_str());
+        ip(&["-n", h, "link", "set", "lo", "up"]);
+        ip(&["-n", c, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n", h, "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", c,
+        ]);
+        ip(&[
+            "-n",
+            h,
+            "addr",
+            "add",
+            &format!("{HOST_UPLINK_IP}/24"),
+            "dev",
+            "uplink0",
+        ]);
+        ip(&[
+            "-n",
+            c,
+            "addr",
+            "add",
+            &format!("{CLIENT_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", h, "link", "set", "uplink0", "up"]);
+        ip(&["-n", c, "link", "set", "eth0", "up"]);
+        world
+    }
+
+    fn started(mut self) -> Self {
+        self.start_ferryd();
+        self
+    }
+
+    pub fn host_ns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.host_ns)
+    }
+
+    pub fn client_ns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.client_ns)
+    }
+
+    /// ferryd's flags for this world.
+    pub fn ferryd_args(&self) -> Vec<String> {
+        let d = |p: &str| self.dir.join(p).display().to_string();
+        vec![
+            "--subnet".into(),
+            self.subnet.clone(),
+            "--state-dir".into(),
+            d("state"),
+            "--run-dir".into(),
+            d("run"),
+            "--pin-dir".into(),
+            self.pin_dir.display().to_string(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+        ]
+    }
+
+    /// A `ferryd` command in the host namespace with this world's flags.
+    pub fn ferryd_command(&self) -> Command {
+        self.ferryd_command_with(&[])
+    }
+
+    /// Like [`World::ferryd_command`], with some flags given other values.
+    pub fn ferryd_command_with(&self, overrides: &[(&str, &str)]) -> Command {
+        let mut args = self.ferryd_args();
+        for (flag, value) in overrides {
+            let at = args
+                .iter()
+                .position(|a| a == flag)
+                .unwrap_or_else(|| panic!("no flag {flag} to override"));
+            args[at + 1] = (*value).to_owned();
+        }
+        let bin = bin_dir().join("ferryd");
+        let mut cmd = in_netns(&self.host_ns_path(), &bin.display().to_string(), &[]);
+        cmd.args(args);
+        cmd
+    }
+
+    /// Starts ferryd and waits until its API answers.
+    pub fn start_ferryd(&mut self) {
+        assert!(self.ferryd.is_none(), "ferryd already running");
+        let log = File::create(self.dir.join("ferryd.log")).expect("ferryd log");
+        let child = self
+            .ferryd_command()
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ferryd");
+        self.ferryd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ferry(&["ps"]).status.success() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.ferryd.as_mut().map(Child::try_wait) {
+                panic!("ferryd exited with {status}:\n{}", self.ferryd_log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferryd did not come up:\n{}",
+                self.ferryd_log()
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops ferryd with SIGTERM (containers keep running).
+    pub fn stop_ferryd(&mut self) {
+        if let Some(mut child) = self.ferryd.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn ferryd_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("ferryd.log")).unwrap_or_default()
+    }
+
+    /// Runs the `ferry` CLI against this world's ferryd.
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        let bin = bin_dir().join("ferry");
+        output(Command::new(bin).arg("-H").arg(&self.socket).args(args))
+    }
+
+    /// Runs `ferry` and requires success; returns stdout.
+    pub fn ferry_ok(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed:\n{}\nferryd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.ferryd_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ferry run -d --name <name> -- <cmd>`, then its details.
+    pub fn run(&self, name: &str, cmd: &[&str]) -> Container {
+        let mut args = vec!["run", "-d", "--name", name, "--"];
+        args.extend_from_slice(cmd);
+        self.ferry_ok(&args);
+        self.container(name)
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = self.ferry_ok(&["inspect", name]);
+        let mut all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("inspect JSON");
+        all.pop().expect("one container")
+    }
+
+    pub fn container(&self, name: &str) -> Container {
+        let j = self.inspect(name);
+        let pid = j["State"]["Pid"].as_u64().expect("State.Pid") as u32;
+        Container {
+            id: j["Id"].as_str().expect("Id").to_owned(),
+            name: name.to_owned(),
+            pid,
+            ip: j["NetworkSettings"]["IPAddress"]
+                .as_str()
+                .expect("IPAddress")
+                .to_owned(),
+            host_veth: j["Ferry"]["HostVeth"]
+                .as_str()
+                .expect("HostVeth")
+                .to_owned(),
+            netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+        }
+    }
+
+    /// Drop counters by reason, from `ferry datapath --json`.
+    pub fn drops(&self, reason: &str) -> u64 {
+        let out = self.ferry_ok(&["datapath", "--json"]);
+        let j: serde_json::Value = serde_json::from_str(&out).expect("datapath JSON");
+        j["Drops"][reason]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no drop reason {reason} in {out}"))
+    }
+
+    /// A command in the host namespace.
+    pub fn in_host(&self, program: &str, args: &[&str]) -> Command {
+        in_netns(&self.host_ns_path(), program, args)
+    }
+
+    /// A command in the client namespace.
+    pub fn in_client(&self, program: &str, args: &[&str]) -> Command {
+        in_netns(&self.client_ns_path(), program, args)
+    }
+}
+
+impl Default for World {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.ferryd.is_some() {
+            let ids = String::from_utf8_lossy(&self.ferry(&["ps", "-aq"]).stdout).into_owned();
+            for id in ids.split_whitespace() {
+                let _ = self.ferry(&["rm", "-f", id]);
+            }
+            self.stop_ferryd();
+        }
+        // Whatever ferryd left (or never got to remove): containers, pins,
+        // state. Then the namespaces and directories themselves.
+        let _ = self
+            .ferryd_command()
+            .arg("reset")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        for ns in [&self.host_ns, &self.client_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Sends `payload` to `ip:port` over TCP from the namespace at `ns` and
+/// returns what came back (the servers in these tests echo).
+pub fn tcp_exchange(ns: &Path, ip: &str, port: u16, payload: &str) -> String {
+    let target = format!("TCP:{ip}:{port},connect-timeout=2");
+    let mut last = String::new();
+    for _ in 0..40 {
+        let mut child = in_netns(ns, "socat", &["-T", "3", "-", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn socat");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            let _ = stdin.write_all(payload.as_bytes());
+        }
+        let out = child.wait_with_output().expect("socat output");
+        if out.status.success() && !out.stdout.is_empty() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        // The server may still be starting.
+        sleep(Duration::from_millis(100));
+    }
+    panic!("no TCP answer from {ip}:{port}: {last}");
+}
+
+/// `ping -c <count>` from the namespace at `ns`; true if all replies came.
+pub fn ping(ns: &Path, target: &str, count: u32, extra: &[&str]) -> bool {
+    let count = count.to_string();
+    let mut args = vec!["-c", count.as_str(), "-i", "0.2", "-W", "1", "-q"];
+    args.extend_from_slice(extra);
+    args.push(target);
+    output(&mut in_netns(ns, "ping", &args)).status.success()
+}
