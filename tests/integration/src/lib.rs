@@ -25,9 +25,21 @@ pub const CLIENT_IP: &str = "10.200.0.2";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Where `ferryd` and `ferry` live: `FERRY_BIN_DIR` (set by `cargo xtask
-/// test`), else next to this test's own profile directory.
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Tells the harness where the binaries are (for users other than tests,
+/// e.g. xtask's demo and benchmarks). First call wins.
+pub fn use_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// Where `ferryd` and `ferry` live: as set by [`use_bin_dir`], else
+/// `FERRY_BIN_DIR` (set by `cargo xtask test`), else next to this test's own
+/// profile directory.
 pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = BIN_DIR.get() {
+        return dir.clone();
+    }
     if let Some(dir) = std::env::var_os("FERRY_BIN_DIR") {
         return PathBuf::from(dir);
     }
@@ -75,6 +87,51 @@ pub fn check(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A named network namespace that is deleted on drop (with whatever
+/// interfaces it still holds).
+pub struct TempNetns {
+    pub name: String,
+}
+
+impl TempNetns {
+    pub fn new(name: &str) -> Self {
+        check(Command::new("ip").args(["netns", "add", name]));
+        check(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <name> <args>`, which must succeed.
+    pub fn ip(&self, args: &[&str]) -> String {
+        check(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// A command inside this namespace.
+    pub fn cmd(&self, program: &str, args: &[&str]) -> Command {
+        in_netns(&self.path(), program, args)
+    }
+}
+
+impl Drop for TempNetns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A unique name prefix for this process: `<tag><pid>x<n>`.
+pub fn unique_name(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{tag}{}x{n}", std::process::id())
+}
+
 /// A container as the tests see it.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -88,8 +145,8 @@ pub struct Container {
 
 pub struct World {
     pub name: String,
-    pub host_ns: String,
-    pub client_ns: String,
+    pub host: TempNetns,
+    pub client: TempNetns,
     pub dir: PathBuf,
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
@@ -105,11 +162,10 @@ impl World {
 
     /// The namespaces and directories only; call [`World::start_ferryd`].
     pub fn with_subnet_unstarted(subnet: Option<&str>) -> Self {
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("fyt{}x{n}", std::process::id());
+        let name = unique_name("fyt");
         let world = Self {
-            host_ns: format!("{name}-h"),
-            client_ns: format!("{name}-c"),
+            host: TempNetns::new(&format!("{name}-h")),
+            client: TempNetns::new(&format!("{name}-c")),
             dir: std::env::temp_dir().join(&name),
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
             socket: std::env::temp_dir().join(&name).join("ferry.sock"),
@@ -118,35 +174,20 @@ impl World {
             name,
         };
         std::fs::create_dir_all(&world.dir).expect("create world dir");
-        let ip = |args: &[&str]| check(Command::new("ip").args(args));
-        ip(&["netns", "add", &world.host_ns]);
-        ip(&["netns", "add", &world.client_ns]);
-        let (h, c) = (world.host_ns.as_str(), world.client_ns.as_str());
-        ip(&["-n", h, "link", "set", "lo", "up"]);
-        ip(&["-n", c, "link", "set", "lo", "up"]);
-        ip(&[
-            "-n", h, "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", c,
+        let (h, c) = (&world.host, &world.client);
+        h.ip(&[
+            "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", &c.name,
         ]);
-        ip(&[
-            "-n",
-            h,
+        h.ip(&[
             "addr",
             "add",
             &format!("{HOST_UPLINK_IP}/24"),
             "dev",
             "uplink0",
         ]);
-        ip(&[
-            "-n",
-            c,
-            "addr",
-            "add",
-            &format!("{CLIENT_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", h, "link", "set", "uplink0", "up"]);
-        ip(&["-n", c, "link", "set", "eth0", "up"]);
+        c.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        h.ip(&["link", "set", "uplink0", "up"]);
+        c.ip(&["link", "set", "eth0", "up"]);
         world
     }
 
@@ -156,11 +197,11 @@ impl World {
     }
 
     pub fn host_ns_path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.host_ns)
+        self.host.path()
     }
 
     pub fn client_ns_path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.client_ns)
+        self.client.path()
     }
 
     /// ferryd's flags for this world.
@@ -312,12 +353,12 @@ impl World {
 
     /// A command in the host namespace.
     pub fn in_host(&self, program: &str, args: &[&str]) -> Command {
-        in_netns(&self.host_ns_path(), program, args)
+        self.host.cmd(program, args)
     }
 
     /// A command in the client namespace.
     pub fn in_client(&self, program: &str, args: &[&str]) -> Command {
-        in_netns(&self.client_ns_path(), program, args)
+        self.client.cmd(program, args)
     }
 }
 
@@ -344,9 +385,7 @@ impl Drop for World {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        for ns in [&self.host_ns, &self.client_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        // The namespaces go when `host` and `client` drop, after this.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }

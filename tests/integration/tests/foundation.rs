@@ -41,6 +41,13 @@ fn containers_ping_and_exchange_tcp_both_ways() {
     let a = run_echo(&world, "a", 7001);
     let b = run_echo(&world, "b", 7002);
     assert_ne!(a.ip, b.ip);
+    let pid = world.ferry_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Pid}} {{.NetworkSettings.IPAddress}}",
+        "b",
+    ]);
+    assert_eq!(pid.trim(), format!("{} {}", b.pid, b.ip));
 
     assert!(ping(&a.netns, &b.ip, 3, &[]), "a cannot ping b");
     assert!(ping(&b.netns, &a.ip, 3, &[]), "b cannot ping a");

@@ -9,6 +9,7 @@ pub mod config;
 pub mod container;
 pub mod daemon;
 pub mod datapath;
+pub mod format;
 pub mod ipam;
 pub mod link;
 pub mod netns;

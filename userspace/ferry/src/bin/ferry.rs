@@ -7,6 +7,7 @@ use ferry::{
     api::{ContainerJson, DatapathJson, NetStats, RunRequest},
     client::Client,
     config,
+    format::render,
 };
 use hyper::Method;
 
@@ -56,6 +57,9 @@ enum Command {
     },
     /// Print containers' details as JSON.
     Inspect {
+        /// Print only these fields, e.g. '{{.State.Pid}}'.
+        #[arg(short, long)]
+        format: Option<String>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -169,7 +173,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Inspect { containers } => {
+        Command::Inspect { format, containers } => {
             let mut out = Vec::new();
             let mut missing = false;
             for c in containers {
@@ -184,7 +188,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            match &format {
+                Some(template) => {
+                    for c in &out {
+                        println!("{}", render(template, &serde_json::to_value(c)?)?);
+                    }
+                }
+                None => println!("{}", serde_json::to_string_pretty(&out)?),
+            }
             if missing {
                 return Ok(ExitCode::FAILURE);
             }

@@ -1,0 +1,245 @@
+//! c2c: two containers on one host. Variants, measured side by side:
+//! - ferry: two ferry containers, bpf_redirect_peer between host veths;
+//! - bridge: two namespaces on a Linux bridge as Docker wires them (veths
+//!   on a bridge, br_netfilter on, Docker's FORWARD chain);
+//! - veth: one veth pair joining the two namespaces directly, the floor for
+//!   any veth-based design.
+//!
+//! Per sample: iperf3 TCP throughput, and 64-byte TCP request/response
+//! latency. Server pinned to CPU 0, client to CPU 1.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use ferry_integration::{TempNetns, World, unique_name};
+use serde_json::{Value, json};
+
+use super::{BenchArgs, Spawned, capture_in, self_exe, spread};
+use crate::step;
+
+/// Docker 20.10+'s filter rules for one bridge, in that bridge's namespace.
+const DOCKER_FILTER: &str = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o br0 -j DOCKER
+-A FORWARD -i br0 ! -o br0 -j ACCEPT
+-A FORWARD -i br0 -o br0 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+";
+
+/// One way to join two endpoints; the fields keep its namespaces alive.
+struct Variant {
+    name: &'static str,
+    client_ns: PathBuf,
+    server_ns: PathBuf,
+    server_ip: String,
+    _world: Option<World>,
+    _netns: Vec<TempNetns>,
+}
+
+fn ferry_variant() -> Variant {
+    let world = World::new();
+    let a = world.run("bench-a", &["sleep", "infinity"]);
+    let b = world.run("bench-b", &["sleep", "infinity"]);
+    Variant {
+        name: "ferry",
+        client_ns: a.netns,
+        server_ns: b.netns,
+        server_ip: b.ip,
+        _world: Some(world),
+        _netns: Vec::new(),
+    }
+}
+
+fn bridge_variant() -> anyhow::Result<Variant> {
+    let tag = unique_name("fyb");
+    let br = TempNetns::new(&format!("{tag}-br"));
+    let a = TempNetns::new(&format!("{tag}-a"));
+    let b = TempNetns::new(&format!("{tag}-b"));
+    br.ip(&["link", "add", "br0", "type", "bridge"]);
+    br.ip(&["addr", "add", "10.98.0.1/24", "dev", "br0"]);
+    br.ip(&["link", "set", "br0", "up"]);
+    for (ns, ip, port) in [(&a, "10.98.0.2", "vetha"), (&b, "10.98.0.3", "vethb")] {
+        br.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ]);
+        br.ip(&["link", "set", port, "master", "br0", "up"]);
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+        ns.ip(&["route", "add", "default", "via", "10.98.0.1"]);
+    }
+    // What dockerd sets: forwarding on, bridged IPv4 through iptables, and
+    // its FORWARD chain.
+    for sysctl in [
+        "net.ipv4.ip_forward=1",
+        "net.bridge.bridge-nf-call-iptables=1",
+    ] {
+        crate::capture(&mut br.cmd("sysctl", &["-qw", sysctl]))?;
+    }
+    let mut restore = br.cmd("iptables-restore", &[]);
+    restore.stdin(std::process::Stdio::piped());
+    let mut child = restore.spawn().context("iptables-restore")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        stdin.write_all(DOCKER_FILTER.as_bytes())?;
+    }
+    anyhow::ensure!(child.wait()?.success(), "iptables-restore failed");
+    Ok(Variant {
+        name: "bridge",
+        client_ns: a.path(),
+        server_ns: b.path(),
+        server_ip: "10.98.0.3".into(),
+        _world: None,
+        _netns: vec![br, a, b],
+    })
+}
+
+fn veth_variant() -> Variant {
+    let tag = unique_name("fyv");
+    let a = TempNetns::new(&format!("{tag}-a"));
+    let b = TempNetns::new(&format!("{tag}-b"));
+    a.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b.name,
+    ]);
+    a.ip(&["addr", "add", "10.97.0.2/24", "dev", "eth0"]);
+    b.ip(&["addr", "add", "10.97.0.3/24", "dev", "eth0"]);
+    a.ip(&["link", "set", "eth0", "up"]);
+    b.ip(&["link", "set", "eth0", "up"]);
+    Variant {
+        name: "veth",
+        client_ns: a.path(),
+        server_ns: b.path(),
+        server_ip: "10.97.0.3".into(),
+        _world: None,
+        _netns: vec![a, b],
+    }
+}
+
+fn iperf_gbits(v: &Variant, seconds: u32) -> anyhow::Result<f64> {
+    let secs = seconds.to_string();
+    let out = capture_in(
+        &v.client_ns,
+        1,
+        "iperf3",
+        &["-c", &v.server_ip, "-t", &secs, "-J"],
+    )?;
+    let j: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .context("iperf3 reported no throughput")
+}
+
+fn rr(v: &Variant, count: u32) -> anyhow::Result<Value> {
+    let exe = self_exe()?;
+    let exe = exe.to_str().context("utf-8 path")?;
+    let out = capture_in(
+        &v.client_ns,
+        1,
+        exe,
+        &["rr-client", &v.server_ip, "7777", &count.to_string()],
+    )?;
+    serde_json::from_str(out.trim()).context("rr-client JSON")
+}
+
+pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+    step("bench c2c: building ferry, bridge and veth topologies");
+    let variants = vec![ferry_variant(), bridge_variant()?, veth_variant()];
+    let exe = self_exe()?;
+    let exe = exe.to_str().context("utf-8 path")?.to_owned();
+    let mut servers = Vec::new();
+    for v in &variants {
+        servers.push(Spawned::in_netns(&v.server_ns, 0, "iperf3", &["-s"])?);
+        servers.push(Spawned::in_netns(
+            &v.server_ns,
+            0,
+            &exe,
+            &["rr-server", "7777"],
+        )?);
+    }
+    // Give the servers a moment, and prove each path works before timing it.
+    for v in &variants {
+        rr(v, 100).with_context(|| format!("{}: no request/response path", v.name))?;
+    }
+
+    let mut gbits: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut p50: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut p99: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut raw = Vec::new();
+    for rep in 1..=args.reps {
+        for v in &variants {
+            step(&format!("bench c2c: round {rep}/{}: {}", args.reps, v.name));
+            let g = iperf_gbits(v, args.seconds)?;
+            let r = rr(v, args.rr_count)?;
+            gbits.entry(v.name).or_default().push(g);
+            p50.entry(v.name)
+                .or_default()
+                .push(r["p50_us"].as_f64().unwrap_or(0.0));
+            p99.entry(v.name)
+                .or_default()
+                .push(r["p99_us"].as_f64().unwrap_or(0.0));
+            raw.push(json!({ "variant": v.name, "round": rep, "gbits": g, "rr": r }));
+        }
+    }
+    drop(servers);
+
+    let med =
+        |m: &BTreeMap<&str, Vec<f64>>, k: &str| spread(m.get(k).map_or(&[][..], Vec::as_slice));
+    println!(
+        "\nc2c, {} rounds, {} s iperf3 + {} round trips each",
+        args.reps, args.seconds, args.rr_count
+    );
+    println!(
+        "{:<8}{:>24}{:>26}{:>14}",
+        "variant", "TCP Gbit/s med [min-max]", "RR p50 us med [min-max]", "RR p99 us"
+    );
+    for v in &variants {
+        let (g, gl, gh) = med(&gbits, v.name);
+        let (l, ll, lh) = med(&p50, v.name);
+        let (t, _, _) = med(&p99, v.name);
+        println!(
+            "{:<8}{g:>10.2} [{gl:.2}-{gh:.2}]{l:>12.1} [{ll:.1}-{lh:.1}]{t:>14.1}",
+            v.name
+        );
+    }
+    let (fg, _, _) = med(&gbits, "ferry");
+    let (bg, _, _) = med(&gbits, "bridge");
+    let (vg, _, _) = med(&gbits, "veth");
+    let (fl, _, _) = med(&p50, "ferry");
+    let (bl, _, _) = med(&p50, "bridge");
+    let (vl, _, _) = med(&p50, "veth");
+    println!("\nratios (higher is better for ferry):");
+    println!(
+        "  throughput  ferry/bridge {:.2}x   ferry/veth {:.2}x",
+        fg / bg,
+        fg / vg
+    );
+    println!(
+        "  latency     bridge/ferry {:.2}x   veth/ferry {:.2}x",
+        bl / fl,
+        vl / fl
+    );
+    let path = out_dir.join("c2c.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&json!({ "scenario": "c2c", "samples": raw }))?,
+    )?;
+    println!("samples: {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `cargo xtask bench [SCENARIO...]`: every variant of a scenario measured
+//! side by side in one run, interleaved (A B C A B C ...), medians and
+//! spread reported, with ratios. Never a pass/fail: numbers only.
+
+mod c2c;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use ferry_integration::{in_netns, use_bin_dir};
+
+use crate::{build, capture, require_root, setup, step, workspace_root};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Scenarios to run (default: all). Known: c2c.
+    pub scenarios: Vec<String>,
+    /// Seconds per throughput sample.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u32,
+    /// Rounds of the interleaved variants.
+    #[arg(long, default_value_t = 3)]
+    pub reps: u32,
+    /// Round trips per latency sample.
+    #[arg(long, default_value_t = 20_000)]
+    pub rr_count: u32,
+}
+
+const SCENARIOS: &[&str] = &["c2c"];
+
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    require_root("bench")?;
+    setup::run()?;
+    build::run()?;
+    use_bin_dir(build::bin_dir());
+    let selected: Vec<&str> = if args.scenarios.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        args.scenarios.iter().map(String::as_str).collect()
+    };
+    for s in &selected {
+        if !SCENARIOS.contains(s) {
+            bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
+        }
+    }
+    let out_dir = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    step(&format!("bench: {}", machine_summary()));
+    for s in selected {
+        match s {
+            "c2c" => c2c::run(args, &out_dir)?,
+            _ => unreachable!("checked above"),
+        }
+    }
+    Ok(())
+}
+
+fn machine_summary() -> String {
+    let kernel = capture(Command::new("uname").arg("-r")).unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    format!("kernel {}, {cpus} x {cpu}", kernel.trim())
+}
+
+/// A process the benchmark started; killed (by its PID) when dropped.
+pub struct Spawned(Child);
+
+impl Spawned {
+    /// Starts `program args` inside the namespace at `ns`, pinned to `cpu`.
+    pub fn in_netns(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let cpu = cpu.to_string();
+        let mut full = vec!["-c", cpu.as_str(), program];
+        full.extend_from_slice(args);
+        let child = in_netns(ns, "taskset", &full)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {program}"))?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `program args` to completion inside `ns`, pinned to `cpu`.
+pub fn capture_in(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let cpu = cpu.to_string();
+    let mut full = vec!["-c", cpu.as_str(), program];
+    full.extend_from_slice(args);
+    capture(&mut in_netns(ns, "taskset", &full))
+}
+
+/// This xtask binary, to run its hidden rr-server / rr-client inside
+/// namespaces.
+pub fn self_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("current_exe")
+}
+
+/// Median, min and max of some samples.
+pub fn spread(samples: &[f64]) -> (f64, f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}

@@ -1,0 +1,22 @@
+//! `cargo xtask build`: the eBPF object (via userspace/ferry/build.rs) and
+//! the release binaries with it embedded.
+
+use std::{path::PathBuf, process::Command};
+
+use crate::{run_cmd, step, workspace_root};
+
+pub fn run() -> anyhow::Result<()> {
+    step("build: ferryd and ferry (release, eBPF object embedded)");
+    run_cmd(Command::new("cargo").current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "ferry",
+        "--bins",
+    ]))
+}
+
+/// Where `build` puts the binaries.
+pub fn bin_dir() -> PathBuf {
+    workspace_root().join("target/release")
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask setup`: installs the prerequisites idempotently, checking
+//! each first so that a prepared machine needs neither root nor network.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::{capture, is_root, run_cmd, step};
+
+/// Debian packages: the eBPF toolchain's LLVM, and the tools the tests,
+/// demo and benchmarks drive.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "build-essential",
+    "pkg-config",
+    "bpftool",
+    "iproute2",
+    "iputils-ping",
+    "iptables",
+    "nftables",
+    "iperf3",
+    "socat",
+    "util-linux",
+    "tcpdump",
+    "ethtool",
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    apt_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    step("setup: everything is in place");
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        step("setup: Debian packages present");
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing packages {missing:?}: run cargo xtask setup as root to install them");
+    }
+    step(&format!("setup: installing {}", missing.join(" ")));
+    // llvm-22-dev comes from bookworm-security: refresh the index first.
+    run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+    .context("apt-get install failed")
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let toolchains = capture(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("setup: installing the nightly toolchain");
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        return Ok(());
+    }
+    let components = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        step("setup: nightly rust-src present");
+        return Ok(());
+    }
+    step("setup: adding rust-src to nightly");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Ok(version) = capture(Command::new("bpf-linker").arg("--version"))
+        && version.contains(BPF_LINKER_VERSION)
+    {
+        step("setup: bpf-linker present");
+        return Ok(());
+    }
+    step(&format!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+    ));
+    run_cmd(
+        Command::new("cargo")
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--force",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+}

@@ -1,0 +1,44 @@
+//! `cargo xtask test`: setup, build, lint, then every test. Privileged
+//! tests build their own namespaces (see tests/integration).
+
+use std::process::Command;
+
+use crate::{build, require_root, run_cmd, setup, step, workspace_root};
+
+pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
+    require_root("test")?;
+    setup::run()?;
+    build::run()?;
+    let root = workspace_root();
+    step("lint: cargo fmt --check");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]),
+    )?;
+    step("lint: cargo clippy -D warnings");
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    step("test: unit and integration tests");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env("FERRY_BIN_DIR", build::bin_dir())
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "ferry-ebpf",
+                "--no-fail-fast",
+            ])
+            .args(cargo_args),
+    )
+}
