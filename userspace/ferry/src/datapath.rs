@@ -23,7 +23,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType,
+        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
     util::nr_cpus,
@@ -276,6 +276,30 @@ impl Datapath {
                 Ok((*reason, values.iter().sum()))
             })
             .collect()
+    }
+
+    /// Runs `program` once on `frame` with BPF_PROG_TEST_RUN (no interface
+    /// involved; the skb's ifindex is the loopback's, 1). Returns the verdict
+    /// and the frame as the program left it.
+    pub fn test_run(
+        &mut self,
+        program: &'static str,
+        frame: &[u8],
+    ) -> Result<(u32, Vec<u8>), DatapathError> {
+        let prog = classifier(&mut self.ebpf, program)?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = prog
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| DatapathError::Program {
+                name: program,
+                source,
+            })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
     }
 
     /// Number of endpoints in the map.
