@@ -6,7 +6,8 @@
 use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command, time::Duration};
 
 use ferry_integration::{
-    HOST_UPLINK_IP, World, bin_dir, check, in_netns, output, ping, tcp_exchange, wait_until,
+    Container, HOST_UPLINK_IP, World, bin_dir, check, in_netns, output, ping, tcp_exchange,
+    wait_until,
 };
 
 /// A container workload that echoes every TCP connection on `port`.
@@ -18,7 +19,7 @@ fn echo_server(port: u16) -> Vec<String> {
     ]
 }
 
-fn run_echo(world: &World, name: &str, port: u16) -> ferry_integration::Container {
+fn run_echo(world: &World, name: &str, port: u16) -> Container {
     let cmd = echo_server(port);
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     world.run(name, &cmd)
@@ -127,6 +128,35 @@ fn no_bridge_no_netfilter_rule_no_ip_forwarding() {
     assert_eq!(rulesets(root), root_before, "the machine's rules changed");
 }
 
+/// Pings `to` from `from` (with extra `ping` flags), which must fail; the
+/// `reason` drop counter must grow by at least `count` and `to` must not
+/// have received anything.
+fn assert_dropped(
+    world: &World,
+    from: &Container,
+    to: &Container,
+    extra: &[&str],
+    reason: &str,
+    count: u64,
+) {
+    let before = world.drops(reason);
+    let (rx_before, _) = stats(world, &to.name);
+    assert!(
+        !ping(&from.netns, &to.ip, count as u32, extra),
+        "{reason}: traffic got through"
+    );
+    assert!(
+        world.drops(reason) >= before + count,
+        "{reason} did not count the drops"
+    );
+    assert_eq!(
+        stats(world, &to.name).0,
+        rx_before,
+        "{reason}: {} received it",
+        to.name
+    );
+}
+
 #[test]
 fn forged_source_ip_and_mac_are_dropped_and_counted() {
     let world = World::new();
@@ -140,41 +170,21 @@ fn forged_source_ip_and_mac_are_dropped_and_counted() {
         "ip",
         &["addr", "add", &format!("{forged}/32"), "dev", "eth0"],
     ));
-    let before = world.drops("spoofed_ip");
-    let (b_rx_before, _) = stats(&world, "b");
-    assert!(
-        !ping(&a.netns, &b.ip, 3, &["-I", forged]),
-        "a forged source got through"
-    );
-    assert!(
-        world.drops("spoofed_ip") >= before + 3,
-        "spoofed_ip did not count the drops"
-    );
-    assert_eq!(
-        stats(&world, "b").0,
-        b_rx_before,
-        "b received forged packets"
-    );
+    assert_dropped(&world, &a, &b, &["-I", forged], "spoofed_ip", 3);
 
     // A forged MAC: changing it flushes the gateway entry, so the first
-    // frames are ARP requests; restore the entry to also send IPv4 frames.
+    // frames are ARP requests; restoring the entry then sends IPv4 frames.
     // Both kinds must be dropped.
     let gateway_mac = world.inspect("a")["Ferry"]["HostVethMac"]
         .as_str()
         .expect("mac")
         .to_owned();
-    let before = world.drops("spoofed_mac");
     check(&mut in_netns(
         &a.netns,
         "ip",
         &["link", "set", "eth0", "address", "02:00:00:00:00:99"],
     ));
-    assert!(
-        !ping(&a.netns, &b.ip, 2, &[]),
-        "ARP from a forged MAC got an answer"
-    );
-    let after_arp = world.drops("spoofed_mac");
-    assert!(after_arp > before, "forged ARP was not counted");
+    assert_dropped(&world, &a, &b, &[], "spoofed_mac", 1);
     check(&mut in_netns(
         &a.netns,
         "ip",
@@ -190,19 +200,7 @@ fn forged_source_ip_and_mac_are_dropped_and_counted() {
             "permanent",
         ],
     ));
-    assert!(
-        !ping(&a.netns, &b.ip, 3, &[]),
-        "IPv4 from a forged MAC got through"
-    );
-    assert!(
-        world.drops("spoofed_mac") >= after_arp + 3,
-        "forged IPv4 frames were not counted"
-    );
-    assert_eq!(
-        stats(&world, "b").0,
-        b_rx_before,
-        "b received forged packets"
-    );
+    assert_dropped(&world, &a, &b, &[], "spoofed_mac", 3);
 }
 
 #[test]
