@@ -415,6 +415,11 @@ fn ferryd_refuses_bad_configuration_clearly() {
     let other_run = world.dir.join("run2");
     let mut second = world.ferryd_command_with(&[("--run-dir", other_run.to_str().expect("utf8"))]);
     ferryd_fails(&mut second, "already in use");
+    assert!(
+        !other_run.exists(),
+        "a refused ferryd created {}",
+        other_run.display()
+    );
     world.ferry_ok(&["ps"]);
     world.stop_ferryd();
 
@@ -455,5 +460,39 @@ fn ferryd_refuses_to_start_without_root_or_bpf() {
         !state.exists(),
         "a refused ferryd created {}",
         state.display()
+    );
+}
+
+#[test]
+fn the_datapath_outlives_ferryd_and_a_new_ferryd_adopts_it() {
+    let mut world = World::new();
+    let a = run_echo(&world, "a", 7007);
+    let b = run_echo(&world, "b", 7008);
+    assert!(ping(&a.netns, &b.ip, 1, &[]));
+
+    // ferryd gone: containers keep running and traffic keeps flowing through
+    // the filters and pinned maps it left.
+    world.stop_ferryd();
+    assert!(
+        ping(&a.netns, &b.ip, 3, &[]),
+        "no traffic while ferryd is down"
+    );
+    assert_eq!(tcp_exchange(&a.netns, &b.ip, 7008, "alone\n"), "alone\n");
+
+    // A new ferryd adopts them: same containers, counters kept (the
+    // packets sent while it was down are in them), one filter per hook.
+    world.start_ferryd();
+    assert_eq!(world.container("b").pid, b.pid);
+    let (rx, _) = stats(&world, "b");
+    assert!(rx >= 4, "counters were reset: b rx={rx}");
+    let tc = check(&mut world.in_host("tc", &["filter", "show", "dev", &b.host_veth, "ingress"]));
+    let filters = tc.lines().filter(|l| l.contains("from_container")).count();
+    assert_eq!(filters, 1, "filters duplicated: {tc}");
+    assert_eq!(tcp_exchange(&b.netns, &a.ip, 7007, "again\n"), "again\n");
+    world.ferry_ok(&["rm", "-f", "a"]);
+    let link = output(&mut world.in_host("ip", &["link", "show", &a.host_veth]));
+    assert!(
+        !link.status.success(),
+        "an adopted container's veth survived rm"
     );
 }

@@ -62,6 +62,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     preflight::require_root()?;
     preflight::require_bpf()?;
     preflight::ensure_bpffs(&config.pin_dir)?;
+    // Refuse a served socket before creating anything.
+    socket_in_use(&config.socket)?;
     for dir in [&config.state_dir, &config.run_dir] {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
@@ -96,6 +98,17 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     served.map_err(|e| anyhow::anyhow!("API server: {e}"))
 }
 
+/// Fails if a live process serves `path`.
+fn socket_in_use(path: &Path) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!(
+            "API socket {} is already in use by another process",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 /// One ferryd per run directory.
 fn lock(run_dir: &Path) -> anyhow::Result<Flock<File>> {
     let path = run_dir.join("ferryd.lock");
@@ -110,12 +123,7 @@ fn lock(run_dir: &Path) -> anyhow::Result<Flock<File>> {
 fn bind_socket(config: &Config) -> anyhow::Result<UnixListener> {
     let path = &config.socket;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "API socket {} is already in use by another process",
-                path.display()
-            );
-        }
+        socket_in_use(path)?;
         std::fs::remove_file(path)
             .map_err(|e| anyhow::anyhow!("cannot remove stale socket {}: {e}", path.display()))?;
     }
