@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "iperf3",
     "socat",
+    "curl",
     "util-linux",
     "tcpdump",
     "ethtool",

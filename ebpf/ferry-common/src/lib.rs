@@ -18,14 +18,15 @@ pub const GATEWAY_V4: [u8; 4] = [169, 254, 1, 1];
 /// Capacity of the endpoint map (containers on this host).
 pub const MAX_ENDPOINTS: u32 = 4096;
 
-/// Key of the `endpoints` and `ep_stats` maps: a container's IPv4 address.
+/// An IPv4 address as a map key: of a container (`endpoints`, `ep_stats`)
+/// or of the host (`host_addrs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct EndpointKey {
+pub struct Ipv4Key {
     /// Network byte order.
     pub ip: [u8; 4],
 }
-const _: () = assert!(size_of::<EndpointKey>() == 4);
+const _: () = assert!(size_of::<Ipv4Key>() == 4);
 
 /// A local container as the datapath sees it.
 #[repr(C)]
@@ -67,6 +68,86 @@ impl EndpointStats {
     }
 }
 
+/// Capacity of the published-port map.
+pub const MAX_PORTMAPS: u32 = 65536;
+/// Capacity of the connection-tracking map (two entries per flow).
+pub const MAX_CT: u32 = 262_144;
+/// Capacity of the host-address map.
+pub const MAX_HOST_ADDRS: u32 = 256;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of the `portmap` map: a published host port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PortKey {
+    /// Host address the port is published on; 0.0.0.0 = every host address.
+    pub ip: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    /// IPPROTO_TCP or IPPROTO_UDP.
+    pub proto: u8,
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<PortKey>() == 8);
+
+/// Where a published port leads: a container address and port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortTarget {
+    pub ip: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PortTarget>() == 8);
+
+/// Key of the `ct` map: a flow as seen in one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Network byte order.
+    pub sport: [u8; 2],
+    /// Network byte order.
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub pad: [u8; 3],
+}
+const _: () = assert!(size_of::<CtKey>() == 16);
+
+/// `CtEntry::kind`: what to do with a packet matching the key.
+/// Published port, client to container: rewrite the destination to
+/// `nat_addr:nat_port` and deliver to the container behind `ifindex`.
+pub const CT_DNAT: u8 = 1;
+/// Published port, container to client: rewrite the source to
+/// `nat_addr:nat_port` and send out of `ifindex` (the uplink the request
+/// came in on) from `smac` to `dmac`.
+pub const CT_DNAT_REPLY: u8 = 2;
+
+/// A tracked flow direction and its translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub nat_addr: [u8; 4],
+    /// Network byte order.
+    pub nat_port: [u8; 2],
+    /// `CT_DNAT` or `CT_DNAT_REPLY`.
+    pub kind: u8,
+    pub pad: u8,
+    /// Where packets of this direction leave (host veth or uplink).
+    pub ifindex: u32,
+    /// For `CT_DNAT_REPLY`: the next hop the request came from, and the
+    /// uplink's own MAC.
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// bpf_ktime_get_ns() of the last packet (for the userspace GC).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(size_of::<CtEntry>() == 32);
+
 /// Why the datapath dropped a packet: the index into the `drops` map.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,17 +164,20 @@ pub enum DropReason {
     PolicyDenied = 4,
     /// The redirect helper refused the packet.
     RedirectFailed = 5,
+    /// A NAT rewrite (store or checksum helper) failed.
+    NatFailed = 6,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Malformed,
         Self::SpoofedIp,
         Self::SpoofedMac,
         Self::UnsupportedL3,
         Self::PolicyDenied,
         Self::RedirectFailed,
+        Self::NatFailed,
     ];
     /// Number of reasons: the size of the `drops` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -108,15 +192,20 @@ impl DropReason {
             Self::UnsupportedL3 => "unsupported_l3",
             Self::PolicyDenied => "policy_denied",
             Self::RedirectFailed => "redirect_failed",
+            Self::NatFailed => "nat_failed",
         }
     }
 }
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C), padding-free (sizes asserted above) and
+    // SAFETY: all are repr(C), padding-free (sizes asserted above) and
     // valid for every bit pattern.
-    unsafe impl aya::Pod for super::EndpointKey {}
+    unsafe impl aya::Pod for super::Ipv4Key {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PortTarget {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::EndpointStats {}
 }

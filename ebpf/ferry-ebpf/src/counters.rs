@@ -2,7 +2,7 @@
 //! by reason. All maps are per-CPU, so plain adds are race-free.
 
 use aya_ebpf::bindings::TC_ACT_SHOT;
-use ferry_common::{DropReason, EndpointKey};
+use ferry_common::{DropReason, Ipv4Key};
 
 use crate::maps::{drops, ep_stats};
 
@@ -19,7 +19,7 @@ pub fn drop_packet(reason: DropReason) -> i32 {
 
 /// Counts a packet the container sent.
 #[inline(always)]
-pub fn count_tx(key: &EndpointKey, bytes: u32) {
+pub fn count_tx(key: &Ipv4Key, bytes: u32) {
     if let Some(stats) = ep_stats.get_ptr_mut(key) {
         // SAFETY: per-CPU value, see `drop_packet`; the entry is only removed
         // by ferryd together with the endpoint, and a racing removal leaves
@@ -33,7 +33,7 @@ pub fn count_tx(key: &EndpointKey, bytes: u32) {
 
 /// Counts a packet delivered to the container.
 #[inline(always)]
-pub fn count_rx(key: &EndpointKey, bytes: u32) {
+pub fn count_rx(key: &Ipv4Key, bytes: u32) {
     if let Some(stats) = ep_stats.get_ptr_mut(key) {
         // SAFETY: as in `count_tx`.
         unsafe {

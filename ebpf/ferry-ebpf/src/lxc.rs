@@ -14,15 +14,17 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ferry_common::{DropReason, Endpoint, EndpointKey, GATEWAY_V4};
+use ferry_common::{DropReason, Endpoint, GATEWAY_V4, Ipv4Key};
 
 use crate::{
     counters::{count_rx, count_tx, drop_packet},
+    ct,
     maps::endpoints,
     parse::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
-        Ipv4Hdr, mac_eq, ptr_at, pull,
+        Ipv4Hdr, l4_of, mac_eq, ptr_at, pull,
     },
+    uplink,
 };
 
 /// tc ingress on a container's host-side veth: every packet the container
@@ -63,7 +65,7 @@ fn try_from_container(ctx: &TcContext) -> Result<i32, DropReason> {
 fn sender(
     ctx: &TcContext,
     eth: *const EthHdr,
-    src: &EndpointKey,
+    src: &Ipv4Key,
 ) -> Result<&'static Endpoint, DropReason> {
     // SAFETY: a hash map value is valid for the duration of the program run
     // (RCU); ferryd only replaces endpoints whole.
@@ -90,13 +92,21 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
         if (*ip).version() != 4 || (*ip).header_len() < IPV4_MIN_HLEN {
             return Err(DropReason::Malformed);
         }
-        (EndpointKey { ip: (*ip).src }, EndpointKey { ip: (*ip).dst })
+        (Ipv4Key { ip: (*ip).src }, Ipv4Key { ip: (*ip).dst })
     };
     let me = sender(ctx, eth, &src)?;
     count_tx(&src, ctx.len());
 
     // SAFETY: as in `sender`.
     let Some(peer) = (unsafe { endpoints.get(&dst) }) else {
+        // Not for a local container: a reply to a published-port client,
+        // or traffic for the host stack.
+        if let Some(l4) = l4_of(ctx, ip) {
+            let key = ct::key_of(src.ip, dst.ip, &l4);
+            if let Some(entry) = ct::lookup(&key).filter(uplink::is_reply) {
+                return uplink::reply_to_client(ctx, &l4, src.ip, &entry);
+            }
+        }
         return Ok(TC_ACT_OK as i32);
     };
     if peer.net_id != me.net_id {
@@ -125,12 +135,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
 fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let arp: *mut ArpHdr = ptr_at(ctx, ETH_HLEN)?;
     // SAFETY: bounds checked by `ptr_at`.
-    let (valid, src) = unsafe {
-        (
-            (*arp).is_ipv4_over_ethernet(),
-            EndpointKey { ip: (*arp).spa },
-        )
-    };
+    let (valid, src) = unsafe { ((*arp).is_ipv4_over_ethernet(), Ipv4Key { ip: (*arp).spa }) };
     if !valid {
         return Err(DropReason::UnsupportedL3);
     }
@@ -181,7 +186,7 @@ pub fn to_container(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
     // SAFETY: bounds checked by `ptr_at`.
-    let dst = EndpointKey {
+    let dst = Ipv4Key {
         ip: unsafe { (*ip).dst },
     };
     count_rx(&dst, ctx.len());

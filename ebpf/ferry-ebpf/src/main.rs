@@ -1,6 +1,6 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
-//! veth of each container) and one per subsystem (`parse`, `counters`), all
-//! maps in `maps`.
+//! veth of each container; `uplink`: the host's outside interfaces) and one
+//! per subsystem (`parse`, `csum`, `ct`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
 //! target this crate is an empty binary so workspace-wide tooling still works.
@@ -9,11 +9,17 @@
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod csum;
+#[cfg(target_arch = "bpf")]
+mod ct;
+#[cfg(target_arch = "bpf")]
 mod lxc;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod uplink;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -7,21 +7,39 @@
 )]
 
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
-use ferry_common::{DropReason, Endpoint, EndpointKey, EndpointStats, MAX_ENDPOINTS};
+use ferry_common::{
+    CtEntry, CtKey, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT, MAX_ENDPOINTS,
+    MAX_HOST_ADDRS, MAX_PORTMAPS, PortKey, PortTarget,
+};
 
 /// Local containers by IPv4 address. Written by ferryd only.
 #[btf_map]
-pub static endpoints: HashMap<EndpointKey, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+pub static endpoints: HashMap<Ipv4Key, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
 
 /// Per-container packet and byte counters. ferryd creates the entry with the
 /// endpoint (and removes it with it); the programs only add to it.
 #[btf_map]
-pub static ep_stats: PerCpuHashMap<EndpointKey, EndpointStats, { MAX_ENDPOINTS as usize }> =
+pub static ep_stats: PerCpuHashMap<Ipv4Key, EndpointStats, { MAX_ENDPOINTS as usize }> =
     PerCpuHashMap::new();
 
 /// Dropped packets, indexed by `DropReason`.
 #[btf_map]
 pub static drops: PerCpuArray<u64, { DropReason::COUNT as usize }> = PerCpuArray::new();
+
+/// Published ports: (host address or 0.0.0.0, port, protocol) -> container
+/// address and port. Written by ferryd only.
+#[btf_map]
+pub static portmap: HashMap<PortKey, PortTarget, { MAX_PORTMAPS as usize }> = HashMap::new();
+
+/// The host's own IPv4 addresses: a publish on 0.0.0.0 applies to packets
+/// for these only (Docker's `--dst-type LOCAL`). Written by ferryd.
+#[btf_map]
+pub static host_addrs: HashMap<Ipv4Key, u32, { MAX_HOST_ADDRS as usize }> = HashMap::new();
+
+/// Connection tracking: one entry per flow direction, created by the
+/// datapath, least recently used evicted first.
+#[btf_map]
+pub static ct: LruHashMap<CtKey, CtEntry, { MAX_CT as usize }> = LruHashMap::new();

@@ -88,6 +88,55 @@ impl Ipv4Hdr {
     }
 }
 
+/// The first four bytes of TCP and UDP headers.
+#[repr(C)]
+pub struct PortsHdr {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// Where a TCP or UDP header and its checksum are, and its ports.
+pub struct L4 {
+    pub proto: u8,
+    /// Offset of the L4 header from the start of the frame.
+    pub off: usize,
+    /// Offset of the L4 checksum from the start of the frame.
+    pub csum_off: usize,
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+}
+
+/// The L4 header of an IPv4 packet, if it is an unfragmented TCP or UDP
+/// packet whose header is in the linear data. Fragments and other
+/// protocols give `None` (the NAT paths leave them alone).
+#[inline(always)]
+pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
+    // SAFETY: the caller checked the IPv4 header's bounds.
+    let (proto, ihl, frag) = unsafe { ((*ip).protocol, (*ip).header_len(), (*ip).frag_off) };
+    // More-fragments flag or a fragment offset.
+    if u16::from_be_bytes(frag) & 0x3fff != 0 || ihl < IPV4_MIN_HLEN {
+        return None;
+    }
+    let off = ETH_HLEN + ihl;
+    let csum_off = match proto {
+        ferry_common::IPPROTO_TCP => off + 16,
+        ferry_common::IPPROTO_UDP => off + 6,
+        _ => return None,
+    };
+    // The checksum field must be in the packet too.
+    ptr_at::<[u8; 2]>(ctx, csum_off).ok()?;
+    let ports: *const PortsHdr = ptr_at(ctx, off).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
+    Some(L4 {
+        proto,
+        off,
+        csum_off,
+        sport,
+        dport,
+    })
+}
+
 /// A pointer to a `T` at `offset` into the packet, after checking that the
 /// whole `T` lies inside the linear data.
 #[inline(always)]

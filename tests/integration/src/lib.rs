@@ -218,6 +218,9 @@ impl World {
             self.pin_dir.display().to_string(),
             "--socket".into(),
             self.socket.display().to_string(),
+            // Always explicit: a world never relies on default-route detection.
+            "--uplink".into(),
+            "uplink0".into(),
         ]
     }
 
@@ -429,6 +432,18 @@ pub fn tcp_exchange(ns: &Path, ip: &str, port: u16, payload: &str) -> String {
         sleep(Duration::from_millis(100));
     }
     panic!("no TCP answer from {ip}:{port}: {last}");
+}
+
+/// `iptables-save` and `nft list ruleset` of a namespace, without the
+/// timestamp comments iptables-save adds.
+pub fn rulesets(ns: &Path) -> String {
+    let ipt = check(&mut in_netns(ns, "iptables-save", &[]));
+    let nft = check(&mut in_netns(ns, "nft", &["list", "ruleset"]));
+    ipt.lines()
+        .filter(|l| !l.starts_with('#'))
+        .chain(nft.lines())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `ping -c <count>` from the namespace at `ns`; true if all replies came.

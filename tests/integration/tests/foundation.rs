@@ -6,8 +6,8 @@
 use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command, time::Duration};
 
 use ferry_integration::{
-    Container, HOST_UPLINK_IP, World, bin_dir, check, in_netns, output, ping, tcp_exchange,
-    wait_until,
+    Container, HOST_UPLINK_IP, World, bin_dir, check, in_netns, output, ping, rulesets,
+    tcp_exchange, wait_until,
 };
 
 /// A container workload that echoes every TCP connection on `port`.
@@ -83,18 +83,6 @@ fn host_and_container_reach_each_other() {
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(echoed, "to host\n");
-}
-
-/// `iptables-save` and `nft list ruleset` of a namespace, without the
-/// timestamp comments iptables-save adds.
-fn rulesets(ns: &Path) -> String {
-    let ipt = check(&mut in_netns(ns, "iptables-save", &[]));
-    let nft = check(&mut in_netns(ns, "nft", &["list", "ruleset"]));
-    ipt.lines()
-        .filter(|l| !l.starts_with('#'))
-        .chain(nft.lines())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[test]

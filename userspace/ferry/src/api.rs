@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     daemon::Daemon,
     link::mac_to_string,
+    portmap::PortMapping,
     state::{ContainerRecord, Status},
 };
 
@@ -30,7 +31,18 @@ pub struct RunRequest {
     pub hostname: Option<String>,
     #[serde(default)]
     pub env: Vec<String>,
+    /// Publish specs as `docker run -p` takes them.
+    #[serde(default)]
+    pub publish: Vec<String>,
     pub cmd: Vec<String>,
+}
+
+/// One host binding of a published port (Docker's `PortBinding`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBinding {
+    pub host_ip: String,
+    pub host_port: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +82,8 @@ pub struct NetworkSettings {
     pub gateway: String,
     pub mac_address: String,
     pub networks: BTreeMap<String, EndpointSettings>,
+    /// `"80/tcp" -> [{HostIp, HostPort}]`, as Docker shows published ports.
+    pub ports: BTreeMap<String, Vec<PortBinding>>,
 }
 
 /// What ferry adds to Docker's inspect shape: the host side of the wiring.
@@ -112,6 +126,7 @@ impl From<&ContainerRecord> for ContainerJson {
                         gateway,
                         mac_address: endpoint.mac_address.clone(),
                         networks: BTreeMap::from([("bridge".to_owned(), endpoint)]),
+                        ports: port_bindings(&r.ports),
                     },
                     FerrySettings {
                         host_veth: n.host_ifname.clone(),
@@ -143,6 +158,22 @@ impl From<&ContainerRecord> for ContainerJson {
             ferry,
         }
     }
+}
+
+fn port_bindings(ports: &[PortMapping]) -> BTreeMap<String, Vec<PortBinding>> {
+    let mut out: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
+    for m in ports {
+        out.entry(format!("{}/{}", m.container_port, m.proto))
+            .or_default()
+            .push(PortBinding {
+                host_ip: m
+                    .host_ip
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)
+                    .to_string(),
+                host_port: m.host_port.to_string(),
+            });
+    }
+    out
 }
 
 /// `GET /containers/{id}/stats`: datapath counters of one container.

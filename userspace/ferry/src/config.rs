@@ -30,6 +30,9 @@ pub struct Config {
     /// Group that may use the API socket (mode 0660), `None` for root only.
     pub socket_gid: Option<u32>,
     pub subnet: Ipv4Net,
+    /// Interfaces where published ports are served; empty: the interfaces
+    /// of the default route.
+    pub uplinks: Vec<String>,
 }
 
 /// Parses and checks a container subnet: IPv4 CIDR, network address given

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ferry_common::{DropReason, Endpoint, GATEWAY_V4};
+use ferry_common::{DropReason, Endpoint, GATEWAY_V4, PortKey, PortTarget};
 use nix::{
     fcntl::{Flock, FlockArg},
     sys::{
@@ -36,6 +36,7 @@ use crate::{
     ipam::{Ipam, IpamError},
     link::{Mac, Netlink},
     netns::{self, NetNsGuard},
+    portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
     preflight,
     state::{ContainerRecord, NetworkRecord, Status, Store, process_start_time},
 };
@@ -54,6 +55,8 @@ struct Inner {
     datapath: Datapath,
     store: Store,
     netlink: Netlink,
+    /// Host ports held for each running container's publishes.
+    reservations: HashMap<String, Vec<Reservation>>,
 }
 
 /// Everything that must exist before ferryd serves, checked in the order a
@@ -185,6 +188,7 @@ struct Partial {
     host_ifindex: Option<u32>,
     host_ifname: Option<String>,
     dir: bool,
+    ports: Vec<PortKey>,
 }
 
 impl Daemon {
@@ -197,15 +201,22 @@ impl Daemon {
             warn!(%id, "removing a container directory without a config (creation was interrupted)");
             store.remove(&id)?;
         }
+        let mut inner = Inner {
+            containers: BTreeMap::new(),
+            exits: HashMap::new(),
+            ipam: Ipam::new(config.subnet),
+            datapath,
+            store,
+            netlink,
+            reservations: HashMap::new(),
+        };
+        for uplink in uplinks(config, &inner.netlink).await? {
+            inner.datapath.attach_uplink(&uplink)?;
+            info!(%uplink, "published ports served on this uplink");
+        }
+        inner.refresh_host_addrs().await?;
         let daemon = Arc::new(Self {
-            inner: Mutex::new(Inner {
-                containers: BTreeMap::new(),
-                exits: HashMap::new(),
-                ipam: Ipam::new(config.subnet),
-                datapath,
-                store,
-                netlink,
-            }),
+            inner: Mutex::new(inner),
         });
         daemon.adopt(records).await;
         Ok(daemon)
@@ -226,6 +237,7 @@ impl Daemon {
                         warn!(id = %record.id, %e, "cannot re-attach the datapath");
                     }
                 }
+                inner.adopt_ports(&record);
                 info!(id = %record.short_id(), "adopted running container");
                 if let Some(pid) = record.monitor_pid {
                     self.watch_exit(&mut inner, record.id.clone(), pid);
@@ -283,6 +295,12 @@ impl Daemon {
                 "no command given: ferry run [OPTIONS] -- CMD [ARGS...]".into(),
             ));
         }
+        let specs = req
+            .publish
+            .iter()
+            .map(|p| p.parse::<PublishSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut inner = self.inner.lock().await;
         let id = random_id()?;
         let name = req.name.clone().unwrap_or_else(|| id[..12].to_owned());
@@ -299,7 +317,7 @@ impl Daemon {
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
         let mut partial = Partial::default();
         match inner
-            .create(&id, &name, &hostname, &req, &mut partial)
+            .create(&id, &name, &hostname, &req, &specs, &mut partial)
             .await
         {
             Ok(record) => {
@@ -421,10 +439,7 @@ impl Daemon {
         Ok(DatapathJson {
             pin_dir: inner.datapath.pin_dir().display().to_string(),
             endpoints: inner.datapath.endpoint_count().map_err(internal)?,
-            programs: vec![
-                datapath::PROG_FROM_CONTAINER.into(),
-                datapath::PROG_TO_CONTAINER.into(),
-            ],
+            programs: datapath::PROGRAMS.iter().map(|p| (*p).to_owned()).collect(),
             drops: drops
                 .into_iter()
                 .map(|(reason, n): (DropReason, u64)| (reason.name().to_owned(), n))
@@ -460,6 +475,7 @@ impl Inner {
         name: &str,
         hostname: &str,
         req: &RunRequest,
+        specs: &[PublishSpec],
         partial: &mut Partial,
     ) -> Result<ContainerRecord, ApiError> {
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
@@ -557,6 +573,8 @@ impl Inner {
             .await
             .map_err(|e| internal(&e))?;
 
+        let ports = self.publish(id, ip, specs, partial).await?;
+
         let spec = InitSpec {
             hostname: hostname.to_owned(),
             cmd: req.cmd.clone(),
@@ -590,6 +608,7 @@ impl Inner {
                 host_ifindex,
                 host_mac,
             }),
+            ports,
         };
         self.store.save(&record).map_err(|e| internal(&e))?;
         Ok(record)
@@ -603,6 +622,12 @@ impl Inner {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid as i32), None);
         }
+        for key in &partial.ports {
+            if let Err(e) = self.datapath.remove_port(key) {
+                warn!(%id, %e, "rollback: cannot unpublish a port");
+            }
+        }
+        self.reservations.remove(id);
         if let Some(ifname) = &partial.host_ifname {
             self.datapath.forget(ifname);
         }
@@ -624,9 +649,102 @@ impl Inner {
         }
     }
 
+    /// Reserves the host ports of `specs` and publishes them to `ip`.
+    /// Everything made is recorded in `partial` for rollback.
+    async fn publish(
+        &mut self,
+        id: &str,
+        ip: Ipv4Addr,
+        specs: &[PublishSpec],
+        partial: &mut Partial,
+    ) -> Result<Vec<PortMapping>, ApiError> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The host's addresses may have changed since the last publish.
+        self.refresh_host_addrs()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let mut mappings = Vec::new();
+        for spec in specs {
+            let allocated = portmap::allocate(spec).map_err(|e| self.explain_conflict(e))?;
+            for (mapping, reservation) in allocated {
+                let key = port_key(&mapping);
+                let target = PortTarget {
+                    ip: ip.octets(),
+                    port: mapping.container_port.to_be_bytes(),
+                    pad: [0; 2],
+                };
+                self.datapath
+                    .add_port(key, target)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                partial.ports.push(key);
+                self.reservations
+                    .entry(id.to_owned())
+                    .or_default()
+                    .push(reservation);
+                mappings.push(mapping);
+            }
+        }
+        Ok(mappings)
+    }
+
+    /// A port in use because another container publishes it says which.
+    fn explain_conflict(&self, err: ReserveError) -> ApiError {
+        if let ReserveError::InUse { ip, port, proto } = &err {
+            let owner = self.containers.values().find(|c| {
+                c.ports.iter().any(|m| {
+                    m.host_port == *port
+                        && m.proto == *proto
+                        && (m.host_ip.is_none() || ip.is_unspecified() || m.host_ip == Some(*ip))
+                })
+            });
+            if let Some(owner) = owner {
+                return ApiError::Conflict(format!(
+                    "{proto} port {port} is already published by container {}",
+                    owner.name
+                ));
+            }
+        }
+        ApiError::Conflict(err.to_string())
+    }
+
+    /// Holds the ports of a container taken over from an earlier ferryd.
+    fn adopt_ports(&mut self, record: &ContainerRecord) {
+        for mapping in &record.ports {
+            let spec = PublishSpec {
+                host_ip: mapping.host_ip,
+                host_ports: HostPorts::Range(mapping.host_port, mapping.host_port),
+                container_ports: (mapping.container_port, mapping.container_port),
+                proto: mapping.proto,
+            };
+            match portmap::allocate(&spec) {
+                Ok(held) => self
+                    .reservations
+                    .entry(record.id.clone())
+                    .or_default()
+                    .extend(held.into_iter().map(|(_, r)| r)),
+                Err(e) => warn!(id = %record.id, %e, "cannot hold an adopted port"),
+            }
+        }
+    }
+
+    /// Syncs `host_addrs` with this namespace's IPv4 addresses.
+    async fn refresh_host_addrs(&mut self) -> anyhow::Result<()> {
+        let addrs = self.netlink.ipv4_addresses().await?;
+        self.datapath.set_host_addrs(&addrs)?;
+        Ok(())
+    }
+
     /// Removes a container's network: map entries, veth (its route and
     /// neighbour go with it), address. Idempotent.
     async fn teardown_network(&mut self, record: &mut ContainerRecord) {
+        for mapping in std::mem::take(&mut record.ports) {
+            if let Err(e) = self.datapath.remove_port(&port_key(&mapping)) {
+                warn!(id = %record.id, %e, "cannot unpublish {mapping}");
+            }
+        }
+        self.reservations.remove(&record.id);
         let Some(net) = record.network.take() else {
             return;
         };
@@ -648,6 +766,28 @@ impl Inner {
         }
         self.ipam.release(net.ip);
     }
+}
+
+/// The datapath key of a published port.
+fn port_key(mapping: &PortMapping) -> PortKey {
+    PortKey {
+        ip: mapping.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+        port: mapping.host_port.to_be_bytes(),
+        proto: mapping.proto.number(),
+        pad: 0,
+    }
+}
+
+/// The uplinks to serve: as configured, else the default route's.
+async fn uplinks(config: &Config, netlink: &Netlink) -> anyhow::Result<Vec<String>> {
+    if !config.uplinks.is_empty() {
+        return Ok(config.uplinks.clone());
+    }
+    let found = netlink.default_route_interfaces().await?;
+    if found.is_empty() {
+        warn!("no default route and no --uplink: published ports are not served from outside");
+    }
+    Ok(found)
 }
 
 /// Waits for a process to exit via its pidfd; reaps it and returns its exit
@@ -704,6 +844,17 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
             failures.push(e.to_string());
         }
         info!(id = %record.short_id(), "removed");
+    }
+    for uplink in uplinks(config, &netlink).await? {
+        match aya::programs::tc::qdisc_detach_program(
+            &uplink,
+            aya::programs::TcAttachType::Ingress,
+            datapath::PROG_UPLINK_INGRESS,
+        ) {
+            Ok(()) => info!(%uplink, "detached from uplink"),
+            Err(aya::programs::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => failures.push(format!("detach from {uplink}: {e}")),
+        }
     }
     for (path, is_dir) in [(&config.pin_dir, true), (&config.socket, false)] {
         let result = if is_dir {

@@ -5,9 +5,11 @@
 //! Pins (one line each in docs/datapath.md):
 //! - `<pin>/endpoints`, `<pin>/ep_stats`, `<pin>/drops`: the maps, reused by
 //!   a restarted ferryd so counters and entries survive it;
-//! - `<pin>/progs/from_container`, `<pin>/progs/to_container`: the programs.
+//! - `<pin>/portmap`, `<pin>/host_addrs`, `<pin>/ct`: published ports, the
+//!   host's addresses, connection tracking;
+//! - `<pin>/progs/<program>`: the programs.
 //!
-//! Attachments are netlink cls_bpf filters (`tc filter show`, `bpftool net
+//! Attachments (container veths and uplinks) are netlink cls_bpf filters (`tc filter show`, `bpftool net
 //! show` list them by program name). They belong to the interface, not to
 //! ferryd: they stay when ferryd exits and go when the veth is deleted.
 
@@ -28,7 +30,7 @@ use aya::{
     },
     util::nr_cpus,
 };
-use ferry_common::{DropReason, Endpoint, EndpointKey, EndpointStats};
+use ferry_common::{DropReason, Endpoint, EndpointStats, Ipv4Key, PortKey, PortTarget};
 use tracing::{debug, info};
 
 /// The kernel object built by build.rs from `ebpf/ferry-ebpf`.
@@ -37,10 +39,22 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fe
 pub const MAP_ENDPOINTS: &str = "endpoints";
 pub const MAP_EP_STATS: &str = "ep_stats";
 pub const MAP_DROPS: &str = "drops";
-const MAPS: [&str; 3] = [MAP_ENDPOINTS, MAP_EP_STATS, MAP_DROPS];
+pub const MAP_PORTMAP: &str = "portmap";
+pub const MAP_HOST_ADDRS: &str = "host_addrs";
+pub const MAP_CT: &str = "ct";
+const MAPS: [&str; 6] = [
+    MAP_ENDPOINTS,
+    MAP_EP_STATS,
+    MAP_DROPS,
+    MAP_PORTMAP,
+    MAP_HOST_ADDRS,
+    MAP_CT,
+];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
+pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+pub const PROGRAMS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS];
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -118,7 +132,7 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
-        for name in [PROG_FROM_CONTAINER, PROG_TO_CONTAINER] {
+        for name in PROGRAMS {
             let prog = classifier(&mut ebpf, name)?;
             prog.load()
                 .map_err(|source| DatapathError::Program { name, source })?;
@@ -157,6 +171,26 @@ impl Datapath {
     /// container's host-side veth, replacing ferry's filters if an earlier
     /// ferryd left them there.
     pub fn attach(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        self.attach_programs(
+            ifname,
+            &[
+                (PROG_FROM_CONTAINER, TcAttachType::Ingress),
+                (PROG_TO_CONTAINER, TcAttachType::Egress),
+            ],
+        )
+    }
+
+    /// Attaches `uplink_ingress` to an uplink (ingress), replacing an
+    /// earlier ferryd's filter.
+    pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        self.attach_programs(ifname, &[(PROG_UPLINK_INGRESS, TcAttachType::Ingress)])
+    }
+
+    fn attach_programs(
+        &mut self,
+        ifname: &str,
+        programs: &[(&'static str, TcAttachType)],
+    ) -> Result<(), DatapathError> {
         match qdisc_add_clsact(ifname) {
             Err(e) if !is_eexist(&e) => {
                 return Err(DatapathError::Attach {
@@ -167,10 +201,7 @@ impl Datapath {
             }
             _ => {}
         }
-        for (program, hook) in [
-            (PROG_FROM_CONTAINER, TcAttachType::Ingress),
-            (PROG_TO_CONTAINER, TcAttachType::Egress),
-        ] {
+        for &(program, hook) in programs {
             let prog = classifier(&mut self.ebpf, program)?;
             let fail = |source| DatapathError::Attach {
                 program,
@@ -216,11 +247,11 @@ impl Datapath {
 
     /// Publishes a container to the datapath, with zeroed counters.
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DatapathError> {
-        let key = EndpointKey { ip: ip.octets() };
+        let key = Ipv4Key { ip: ip.octets() };
         let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
         let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
             .map_err(|e| DatapathError::Cpus(e.to_string()))?;
-        let mut stats: PerCpuHashMap<_, EndpointKey, EndpointStats> =
+        let mut stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
             PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
         // BPF_NOEXIST: re-adding an endpoint (adoption) keeps its counters.
         match stats.insert(key, zeros, BPF_NOEXIST) {
@@ -228,7 +259,7 @@ impl Datapath {
                 if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
             other => other.map_err(map_err(MAP_EP_STATS))?,
         }
-        let mut endpoints: BpfHashMap<_, EndpointKey, Endpoint> =
+        let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         endpoints
             .insert(key, endpoint, 0)
@@ -237,19 +268,19 @@ impl Datapath {
 
     /// Removes a container from the datapath. Missing entries are fine.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let key = EndpointKey { ip: ip.octets() };
-        let mut endpoints: BpfHashMap<_, EndpointKey, Endpoint> =
+        let key = Ipv4Key { ip: ip.octets() };
+        let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         ignore_missing(endpoints.remove(&key)).map_err(map_err(MAP_ENDPOINTS))?;
-        let mut stats: PerCpuHashMap<_, EndpointKey, EndpointStats> =
+        let mut stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
             PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
         ignore_missing(stats.remove(&key)).map_err(map_err(MAP_EP_STATS))
     }
 
     /// A container's counters, summed over CPUs.
     pub fn endpoint_stats(&mut self, ip: Ipv4Addr) -> Result<EndpointStats, DatapathError> {
-        let key = EndpointKey { ip: ip.octets() };
-        let stats: PerCpuHashMap<_, EndpointKey, EndpointStats> =
+        let key = Ipv4Key { ip: ip.octets() };
+        let stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
             PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
         match stats.get(&key, 0) {
             Ok(values) => Ok(values
@@ -302,9 +333,42 @@ impl Datapath {
         Ok((result.return_value, out))
     }
 
+    /// Publishes a host port: packets for it are DNAT'ed to `target`.
+    pub fn add_port(&mut self, key: PortKey, target: PortTarget) -> Result<(), DatapathError> {
+        let mut ports: BpfHashMap<_, PortKey, PortTarget> =
+            BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
+        ports.insert(key, target, 0).map_err(map_err(MAP_PORTMAP))
+    }
+
+    /// Unpublishes a host port. Missing is fine.
+    pub fn remove_port(&mut self, key: &PortKey) -> Result<(), DatapathError> {
+        let mut ports: BpfHashMap<_, PortKey, PortTarget> =
+            BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
+        ignore_missing(ports.remove(key)).map_err(map_err(MAP_PORTMAP))
+    }
+
+    /// Makes `host_addrs` hold exactly `addrs`.
+    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, Ipv4Key, u32> =
+            BpfHashMap::try_from(self.map(MAP_HOST_ADDRS)?).map_err(map_err(MAP_HOST_ADDRS))?;
+        let wanted: Vec<Ipv4Key> = addrs.iter().map(|a| Ipv4Key { ip: a.octets() }).collect();
+        let stale: Vec<Ipv4Key> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            ignore_missing(map.remove(&key)).map_err(map_err(MAP_HOST_ADDRS))?;
+        }
+        for key in wanted {
+            map.insert(key, 1, 0).map_err(map_err(MAP_HOST_ADDRS))?;
+        }
+        Ok(())
+    }
+
     /// Number of endpoints in the map.
     pub fn endpoint_count(&mut self) -> Result<usize, DatapathError> {
-        let endpoints: BpfHashMap<_, EndpointKey, Endpoint> =
+        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         Ok(endpoints.keys().filter(Result::is_ok).count())
     }

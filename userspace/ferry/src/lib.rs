@@ -13,5 +13,6 @@ pub mod format;
 pub mod ipam;
 pub mod link;
 pub mod netns;
+pub mod portmap;
 pub mod preflight;
 pub mod state;

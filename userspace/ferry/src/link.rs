@@ -12,9 +12,10 @@ use std::{
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
+    address::AddressAttribute,
     link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
     neighbour::NeighbourState,
-    route::RouteScope,
+    route::{RouteAttribute, RouteHeader, RouteScope},
 };
 use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder, new_connection,
@@ -206,6 +207,71 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::fail("add route", format!("{addr}/32")))
+    }
+
+    /// Names of the interfaces the IPv4 default routes (main table) leave by.
+    pub async fn default_route_interfaces(&self) -> Result<Vec<String>, LinkError> {
+        let mut routes = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut names = Vec::new();
+        while let Some(route) = routes
+            .try_next()
+            .await
+            .map_err(Self::fail("list routes", "default"))?
+        {
+            if route.header.destination_prefix_length != 0
+                || route.header.table != RouteHeader::RT_TABLE_MAIN
+            {
+                continue;
+            }
+            for attr in &route.attributes {
+                if let RouteAttribute::Oif(index) = attr
+                    && let Some(name) = self.name_of(*index).await?
+                    && !names.contains(&name)
+                {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    async fn name_of(&self, index: u32) -> Result<Option<String>, LinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let msg = links
+            .try_next()
+            .await
+            .map_err(Self::fail("look up", index))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name),
+                _ => None,
+            })
+        }))
+    }
+
+    /// Every IPv4 address of this namespace.
+    pub async fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, LinkError> {
+        let mut addrs = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs
+            .try_next()
+            .await
+            .map_err(Self::fail("list addresses", "all"))?
+        {
+            for attr in msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(a))
+                | AddressAttribute::Address(IpAddr::V4(a)) = attr
+                    && !out.contains(&a)
+                {
+                    out.push(a);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `ip route add default via <gateway> dev <index> onlink`.

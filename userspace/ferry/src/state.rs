@@ -73,6 +73,9 @@ pub struct ContainerRecord {
     pub exit_code: Option<i32>,
     pub finished: Option<u64>,
     pub network: Option<NetworkRecord>,
+    /// Published ports, as allocated (kept while stopped, like Docker).
+    #[serde(default)]
+    pub ports: Vec<crate::portmap::PortMapping>,
 }
 
 impl ContainerRecord {
@@ -223,6 +226,7 @@ mod tests {
                 host_ifindex: 9,
                 host_mac: [2, 0x46, 10, 88, 0, 2],
             }),
+            ports: vec![],
         }
     }
 

@@ -11,10 +11,10 @@ use std::{
 };
 
 use ferry::{
-    datapath::{Datapath, PROG_FROM_CONTAINER, PROG_TO_CONTAINER},
+    datapath::{Datapath, PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS},
     preflight,
 };
-use ferry_common::{DropReason, Endpoint, GATEWAY_V4};
+use ferry_common::{DropReason, Endpoint, GATEWAY_V4, PortKey, PortTarget};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -295,4 +295,236 @@ fn to_container_counts_delivery() {
     assert_eq!((verdict, out), (TC_ACT_OK, frame.clone()));
     let a = dp.datapath.endpoint_stats(A_IP).expect("stats");
     assert_eq!((a.rx_packets, a.rx_bytes), (1, frame.len() as u64));
+}
+
+// ---- published ports: uplink_ingress DNAT and the reply in from_container
+
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 77);
+const CLIENT_MAC: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 1];
+const UPLINK_MAC: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
+
+/// The Internet checksum (RFC 1071) of `data`.
+fn inet_sum(data: &[u8], mut acc: u32) -> u16 {
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        acc += u32::from(word);
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// TCP or UDP checksum over the pseudo-header and the segment.
+fn l4_sum(frame: &[u8]) -> u16 {
+    let ip = &frame[14..34];
+    let seg = &frame[34..];
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&ip[12..20]);
+    pseudo.extend_from_slice(&[0, ip[9]]);
+    pseudo.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+    let acc: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    inet_sum(seg, acc)
+}
+
+/// Ethernet + IPv4 + TCP SYN or UDP with valid checksums (UDP checksum 0
+/// when `udp_no_csum`).
+fn l4_frame(
+    proto: u8,
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    macs: ([u8; 6], [u8; 6]),
+    udp_no_csum: bool,
+) -> Vec<u8> {
+    let mut f = eth(macs.1, macs.0, 0x0800);
+    let payload = b"ferry";
+    let l4_len = if proto == 6 { 20 } else { 8 } + payload.len();
+    let total = (20 + l4_len) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0x12, 0x34, 0x40, 0, 64, proto, 0, 0]);
+    f.extend_from_slice(&src.0.octets());
+    f.extend_from_slice(&dst.0.octets());
+    let ip_sum = inet_sum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f.extend_from_slice(&src.1.to_be_bytes());
+    f.extend_from_slice(&dst.1.to_be_bytes());
+    if proto == 6 {
+        f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+    } else {
+        f.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+    }
+    f.extend_from_slice(payload);
+    if !(proto == 17 && udp_no_csum) {
+        let at = if proto == 6 { 34 + 16 } else { 34 + 6 };
+        let sum = l4_sum(&f);
+        f[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+    f
+}
+
+fn assert_checksums_valid(frame: &[u8], what: &str) {
+    assert_eq!(
+        inet_sum(&frame[14..34], 0),
+        0,
+        "{what}: IPv4 header checksum"
+    );
+    assert_eq!(l4_sum(frame), 0, "{what}: L4 checksum");
+}
+
+fn ip_src(f: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(f[26], f[27], f[28], f[29])
+}
+fn ip_dst(f: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(f[30], f[31], f[32], f[33])
+}
+fn sport(f: &[u8]) -> u16 {
+    u16::from_be_bytes([f[34], f[35]])
+}
+fn dport(f: &[u8]) -> u16 {
+    u16::from_be_bytes([f[36], f[37]])
+}
+
+/// Publishes (any host address, `port`, `proto`) to A:`to`, with HOST_IP a
+/// host address.
+fn publish(dp: &mut Loaded, proto: u8, port: u16, to: u16) {
+    dp.datapath.set_host_addrs(&[HOST_IP]).expect("host addrs");
+    dp.datapath
+        .add_port(
+            PortKey {
+                ip: [0; 4],
+                port: port.to_be_bytes(),
+                proto,
+                pad: 0,
+            },
+            PortTarget {
+                ip: A_IP.octets(),
+                port: to.to_be_bytes(),
+                pad: [0; 2],
+            },
+        )
+        .expect("publish");
+}
+
+/// Expects, for TCP and UDP: the request is DNAT'ed to A:80 and redirected
+/// with A's MACs and valid checksums; A's reply is translated back to
+/// HOST_IP:8080, addressed to the client's MAC from the uplink's, with
+/// valid checksums. The addresses' 16-bit sums differ, so a missing
+/// checksum fix would show.
+#[test]
+fn uplink_dnat_published_port_and_reply() {
+    for proto in [6u8, 17] {
+        let mut dp = Loaded::new();
+        publish(&mut dp, proto, 8080, 80);
+        let request = l4_frame(
+            proto,
+            (CLIENT, 40000),
+            (HOST_IP, 8080),
+            (CLIENT_MAC, UPLINK_MAC),
+            false,
+        );
+        let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &request);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}: request");
+        assert_eq!((&out[0..6], &out[6..12]), (&A.mac[..], &A.host_mac[..]));
+        assert_eq!(
+            (ip_src(&out), sport(&out)),
+            (CLIENT, 40000),
+            "the client stays visible"
+        );
+        assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
+        assert_checksums_valid(&out, "request");
+        assert_eq!(
+            dp.datapath.endpoint_stats(A_IP).expect("stats").rx_packets,
+            1
+        );
+
+        let reply = l4_frame(
+            proto,
+            (A_IP, 80),
+            (CLIENT, 40000),
+            (A.mac, A.host_mac),
+            false,
+        );
+        let (verdict, out) = dp.run(PROG_FROM_CONTAINER, &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}: reply");
+        assert_eq!(
+            (&out[0..6], &out[6..12]),
+            (&CLIENT_MAC[..], &UPLINK_MAC[..])
+        );
+        assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
+        assert_eq!((ip_dst(&out), dport(&out)), (CLIENT, 40000));
+        assert_checksums_valid(&out, "reply");
+
+        // The next request of the flow hits conntrack.
+        let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &request);
+        assert_eq!((verdict, ip_dst(&out)), (TC_ACT_REDIRECT, A_IP));
+    }
+}
+
+/// Expects: a UDP checksum of 0 ("none") stays 0 through the rewrite.
+#[test]
+fn uplink_dnat_udp_without_checksum() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 17, 5353, 53);
+    let request = l4_frame(
+        17,
+        (CLIENT, 40000),
+        (HOST_IP, 5353),
+        (CLIENT_MAC, UPLINK_MAC),
+        true,
+    );
+    let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &request);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[40..42], &[0, 0], "UDP checksum must stay 0");
+    assert_eq!(inet_sum(&out[14..34], 0), 0, "IPv4 header checksum");
+}
+
+/// Expects: OK and the frame untouched for a port nobody published, for a
+/// publish on every address when the destination is not a host address,
+/// for the other protocol, and for a fragment.
+#[test]
+fn uplink_pass_what_is_not_published() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 6, 8080, 80);
+    let elsewhere = Ipv4Addr::new(10, 200, 0, 99);
+    let mut fragment = l4_frame(
+        6,
+        (CLIENT, 40000),
+        (HOST_IP, 8080),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    fragment[20] |= 0x20; // more fragments
+    for frame in [
+        l4_frame(
+            6,
+            (CLIENT, 40000),
+            (HOST_IP, 8081),
+            (CLIENT_MAC, UPLINK_MAC),
+            false,
+        ),
+        l4_frame(
+            6,
+            (CLIENT, 40000),
+            (elsewhere, 8080),
+            (CLIENT_MAC, UPLINK_MAC),
+            false,
+        ),
+        l4_frame(
+            17,
+            (CLIENT, 40000),
+            (HOST_IP, 8080),
+            (CLIENT_MAC, UPLINK_MAC),
+            false,
+        ),
+        fragment,
+    ] {
+        let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &frame);
+        assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
+    }
 }

@@ -42,6 +42,10 @@ enum Command {
         /// Environment variable KEY=VALUE (repeatable).
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
+        /// Publish a port: [ip:][hostPort[-end]:]containerPort[-end][/tcp|udp]
+        /// (repeatable).
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -63,6 +67,8 @@ enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// List a container's published ports.
+    Port { container: String },
     /// Stop containers (SIGTERM, then SIGKILL after the timeout).
     Stop {
         #[arg(short = 't', long = "time", default_value_t = 10)]
@@ -123,6 +129,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             name,
             hostname,
             env,
+            publish,
             cmd,
             ..
         } => {
@@ -135,6 +142,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 name,
                 hostname,
                 env,
+                publish,
                 cmd,
             };
             let c: ContainerJson = client
@@ -198,6 +206,20 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             if missing {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Port { container } => {
+            let c: ContainerJson = client
+                .call(
+                    Method::GET,
+                    &format!("/containers/{container}/json"),
+                    NO_BODY,
+                )
+                .await?;
+            for (port, bindings) in &c.network_settings.ports {
+                for b in bindings {
+                    println!("{port} -> {}:{}", b.host_ip, b.host_port);
+                }
             }
         }
         Command::Stop { time, containers } => {

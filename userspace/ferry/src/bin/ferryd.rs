@@ -27,6 +27,10 @@ struct Args {
     /// The API socket.
     #[arg(long, short = 'H', default_value = config::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Interface where published ports are served (repeatable; default: the
+    /// interfaces of the default route).
+    #[arg(long = "uplink")]
+    uplinks: Vec<String>,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -84,6 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         run_dir: args.run_dir,
         pin_dir: args.pin_dir,
         socket: args.socket,
+        uplinks: args.uplinks,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

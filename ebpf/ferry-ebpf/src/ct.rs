@@ -1,0 +1,56 @@
+//! Connection tracking: flow keys and entries in the `ct` LRU map.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use ferry_common::{CtEntry, CtKey};
+
+use crate::{maps::ct, parse::L4};
+
+/// The key of the packet's own direction.
+#[inline(always)]
+pub fn key_of(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: l4.proto,
+        pad: [0; 3],
+    }
+}
+
+/// The entry for `key`, its last-seen time refreshed.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<CtEntry> {
+    let entry = ct.get_ptr_mut(key)?;
+    // SAFETY: an LRU map value stays valid during the program run (RCU);
+    // the plain store races only with other CPUs refreshing the same time.
+    unsafe {
+        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        Some(*entry)
+    }
+}
+
+/// Records both directions of a new flow. A full map evicts the least
+/// recently used entries; a failed insert only means the next packet of the
+/// flow tries again.
+#[inline(always)]
+pub fn create(forward: &CtKey, fwd: &CtEntry, reply: &CtKey, rev: &CtEntry) {
+    // SAFETY: a plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = ct.insert(
+        forward,
+        CtEntry {
+            last_seen_ns: now,
+            ..*fwd
+        },
+        0,
+    );
+    let _ = ct.insert(
+        reply,
+        CtEntry {
+            last_seen_ns: now,
+            ..*rev
+        },
+        0,
+    );
+}

@@ -1,0 +1,179 @@
+//! The program on each uplink: published ports.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::bpf_redirect_peer,
+    macros::classifier,
+    programs::TcContext,
+};
+use ferry_common::{
+    CT_DNAT, CT_DNAT_REPLY, CtEntry, CtKey, DropReason, Ipv4Key, PortKey, PortTarget,
+};
+
+use crate::{
+    counters::{count_rx, drop_packet},
+    csum::{Side, rewrite_v4, set_macs},
+    ct,
+    maps::{endpoints, host_addrs, portmap},
+    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, L4, l4_of, ptr_at, pull},
+};
+
+/// tc ingress on an uplink: everything arriving from outside.
+///
+/// Verdicts: `TC_ACT_REDIRECT` into a container (`bpf_redirect_peer`) for a
+/// tracked flow or a new connection to a published port, after rewriting
+/// the destination to the container's address and port (conntrack entries
+/// for both directions are created on the first packet); `TC_ACT_OK` for
+/// everything else, which the host stack handles as if ferry were not
+/// there; `TC_ACT_SHOT` only when a rewrite fails, counted.
+#[classifier]
+pub fn uplink_ingress(ctx: TcContext) -> i32 {
+    match try_uplink_ingress(&ctx) {
+        Ok(verdict) => verdict,
+        Err(reason) => drop_packet(reason),
+    }
+}
+
+#[inline(always)]
+fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
+    const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK as i32);
+    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN + 8);
+    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return PASS;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    if unsafe { (*eth).proto() } != ETH_P_IP {
+        return PASS;
+    }
+    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return PASS;
+    };
+    // SAFETY: bounds checked by `ptr_at`.
+    let (saddr, daddr, version) = unsafe { ((*ip).src, (*ip).dst, (*ip).version()) };
+    if version != 4 {
+        return PASS;
+    }
+    let Some(l4) = l4_of(ctx, ip) else {
+        return PASS;
+    };
+    let key = ct::key_of(saddr, daddr, &l4);
+    if let Some(entry) = ct::lookup(&key) {
+        if entry.kind == CT_DNAT {
+            return deliver(ctx, &l4, daddr, entry.nat_addr, entry.nat_port);
+        }
+        return PASS;
+    }
+    let Some(target) = published(daddr, &l4) else {
+        return PASS;
+    };
+    // SAFETY: as in lxc.rs, endpoint values are valid for the program run.
+    let Some(endpoint) = (unsafe { endpoints.get(Ipv4Key { ip: target.ip }) }) else {
+        return PASS;
+    };
+    // SAFETY: bounds checked by `ptr_at` above; read before any rewrite.
+    let (client_mac, uplink_mac) = unsafe { ((*eth).src, (*eth).dst) };
+    // SAFETY: the program runs on an skb.
+    let uplink = unsafe { (*ctx.skb.skb).ifindex };
+    let reply = CtKey {
+        saddr: target.ip,
+        daddr: saddr,
+        sport: target.port,
+        dport: l4.sport,
+        proto: l4.proto,
+        pad: [0; 3],
+    };
+    ct::create(
+        &key,
+        &CtEntry {
+            nat_addr: target.ip,
+            nat_port: target.port,
+            kind: CT_DNAT,
+            ifindex: endpoint.ifindex,
+            ..CtEntry::default()
+        },
+        &reply,
+        &CtEntry {
+            nat_addr: daddr,
+            nat_port: l4.dport,
+            kind: CT_DNAT_REPLY,
+            ifindex: uplink,
+            dmac: client_mac,
+            smac: uplink_mac,
+            ..CtEntry::default()
+        },
+    );
+    deliver(ctx, &l4, daddr, target.ip, target.port)
+}
+
+/// The published port this packet is for: the exact host address first,
+/// then a publish on every address, if the destination is one of the
+/// host's own.
+#[inline(always)]
+fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
+    let mut key = PortKey {
+        ip: daddr,
+        port: l4.dport,
+        proto: l4.proto,
+        pad: 0,
+    };
+    // SAFETY: hash map values are valid for the program run; copied out.
+    if let Some(target) = unsafe { portmap.get(&key) } {
+        return Some(*target);
+    }
+    // SAFETY: as above.
+    unsafe { host_addrs.get(Ipv4Key { ip: daddr }) }?;
+    key.ip = [0; 4];
+    // SAFETY: as above.
+    unsafe { portmap.get(&key) }.copied()
+}
+
+/// Rewrites the destination to the container and redirects into it.
+#[inline(always)]
+fn deliver(
+    ctx: &TcContext,
+    l4: &L4,
+    daddr: [u8; 4],
+    to_addr: [u8; 4],
+    to_port: [u8; 2],
+) -> Result<i32, DropReason> {
+    let key = Ipv4Key { ip: to_addr };
+    // SAFETY: as above.
+    let Some(endpoint) = (unsafe { endpoints.get(&key) }) else {
+        // The container went away; the host stack answers (with a reset).
+        return Ok(TC_ACT_OK as i32);
+    };
+    rewrite_v4(ctx, l4, Side::Dst, daddr, to_addr, to_port)?;
+    set_macs(ctx, &endpoint.mac, &endpoint.host_mac)?;
+    count_rx(&key, ctx.len());
+    // SAFETY: a plain helper call.
+    if unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// Reverse translation of a reply from a container to a published-port
+/// client: rewrite the source back to the published address and port and
+/// send it out of the uplink the request came in on, to the next hop it
+/// came from. Called by `from_container` after its checks.
+#[inline(always)]
+pub fn reply_to_client(
+    ctx: &TcContext,
+    l4: &L4,
+    saddr: [u8; 4],
+    entry: &CtEntry,
+) -> Result<i32, DropReason> {
+    rewrite_v4(ctx, l4, Side::Src, saddr, entry.nat_addr, entry.nat_port)?;
+    set_macs(ctx, &entry.dmac, &entry.smac)?;
+    // SAFETY: a plain helper call.
+    if unsafe { aya_ebpf::helpers::bpf_redirect(entry.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// Whether a tracked entry is a reply of a published-port flow.
+#[inline(always)]
+pub fn is_reply(entry: &CtEntry) -> bool {
+    entry.kind == CT_DNAT_REPLY
+}

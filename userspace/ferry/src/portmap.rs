@@ -1,0 +1,422 @@
+//! Published ports: Docker's `-p` syntax, and the host-side reservation
+//! that keeps a published port away from host processes.
+//!
+//! Grammar (as `docker run -p`):
+//! `[HOST_IP:][HOST_PORT[-HOST_END]:]CONTAINER_PORT[-CONTAINER_END][/tcp|/udp]`
+//! - no host port: the kernel picks a free one;
+//! - equal-length ranges map pairwise;
+//! - a host range with a single container port takes the first free host
+//!   port of the range.
+
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
+    str::FromStr,
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number, as the datapath keys it.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid publish spec {spec:?}: {reason}")]
+pub struct SpecError {
+    pub spec: String,
+    pub reason: String,
+}
+
+/// Host ports: one, a range, or none (the kernel picks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostPorts {
+    Any,
+    Range(u16, u16),
+}
+
+/// One `-p` argument, parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishSpec {
+    /// `None`: every address of the host.
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_ports: HostPorts,
+    pub container_ports: (u16, u16),
+    pub proto: Proto,
+}
+
+/// One published port after allocation: what the datapath maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortMapping {
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for PortMapping {
+    /// As `docker port` prints it: `80/tcp -> 0.0.0.0:8080`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = self.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        write!(
+            f,
+            "{}/{} -> {ip}:{}",
+            self.container_port, self.proto, self.host_port
+        )
+    }
+}
+
+fn parse_port(s: &str, what: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(0) => Err(format!("{what} 0 is not a port")),
+        Ok(p) => Ok(p),
+        Err(_) => Err(format!("{what} {s:?} is not a number from 1 to 65535")),
+    }
+}
+
+fn parse_range(s: &str, what: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (parse_port(lo, what)?, parse_port(hi, what)?),
+        None => {
+            let p = parse_port(s, what)?;
+            (p, p)
+        }
+    };
+    if hi < lo {
+        return Err(format!("{what} range {s} ends before it starts"));
+    }
+    Ok((lo, hi))
+}
+
+impl FromStr for PublishSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let fail = |reason: String| SpecError {
+            spec: spec.to_owned(),
+            reason,
+        };
+        let (rest, proto) = match spec.rsplit_once('/') {
+            Some((rest, "tcp")) => (rest, Proto::Tcp),
+            Some((rest, "udp")) => (rest, Proto::Udp),
+            Some((_, other)) => return Err(fail(format!("protocol {other:?} is not tcp or udp"))),
+            None => (spec, Proto::Tcp),
+        };
+        if rest.starts_with('[') {
+            return Err(fail("IPv6 host addresses are not supported yet".into()));
+        }
+        let parts: Vec<&str> = rest.split(':').collect();
+        let (ip, host, container) = match parts.as_slice() {
+            [c] => (None, None, *c),
+            [h, c] => (None, Some(*h), *c),
+            [ip, h, c] => (Some(*ip), Some(*h), *c),
+            _ => {
+                return Err(fail(
+                    "expected [ip:][hostPort:]containerPort[/proto]".into(),
+                ));
+            }
+        };
+        let host_ip = match ip {
+            None | Some("") => None,
+            Some(ip) => match ip.parse::<Ipv4Addr>() {
+                Ok(a) if a.is_unspecified() => None,
+                Ok(a) if a.is_multicast() || a.is_broadcast() => {
+                    return Err(fail(format!("{a} is not a unicast address")));
+                }
+                Ok(a) => Some(a),
+                Err(_) => return Err(fail(format!("{ip:?} is not an IPv4 address"))),
+            },
+        };
+        let container_ports = parse_range(container, "container port").map_err(fail)?;
+        let host_ports = match host {
+            None | Some("") => HostPorts::Any,
+            Some(h) => {
+                let (lo, hi) = parse_range(h, "host port").map_err(fail)?;
+                HostPorts::Range(lo, hi)
+            }
+        };
+        let clen = container_ports.1 - container_ports.0;
+        match host_ports {
+            HostPorts::Range(lo, hi) if hi - lo != clen && clen != 0 => {
+                return Err(fail(format!(
+                    "host range {lo}-{hi} and container range {}-{} differ in length",
+                    container_ports.0, container_ports.1
+                )));
+            }
+            HostPorts::Any if clen != 0 => {
+                return Err(fail(
+                    "a container port range needs a host port range".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            host_ip,
+            host_ports,
+            container_ports,
+            proto,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReserveError {
+    #[error("cannot publish {proto} port {port} on {ip}: it is already in use")]
+    InUse {
+        ip: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+    },
+    #[error("cannot publish {proto} ports {lo}-{hi} on {ip}: every one is in use")]
+    RangeInUse {
+        ip: Ipv4Addr,
+        lo: u16,
+        hi: u16,
+        proto: Proto,
+    },
+    #[error("cannot reserve a {proto} port on {ip}: {reason}")]
+    Other {
+        ip: Ipv4Addr,
+        proto: Proto,
+        reason: String,
+    },
+}
+
+/// A host port held by ferryd so no host process can bind it (the socket
+/// is bound, never listened on: a connection that somehow reaches the host
+/// stack gets a reset instead of a wrong server).
+#[derive(Debug)]
+pub enum Reservation {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+impl Reservation {
+    fn bind(ip: Ipv4Addr, port: u16, proto: Proto) -> std::io::Result<(Self, u16)> {
+        let addr = SocketAddrV4::new(ip, port);
+        match proto {
+            // std's TcpListener::bind also listens; bind a raw socket
+            // instead so nothing is ever accepted here.
+            Proto::Tcp => {
+                let socket = nix::sys::socket::socket(
+                    nix::sys::socket::AddressFamily::Inet,
+                    nix::sys::socket::SockType::Stream,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                nix::sys::socket::bind(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    &nix::sys::socket::SockaddrIn::from(addr),
+                )?;
+                let listener = TcpListener::from(socket);
+                let port = listener.local_addr()?.port();
+                Ok((Self::Tcp(listener), port))
+            }
+            Proto::Udp => {
+                let socket = UdpSocket::bind(addr)?;
+                let port = socket.local_addr()?.port();
+                Ok((Self::Udp(socket), port))
+            }
+        }
+    }
+}
+
+/// Turns a spec into mappings, reserving every host port on the way. On
+/// error nothing stays reserved (the reservations made so far are dropped).
+pub fn allocate(spec: &PublishSpec) -> Result<Vec<(PortMapping, Reservation)>, ReserveError> {
+    let ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let proto = spec.proto;
+    let (c_lo, c_hi) = spec.container_ports;
+    let mapping = |host_port, container_port| PortMapping {
+        host_ip: spec.host_ip,
+        host_port,
+        container_port,
+        proto,
+    };
+    let in_use = |port| ReserveError::InUse { ip, port, proto };
+    let other = |e: std::io::Error| ReserveError::Other {
+        ip,
+        proto,
+        reason: e.to_string(),
+    };
+    let one = |port: u16| match Reservation::bind(ip, port, proto) {
+        Ok(r) => Ok(r),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(in_use(port)),
+        Err(e) => Err(other(e)),
+    };
+    match spec.host_ports {
+        HostPorts::Any => {
+            let (r, port) = one(0)?;
+            Ok(vec![(mapping(port, c_lo), r)])
+        }
+        HostPorts::Range(lo, hi) if c_lo == c_hi && hi > lo => {
+            for port in lo..=hi {
+                match one(port) {
+                    Ok((r, port)) => return Ok(vec![(mapping(port, c_lo), r)]),
+                    Err(ReserveError::InUse { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(ReserveError::RangeInUse { ip, lo, hi, proto })
+        }
+        HostPorts::Range(lo, _) => (c_lo..=c_hi)
+            .map(|c| {
+                let host = lo + (c - c_lo);
+                one(host).map(|(r, port)| (mapping(port, c), r))
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(s: &str) -> PublishSpec {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parses_every_docker_form() {
+        let any = |c| (c, c);
+        assert_eq!(
+            spec("8080:80"),
+            PublishSpec {
+                host_ip: None,
+                host_ports: HostPorts::Range(8080, 8080),
+                container_ports: any(80),
+                proto: Proto::Tcp
+            }
+        );
+        assert_eq!(spec("80").host_ports, HostPorts::Any);
+        let s = spec("127.0.0.1:8080:80");
+        assert_eq!(
+            (s.host_ip, s.host_ports),
+            (Some(Ipv4Addr::LOCALHOST), HostPorts::Range(8080, 8080))
+        );
+        let s = spec("10.0.0.5::80");
+        assert_eq!(
+            (s.host_ip, s.host_ports),
+            (Some(Ipv4Addr::new(10, 0, 0, 5)), HostPorts::Any)
+        );
+        let s = spec("8000-8010:9000-9010");
+        assert_eq!(
+            (s.host_ports, s.container_ports),
+            (HostPorts::Range(8000, 8010), (9000, 9010))
+        );
+        assert_eq!(spec("53:53/udp").proto, Proto::Udp);
+        assert_eq!(spec("53:53/tcp").proto, Proto::Tcp);
+        assert_eq!(spec("0.0.0.0:80:80").host_ip, None);
+        assert_eq!(
+            spec("8000-8010:80").host_ports,
+            HostPorts::Range(8000, 8010)
+        );
+    }
+
+    #[test]
+    fn rejects_bad_specs_naming_the_problem() {
+        for (input, reason) in [
+            ("", "container port"),
+            ("80:", "container port"),
+            ("abc", "not a number"),
+            ("0:80", "not a port"),
+            ("70000:80", "not a number"),
+            ("8080:80/sctp", "protocol"),
+            ("1.2.3:80:80", "IPv4"),
+            ("[::1]:80:80", "IPv6"),
+            ("8000-8002:9000-9010", "differ in length"),
+            ("9000-9010", "needs a host port range"),
+            ("8010-8000:80", "ends before"),
+            ("1:2:3:4", "expected"),
+            ("224.0.0.1:80:80", "unicast"),
+        ] {
+            let err = input.parse::<PublishSpec>().expect_err(input).to_string();
+            assert!(err.contains(reason), "{input:?}: {err}");
+            assert!(
+                err.contains(&format!("{input:?}")),
+                "{input:?}: does not name the spec: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn allocation_reserves_and_reports_ports_in_use() {
+        // A port the kernel picks is free; holding it makes it unavailable.
+        let got = allocate(&spec("127.0.0.1::80")).expect("any port");
+        assert_eq!(got.len(), 1);
+        let (m, _held) = &got[0];
+        assert_ne!(m.host_port, 0);
+        assert_eq!(
+            m.to_string(),
+            format!("80/tcp -> 127.0.0.1:{}", m.host_port)
+        );
+        let again = format!("127.0.0.1:{}:80", m.host_port);
+        assert_eq!(
+            allocate(&spec(&again)).map(|v| v.len()).expect_err("taken"),
+            ReserveError::InUse {
+                ip: Ipv4Addr::LOCALHOST,
+                port: m.host_port,
+                proto: Proto::Tcp
+            }
+        );
+        // The same port number is independent for UDP.
+        let udp = format!("127.0.0.1:{}:80/udp", m.host_port);
+        assert!(allocate(&spec(&udp)).is_ok());
+    }
+
+    #[test]
+    fn a_host_range_for_one_port_skips_taken_ports() {
+        let (first, held) = allocate(&spec("127.0.0.1::80")).expect("any").remove(0);
+        let p = first.host_port;
+        if p == u16::MAX {
+            return;
+        }
+        let range = format!("127.0.0.1:{}-{}:80", p, p + 1);
+        let got = allocate(&spec(&range));
+        drop(held);
+        match got {
+            Ok(v) => assert_eq!(v[0].0.host_port, p + 1),
+            // p + 1 may be taken by someone else on a busy machine.
+            Err(e) => assert!(matches!(e, ReserveError::RangeInUse { .. }), "{e}"),
+        }
+    }
+
+    #[test]
+    fn pairwise_ranges_roll_back_on_conflict() {
+        let (taken, _held) = allocate(&spec("127.0.0.1::80")).expect("any").remove(0);
+        let p = taken.host_port;
+        if p < 2 {
+            return;
+        }
+        // p-1 is reserved by the range then released when p fails.
+        let range = format!("127.0.0.1:{}-{}:9000-9001", p - 1, p);
+        assert!(allocate(&spec(&range)).is_err());
+        let single = format!("127.0.0.1:{}:80", p - 1);
+        assert!(
+            allocate(&spec(&single)).is_ok(),
+            "port {} stayed reserved",
+            p - 1
+        );
+    }
+}
