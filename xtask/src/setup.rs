@@ -23,6 +23,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "curl",
+    "wrk",
+    "nginx-light",
     "util-linux",
     "tcpdump",
     "ethtool",

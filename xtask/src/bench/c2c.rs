@@ -1,7 +1,7 @@
 //! c2c: two containers on one host. Variants, measured side by side:
 //! - ferry: two ferry containers, bpf_redirect_peer between host veths;
-//! - bridge: two namespaces on a Linux bridge as Docker wires them (veths
-//!   on a bridge, br_netfilter on, Docker's FORWARD chain);
+//! - bridge: two namespaces on a Linux bridge as Docker wires them (see
+//!   `docker.rs`);
 //! - veth: one veth pair joining the two namespaces directly, the floor for
 //!   any veth-based design.
 //!
@@ -17,31 +17,8 @@ use anyhow::Context as _;
 use ferry_integration::{TempNetns, World, unique_name};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, Spawned, capture_in, self_exe, spread};
+use super::{BenchArgs, Spawned, capture_in, docker::DockerBridge, self_exe, spread};
 use crate::step;
-
-/// Docker 20.10+'s filter rules for one bridge, in that bridge's namespace.
-const DOCKER_FILTER: &str = "*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:DOCKER - [0:0]
-:DOCKER-ISOLATION-STAGE-1 - [0:0]
-:DOCKER-ISOLATION-STAGE-2 - [0:0]
-:DOCKER-USER - [0:0]
--A FORWARD -j DOCKER-USER
--A FORWARD -j DOCKER-ISOLATION-STAGE-1
--A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
--A FORWARD -o br0 -j DOCKER
--A FORWARD -i br0 ! -o br0 -j ACCEPT
--A FORWARD -i br0 -o br0 -j ACCEPT
--A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
--A DOCKER-ISOLATION-STAGE-1 -j RETURN
--A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
--A DOCKER-ISOLATION-STAGE-2 -j RETURN
--A DOCKER-USER -j RETURN
-COMMIT
-";
 
 /// One way to join two endpoints; the fields keep its namespaces alive.
 struct Variant {
@@ -68,45 +45,16 @@ fn ferry_variant() -> Variant {
 }
 
 fn bridge_variant() -> anyhow::Result<Variant> {
-    let tag = unique_name("fyb");
-    let br = TempNetns::new(&format!("{tag}-br"));
-    let a = TempNetns::new(&format!("{tag}-a"));
-    let b = TempNetns::new(&format!("{tag}-b"));
-    br.ip(&["link", "add", "br0", "type", "bridge"]);
-    br.ip(&["addr", "add", "10.98.0.1/24", "dev", "br0"]);
-    br.ip(&["link", "set", "br0", "up"]);
-    for (ns, ip, port) in [(&a, "10.98.0.2", "vetha"), (&b, "10.98.0.3", "vethb")] {
-        br.ip(&[
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-        ]);
-        br.ip(&["link", "set", port, "master", "br0", "up"]);
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
-        ns.ip(&["route", "add", "default", "via", "10.98.0.1"]);
-    }
-    // What dockerd sets: forwarding on, bridged IPv4 through iptables, and
-    // its FORWARD chain.
-    for sysctl in [
-        "net.ipv4.ip_forward=1",
-        "net.bridge.bridge-nf-call-iptables=1",
-    ] {
-        crate::capture(&mut br.cmd("sysctl", &["-qw", sysctl]))?;
-    }
-    let mut restore = br.cmd("iptables-restore", &[]);
-    restore.stdin(std::process::Stdio::piped());
-    let mut child = restore.spawn().context("iptables-restore")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use std::io::Write as _;
-        stdin.write_all(DOCKER_FILTER.as_bytes())?;
-    }
-    anyhow::ensure!(child.wait()?.success(), "iptables-restore failed");
+    let mut bridge = DockerBridge::new("10.98.0", 2)?;
+    let server = bridge.containers.remove(1);
+    let client = bridge.containers.remove(0);
     Ok(Variant {
         name: "bridge",
-        client_ns: a.path(),
-        server_ns: b.path(),
-        server_ip: "10.98.0.3".into(),
+        client_ns: client.path(),
+        server_ns: server.path(),
+        server_ip: bridge.ips[1].clone(),
         _world: None,
-        _netns: vec![br, a, b],
+        _netns: vec![client, server, bridge.host],
     })
 }
 

@@ -3,6 +3,8 @@
 //! spread reported, with ratios. Never a pass/fail: numbers only.
 
 mod c2c;
+mod docker;
+mod http;
 
 use std::{
     path::{Path, PathBuf},
@@ -17,7 +19,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all). Known: c2c.
+    /// Scenarios to run (default: all). Known: c2c, publish-http.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -30,7 +32,7 @@ pub struct BenchArgs {
     pub rr_count: u32,
 }
 
-const SCENARIOS: &[&str] = &["c2c"];
+const SCENARIOS: &[&str] = &["c2c", "publish-http"];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     require_root("bench")?;
@@ -53,6 +55,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for s in selected {
         match s {
             "c2c" => c2c::run(args, &out_dir)?,
+            "publish-http" => http::run(args, &out_dir)?,
             _ => unreachable!("checked above"),
         }
     }

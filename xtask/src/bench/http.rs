@@ -1,0 +1,309 @@
+//! publish-http: nginx behind a published port, wrk from a client
+//! namespace. Variants, side by side:
+//! - host: nginx in a plain namespace, reached over a veth (the limit);
+//! - ferry: nginx in a ferry container with `-p 8080:80`;
+//! - docker: nginx in a namespace on a bridge behind Docker's iptables DNAT
+//!   (see `docker.rs`).
+//!
+//! Every nginx serves the same file from the same filesystem (containers
+//! share the host's), one worker pinned to CPU 0; wrk runs on CPU 1, with
+//! keep-alive and with one connection per request.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use ferry_integration::{TempNetns, World, in_netns, unique_name, wait_until};
+use serde_json::{Value, json};
+
+use super::{BenchArgs, Spawned, capture_in, docker::DockerBridge, spread};
+use crate::step;
+
+const CONNECTIONS: [u32; 2] = [1, 50];
+
+struct Target {
+    name: &'static str,
+    client_ns: PathBuf,
+    url: String,
+    _servers: Vec<Spawned>,
+    _world: Option<World>,
+    _netns: Vec<TempNetns>,
+}
+
+/// The docroot every variant serves: one small page.
+fn docroot(out_dir: &Path) -> anyhow::Result<PathBuf> {
+    let root = out_dir.join("www");
+    std::fs::create_dir_all(&root)?;
+    let page = format!(
+        "<!doctype html><title>ferry</title><p>{}</p>\n",
+        "x".repeat(512)
+    );
+    std::fs::write(root.join("index.html"), page)?;
+    Ok(root)
+}
+
+/// An nginx config: one worker, no access log, the shared docroot.
+fn nginx_conf(out_dir: &Path, name: &str, port: u16, root: &Path) -> anyhow::Result<PathBuf> {
+    let dir = out_dir.join("nginx").join(name);
+    std::fs::create_dir_all(&dir)?;
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{ listen {port}; location / {{ root {}; }} }}\n}}\n",
+        root.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    Ok(path)
+}
+
+/// A client namespace joined to `host` by a veth: `<prefix>.1` on the host
+/// side, `<prefix>.2` in the client.
+fn client_of(host: &TempNetns, prefix: &str) -> TempNetns {
+    let client = TempNetns::new(&format!("{}-cl", host.name));
+    host.ip(&[
+        "link",
+        "add",
+        "uplink0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &client.name,
+    ]);
+    host.ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", "uplink0"]);
+    client.ip(&["addr", "add", &format!("{prefix}.2/24"), "dev", "eth0"]);
+    host.ip(&["link", "set", "uplink0", "up"]);
+    client.ip(&["link", "set", "eth0", "up"]);
+    client
+}
+
+fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let host = TempNetns::new(&unique_name("fyh"));
+    let client = client_of(&host, "10.202.0");
+    let conf = nginx_conf(out_dir, "host", 8080, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    let nginx = Spawned::in_netns(&host.path(), 0, "nginx", &["-c", conf])?;
+    Ok(Target {
+        name: "host",
+        client_ns: client.path(),
+        url: "http://10.202.0.1:8080/".into(),
+        _servers: vec![nginx],
+        _world: None,
+        _netns: vec![client, host],
+    })
+}
+
+fn ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let world = World::new();
+    let conf = nginx_conf(out_dir, "ferry", 80, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    world.ferry_ok(&[
+        "run", "-d", "--name", "nginx", "-p", "8080:80", "--", "taskset", "-c", "0", "nginx", "-c",
+        conf,
+    ]);
+    Ok(Target {
+        name: "ferry",
+        client_ns: world.client_ns_path(),
+        url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
+        _servers: Vec::new(),
+        _world: Some(world),
+        _netns: Vec::new(),
+    })
+}
+
+fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let bridge = DockerBridge::new("172.30.0", 1)?;
+    let client = client_of(&bridge.host, "10.203.0");
+    bridge.publish(&[(8080, 0, 80)])?;
+    let conf = nginx_conf(out_dir, "docker", 80, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    let nginx = Spawned::in_netns(&bridge.containers[0].path(), 0, "nginx", &["-c", conf])?;
+    let DockerBridge {
+        host, containers, ..
+    } = bridge;
+    let mut netns = vec![client];
+    netns.extend(containers);
+    netns.push(host);
+    Ok(Target {
+        name: "docker",
+        client_ns: netns[0].path(),
+        url: "http://10.203.0.1:8080/".into(),
+        _servers: vec![nginx],
+        _world: None,
+        _netns: netns,
+    })
+}
+
+/// Requests/s and latency percentiles (ms) from wrk's `--latency` output.
+fn parse_wrk(out: &str) -> anyhow::Result<Value> {
+    let mut rps = None;
+    let mut pct = BTreeMap::new();
+    for line in out.lines() {
+        let line = line.trim();
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        }
+        for p in ["50%", "99%"] {
+            if let Some(v) = line.strip_prefix(p) {
+                pct.insert(p, to_ms(v.trim()));
+            }
+        }
+    }
+    let errors = out
+        .lines()
+        .find(|l| l.contains("Socket errors") || l.contains("Non-2xx"))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let Some(rps) = rps else {
+        bail!("wrk printed no Requests/sec:\n{out}")
+    };
+    Ok(json!({ "rps": rps, "p50_ms": pct.get("50%"), "p99_ms": pct.get("99%"), "errors": errors }))
+}
+
+fn to_ms(v: &str) -> Option<f64> {
+    let split = v.find(|c: char| c.is_ascii_alphabetic())?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    Some(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(t: &Target, connections: u32, close: bool, seconds: u32) -> anyhow::Result<Value> {
+    let (c, d) = (format!("-c{connections}"), format!("-d{seconds}s"));
+    let mut args = vec!["-t1", c.as_str(), d.as_str(), "--latency"];
+    if close {
+        args.extend(["-H", "Connection: close"]);
+    }
+    args.push(&t.url);
+    parse_wrk(&capture_in(&t.client_ns, 1, "wrk", &args)?)
+}
+
+pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+    step("bench publish-http: host, ferry and Docker-datapath nginx");
+    let root = docroot(out_dir)?;
+    let targets = vec![
+        host_target(out_dir, &root)?,
+        ferry_target(out_dir, &root)?,
+        docker_target(out_dir, &root)?,
+    ];
+    for t in &targets {
+        let ready = wait_until(Duration::from_secs(10), || {
+            in_netns(
+                &t.client_ns,
+                "curl",
+                &["-sf", "--max-time", "1", "-o", "/dev/null", &t.url],
+            )
+            .status()
+            .is_ok_and(|s| s.success())
+        });
+        anyhow::ensure!(ready, "{}: nginx does not answer at {}", t.name, t.url);
+    }
+
+    let mut rps: BTreeMap<(bool, u32, &str), Vec<f64>> = BTreeMap::new();
+    let mut lat: BTreeMap<(bool, u32, &str), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut raw = Vec::new();
+    for rep in 1..=args.reps {
+        for close in [false, true] {
+            for &conns in &CONNECTIONS {
+                for t in &targets {
+                    let mode = if close { "close" } else { "keep-alive" };
+                    step(&format!(
+                        "bench publish-http: round {rep}/{}: {} {mode} c={conns}",
+                        args.reps, t.name
+                    ));
+                    let r = wrk(t, conns, close, args.seconds)?;
+                    rps.entry((close, conns, t.name))
+                        .or_default()
+                        .push(r["rps"].as_f64().unwrap_or(0.0));
+                    lat.entry((close, conns, t.name)).or_default().push((
+                        r["p50_ms"].as_f64().unwrap_or(0.0),
+                        r["p99_ms"].as_f64().unwrap_or(0.0),
+                    ));
+                    raw.push(json!({ "variant": t.name, "mode": mode, "connections": conns, "round": rep, "wrk": r }));
+                }
+            }
+        }
+    }
+
+    println!(
+        "\npublish-http, {} rounds of {} s each (wrk -t1, nginx 1 worker)",
+        args.reps, args.seconds
+    );
+    println!(
+        "{:<11}{:>5}{:>9}{:>26}{:>10}{:>10}{:>11}{:>12}",
+        "mode",
+        "conn",
+        "variant",
+        "req/s med [min-max]",
+        "p50 ms",
+        "p99 ms",
+        "vs host",
+        "vs docker"
+    );
+    for close in [false, true] {
+        for &conns in &CONNECTIONS {
+            let med = |name: &str| {
+                spread(
+                    rps.get(&(close, conns, name))
+                        .map_or(&[][..], Vec::as_slice),
+                )
+                .0
+            };
+            for t in &targets {
+                let (m, lo, hi) = spread(
+                    rps.get(&(close, conns, t.name))
+                        .map_or(&[][..], Vec::as_slice),
+                );
+                let l = lat
+                    .get(&(close, conns, t.name))
+                    .cloned()
+                    .unwrap_or_default();
+                let p50 = spread(&l.iter().map(|x| x.0).collect::<Vec<_>>()).0;
+                let p99 = spread(&l.iter().map(|x| x.1).collect::<Vec<_>>()).0;
+                println!(
+                    "{:<11}{conns:>5}{:>9}{m:>12.0} [{lo:.0}-{hi:.0}]{p50:>10.3}{p99:>10.3}{:>10.2}x{:>11.2}x",
+                    if close { "close" } else { "keep-alive" },
+                    t.name,
+                    m / med("host"),
+                    m / med("docker"),
+                );
+            }
+        }
+    }
+    let path = out_dir.join("publish-http.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&json!({ "scenario": "publish-http", "samples": raw }))?,
+    )?;
+    println!("samples: {}", path.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "Running 1s test @ http://x/\n  Latency Distribution\n     50%  120.00us\n     75%    1.00ms\n     99%    2.50ms\n  1234 requests in 1.00s\nRequests/sec:   1234.56\nTransfer/sec:      1.00MB\n";
+        let v = parse_wrk(out).expect("parse");
+        assert_eq!(v["rps"], 1234.56);
+        assert_eq!(v["p50_ms"], 0.12);
+        assert_eq!(v["p99_ms"], 2.5);
+        assert!(parse_wrk("garbage").is_err());
+    }
+}
