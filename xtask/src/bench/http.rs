@@ -24,6 +24,17 @@ use crate::step;
 
 const CONNECTIONS: [u32; 2] = [1, 50];
 
+/// (Connection: close?, connections, variant).
+type Cell = (bool, u32, &'static str);
+
+/// The samples of one cell of the table.
+#[derive(Default)]
+struct Samples {
+    rps: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+}
+
 struct Target {
     name: &'static str,
     client_ns: PathBuf,
@@ -213,8 +224,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
         anyhow::ensure!(ready, "{}: nginx does not answer at {}", t.name, t.url);
     }
 
-    let mut rps: BTreeMap<(bool, u32, &str), Vec<f64>> = BTreeMap::new();
-    let mut lat: BTreeMap<(bool, u32, &str), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut cells: BTreeMap<Cell, Samples> = BTreeMap::new();
     let mut raw = Vec::new();
     for rep in 1..=args.reps {
         for close in [false, true] {
@@ -226,14 +236,13 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
                         args.reps, t.name
                     ));
                     let r = wrk(t, conns, close, args.seconds)?;
-                    rps.entry((close, conns, t.name))
-                        .or_default()
-                        .push(r["rps"].as_f64().unwrap_or(0.0));
-                    lat.entry((close, conns, t.name)).or_default().push((
-                        r["p50_ms"].as_f64().unwrap_or(0.0),
-                        r["p99_ms"].as_f64().unwrap_or(0.0),
-                    ));
-                    raw.push(json!({ "variant": t.name, "mode": mode, "connections": conns, "round": rep, "wrk": r }));
+                    let cell = cells.entry((close, conns, t.name)).or_default();
+                    cell.rps.push(r["rps"].as_f64().unwrap_or(0.0));
+                    cell.p50.push(r["p50_ms"].as_f64().unwrap_or(0.0));
+                    cell.p99.push(r["p99_ms"].as_f64().unwrap_or(0.0));
+                    raw.push(json!({
+                        "variant": t.name, "mode": mode, "connections": conns, "round": rep, "wrk": r,
+                    }));
                 }
             }
         }
@@ -254,26 +263,15 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
         "vs host",
         "vs docker"
     );
+    let empty = Samples::default();
     for close in [false, true] {
         for &conns in &CONNECTIONS {
-            let med = |name: &str| {
-                spread(
-                    rps.get(&(close, conns, name))
-                        .map_or(&[][..], Vec::as_slice),
-                )
-                .0
-            };
+            let cell = |name: &'static str| cells.get(&(close, conns, name)).unwrap_or(&empty);
+            let med = |name| spread(&cell(name).rps).0;
             for t in &targets {
-                let (m, lo, hi) = spread(
-                    rps.get(&(close, conns, t.name))
-                        .map_or(&[][..], Vec::as_slice),
-                );
-                let l = lat
-                    .get(&(close, conns, t.name))
-                    .cloned()
-                    .unwrap_or_default();
-                let p50 = spread(&l.iter().map(|x| x.0).collect::<Vec<_>>()).0;
-                let p99 = spread(&l.iter().map(|x| x.1).collect::<Vec<_>>()).0;
+                let (m, lo, hi) = spread(&cell(t.name).rps);
+                let p50 = spread(&cell(t.name).p50).0;
+                let p99 = spread(&cell(t.name).p99).0;
                 println!(
                     "{:<11}{conns:>5}{:>9}{m:>12.0} [{lo:.0}-{hi:.0}]{p50:>10.3}{p99:>10.3}{:>10.2}x{:>11.2}x",
                     if close { "close" } else { "keep-alive" },
