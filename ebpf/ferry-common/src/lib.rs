@@ -75,6 +75,7 @@ pub const MAX_CT: u32 = 262_144;
 /// Capacity of the host-address map.
 pub const MAX_HOST_ADDRS: u32 = 256;
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -127,6 +128,19 @@ pub const CT_DNAT: u8 = 1;
 /// came in on) from `smac` to `dmac`.
 pub const CT_DNAT_REPLY: u8 = 2;
 
+/// Masquerade, container to outside: rewrite the source to
+/// `nat_addr:nat_port` and route out (FIB lookup).
+pub const CT_SNAT: u8 = 3;
+/// Masquerade, outside to container: rewrite the destination to
+/// `nat_addr:nat_port` (the container's) and deliver through `ifindex`.
+pub const CT_SNAT_REPLY: u8 = 4;
+
+/// Ports (and ICMP echo ids) masquerade hands out. Outside Linux's default
+/// ephemeral range (32768-60999), and put in `ip_local_reserved_ports` by
+/// ferryd, so host sockets do not get them.
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_MAX: u16 = 65535;
+
 /// A tracked flow direction and its translation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -134,7 +148,7 @@ pub struct CtEntry {
     pub nat_addr: [u8; 4],
     /// Network byte order.
     pub nat_port: [u8; 2],
-    /// `CT_DNAT` or `CT_DNAT_REPLY`.
+    /// `CT_DNAT`, `CT_DNAT_REPLY`, `CT_SNAT` or `CT_SNAT_REPLY`.
     pub kind: u8,
     pub pad: u8,
     /// Where packets of this direction leave (host veth or uplink).
@@ -166,11 +180,18 @@ pub enum DropReason {
     RedirectFailed = 5,
     /// A NAT rewrite (store or checksum helper) failed.
     NatFailed = 6,
+    /// Traffic for outside with no route (FIB lookup failed).
+    NoRoute = 7,
+    /// No masquerade port was free for this destination.
+    SnatExhausted = 8,
+    /// Traffic for outside that ferry cannot translate yet: not TCP, UDP
+    /// or ICMP echo, or an IP fragment.
+    UnsupportedL4 = 9,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 10] = [
         Self::Malformed,
         Self::SpoofedIp,
         Self::SpoofedMac,
@@ -178,6 +199,9 @@ impl DropReason {
         Self::PolicyDenied,
         Self::RedirectFailed,
         Self::NatFailed,
+        Self::NoRoute,
+        Self::SnatExhausted,
+        Self::UnsupportedL4,
     ];
     /// Number of reasons: the size of the `drops` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -193,6 +217,9 @@ impl DropReason {
             Self::PolicyDenied => "policy_denied",
             Self::RedirectFailed => "redirect_failed",
             Self::NatFailed => "nat_failed",
+            Self::NoRoute => "no_route",
+            Self::SnatExhausted => "snat_exhausted",
+            Self::UnsupportedL4 => "unsupported_l4",
         }
     }
 }

@@ -4,7 +4,7 @@
 //! on the checksum field would not.
 
 use aya_ebpf::programs::TcContext;
-use ferry_common::{DropReason, IPPROTO_UDP};
+use ferry_common::{DropReason, IPPROTO_ICMP, IPPROTO_UDP};
 
 use crate::parse::{ETH_HLEN, L4};
 
@@ -36,10 +36,16 @@ pub fn rewrite_v4(
     new_addr: [u8; 4],
     new_port: [u8; 2],
 ) -> Result<(), DropReason> {
-    let (addr_off, port_off, old_port) = match side {
+    let (addr_off, mut port_off, mut old_port) = match side {
         Side::Src => (IP_SRC_OFF, l4.off, l4.sport),
         Side::Dst => (IP_DST_OFF, l4.off + 2, l4.dport),
     };
+    let icmp = l4.proto == IPPROTO_ICMP;
+    if icmp {
+        // The echo id plays the port, in both directions; the ICMP
+        // checksum has no pseudo-header, so the address does not enter it.
+        (port_off, old_port) = (l4.off + 4, l4.sport);
+    }
     let mangled = if l4.proto == IPPROTO_UDP {
         BPF_F_MARK_MANGLED_0
     } else {
@@ -50,13 +56,15 @@ pub fn rewrite_v4(
     let (old_a, new_a) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(new_addr));
     let (old_p, new_p) = (u16::from_ne_bytes(old_port), u16::from_ne_bytes(new_port));
     let fail = |_| DropReason::NatFailed;
-    ctx.l4_csum_replace(
-        l4.csum_off,
-        u64::from(old_a),
-        u64::from(new_a),
-        BPF_F_PSEUDO_HDR | mangled | 4,
-    )
-    .map_err(fail)?;
+    if !icmp {
+        ctx.l4_csum_replace(
+            l4.csum_off,
+            u64::from(old_a),
+            u64::from(new_a),
+            BPF_F_PSEUDO_HDR | mangled | 4,
+        )
+        .map_err(fail)?;
+    }
     ctx.l4_csum_replace(l4.csum_off, u64::from(old_p), u64::from(new_p), mangled | 2)
         .map_err(fail)?;
     ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_a), u64::from(new_a), 4)

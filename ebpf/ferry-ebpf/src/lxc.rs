@@ -14,12 +14,13 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ferry_common::{DropReason, Endpoint, GATEWAY_V4, Ipv4Key};
+use ferry_common::{CT_DNAT_REPLY, CT_SNAT, DropReason, Endpoint, GATEWAY_V4, Ipv4Key};
 
 use crate::{
     counters::{count_rx, count_tx, drop_packet},
     ct,
-    maps::endpoints,
+    maps::{endpoints, host_addrs},
+    nat,
     parse::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
         Ipv4Hdr, l4_of, mac_eq, ptr_at, pull,
@@ -99,15 +100,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
 
     // SAFETY: as in `sender`.
     let Some(peer) = (unsafe { endpoints.get(&dst) }) else {
-        // Not for a local container: a reply to a published-port client,
-        // or traffic for the host stack.
-        if let Some(l4) = l4_of(ctx, ip) {
-            let key = ct::key_of(src.ip, dst.ip, &l4);
-            if let Some(entry) = ct::lookup(&key).filter(uplink::is_reply) {
-                return uplink::reply_to_client(ctx, &l4, src.ip, &entry);
-            }
-        }
-        return Ok(TC_ACT_OK as i32);
+        return to_outside(ctx, ip, &src, &dst, me.ifindex);
     };
     if peer.net_id != me.net_id {
         return Err(DropReason::PolicyDenied);
@@ -125,6 +118,39 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
         return Err(DropReason::RedirectFailed);
     }
     Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// A validated packet from a container, not for a local container: to the
+/// host stack if it is for one of the host's addresses; a reply through a
+/// published port; or masqueraded. The host stack never sees (and so never
+/// forwards) anything else from a container: forwarding is on for the
+/// host-side veth only so that `bpf_fib_lookup` answers, and this function
+/// decides every packet itself.
+#[inline(always)]
+fn to_outside(
+    ctx: &TcContext,
+    ip: *const Ipv4Hdr,
+    src: &Ipv4Key,
+    dst: &Ipv4Key,
+    ifindex: u32,
+) -> Result<i32, DropReason> {
+    // SAFETY: as in `sender`.
+    if unsafe { host_addrs.get(dst) }.is_some() {
+        return Ok(TC_ACT_OK as i32);
+    }
+    let Some(l4) = l4_of(ctx, ip) else {
+        return Err(DropReason::UnsupportedL4);
+    };
+    // SAFETY: the caller checked the IPv4 header's bounds.
+    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
+    let key = ct::key_of(src.ip, dst.ip, &l4);
+    match ct::lookup(&key) {
+        Some(entry) if entry.kind == CT_DNAT_REPLY => {
+            uplink::reply_to_client(ctx, &l4, src.ip, &entry)
+        }
+        Some(entry) if entry.kind == CT_SNAT => nat::snat_forward(ctx, &l4, &key, tot_len, &entry),
+        _ => nat::snat_new(ctx, &l4, &key, tot_len, ifindex),
+    }
 }
 
 /// ARP from a container: validated like IPv4; a request for the gateway is

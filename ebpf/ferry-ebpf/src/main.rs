@@ -1,6 +1,6 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
 //! veth of each container; `uplink`: the host's outside interfaces) and one
-//! per subsystem (`parse`, `csum`, `ct`, `counters`), all maps in `maps`.
+//! per subsystem (`parse`, `csum`, `ct`, `nat`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
 //! target this crate is an empty binary so workspace-wide tooling still works.
@@ -16,6 +16,8 @@ mod ct;
 mod lxc;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
 #[cfg(target_arch = "bpf")]

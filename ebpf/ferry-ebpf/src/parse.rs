@@ -95,7 +95,19 @@ pub struct PortsHdr {
     pub dport: [u8; 2],
 }
 
-/// Where a TCP or UDP header and its checksum are, and its ports.
+/// The ICMP echo header (request type 8, reply type 0).
+#[repr(C)]
+pub struct IcmpEchoHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: [u8; 2],
+    pub id: [u8; 2],
+    pub seq: [u8; 2],
+}
+
+/// Where a TCP, UDP or ICMP echo header and its checksum are, and its
+/// ports. For ICMP echo, `sport` is the echo id and `dport` is zero in both
+/// directions, so both directions key the same way.
 pub struct L4 {
     pub proto: u8,
     /// Offset of the L4 header from the start of the frame.
@@ -106,9 +118,9 @@ pub struct L4 {
     pub dport: [u8; 2],
 }
 
-/// The L4 header of an IPv4 packet, if it is an unfragmented TCP or UDP
-/// packet whose header is in the linear data. Fragments and other
-/// protocols give `None` (the NAT paths leave them alone).
+/// The L4 header of an IPv4 packet, if it is an unfragmented TCP, UDP or
+/// ICMP echo packet whose header is in the linear data. Fragments and other
+/// protocols give `None`.
 #[inline(always)]
 pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
     // SAFETY: the caller checked the IPv4 header's bounds.
@@ -121,6 +133,21 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
     let csum_off = match proto {
         ferry_common::IPPROTO_TCP => off + 16,
         ferry_common::IPPROTO_UDP => off + 6,
+        ferry_common::IPPROTO_ICMP => {
+            let icmp: *const IcmpEchoHdr = ptr_at(ctx, off).ok()?;
+            // SAFETY: bounds checked by `ptr_at`.
+            let (kind, id) = unsafe { ((*icmp).kind, (*icmp).id) };
+            if kind != 0 && kind != 8 {
+                return None;
+            }
+            return Some(L4 {
+                proto,
+                off,
+                csum_off: off + 2,
+                sport: id,
+                dport: [0; 2],
+            });
+        }
         _ => return None,
     };
     // The checksum field must be in the packet too.

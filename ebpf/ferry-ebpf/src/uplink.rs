@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT, CT_DNAT_REPLY, CtEntry, CtKey, DropReason, Ipv4Key, PortKey, PortTarget,
+    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Ipv4Key, PortKey, PortTarget,
 };
 
 use crate::{
@@ -58,7 +58,9 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     let key = ct::key_of(saddr, daddr, &l4);
     if let Some(entry) = ct::lookup(&key) {
-        if entry.kind == CT_DNAT {
+        // Published-port requests and replies to masqueraded flows both go
+        // to a container, rewritten the same way.
+        if entry.kind == CT_DNAT || entry.kind == CT_SNAT_REPLY {
             return deliver(ctx, &l4, daddr, entry.nat_addr, entry.nat_port);
         }
         return PASS;
@@ -170,10 +172,4 @@ pub fn reply_to_client(
         return Err(DropReason::RedirectFailed);
     }
     Ok(TC_ACT_REDIRECT as i32)
-}
-
-/// Whether a tracked entry is a reply of a published-port flow.
-#[inline(always)]
-pub fn is_reply(entry: &CtEntry) -> bool {
-    entry.kind == CT_DNAT_REPLY
 }

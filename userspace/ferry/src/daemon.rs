@@ -215,6 +215,8 @@ impl Daemon {
             info!(%uplink, "published ports served on this uplink");
         }
         inner.refresh_host_addrs().await?;
+        portmap::reserve_snat_ports(true)
+            .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
         let daemon = Arc::new(Self {
             inner: Mutex::new(inner),
         });
@@ -518,6 +520,16 @@ impl Inner {
         partial.host_ifindex = Some(host_ifindex);
         netns::write_net_sysctl(&format!("ipv6/conf/{host_ifname}/disable_ipv6"), "1")
             .map_err(|e| internal(&format!("disabling IPv6 on {host_ifname}: {e}")))?;
+        // bpf_fib_lookup honours the ingress device's forwarding switch. The
+        // stack itself never forwards a container's packet: from_container
+        // decides every one (see lxc.rs `to_outside`).
+        netns::write_net_sysctl(&format!("ipv4/conf/{host_ifname}/forwarding"), "1").map_err(
+            |e| {
+                internal(&format!(
+                    "enabling forwarding lookups on {host_ifname}: {e}"
+                ))
+            },
+        )?;
 
         self.datapath
             .add_endpoint(
@@ -855,6 +867,9 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
             Err(aya::programs::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => failures.push(format!("detach from {uplink}: {e}")),
         }
+    }
+    if let Err(e) = portmap::reserve_snat_ports(false) {
+        failures.push(format!("release the masquerade ports: {e}"));
     }
     for (path, is_dir) in [(&config.pin_dir, true), (&config.socket, false)] {
         let result = if is_dir {

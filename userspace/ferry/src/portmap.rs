@@ -289,9 +289,65 @@ pub fn allocate(spec: &PublishSpec) -> Result<Vec<(PortMapping, Reservation)>, R
     }
 }
 
+/// The masquerade port range as `ip_local_reserved_ports` writes it.
+fn snat_range() -> String {
+    format!(
+        "{}-{}",
+        ferry_common::SNAT_PORT_MIN,
+        ferry_common::SNAT_PORT_MAX
+    )
+}
+
+const RESERVED_PORTS: &str = "ipv4/ip_local_reserved_ports";
+
+/// `list` (a comma-separated `ip_local_reserved_ports` value) with `range`
+/// added or removed, other entries kept in order.
+fn edit_port_list(list: &str, range: &str, present: bool) -> String {
+    let mut items: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty() && *i != range)
+        .collect();
+    if present {
+        items.push(range);
+    }
+    items.join(",")
+}
+
+/// Keeps the host's own sockets off the masquerade ports: the range is
+/// outside Linux's default ephemeral range, and reserving it also covers a
+/// host configured with a wider one. Current thread's network namespace.
+pub fn reserve_snat_ports(reserved: bool) -> std::io::Result<()> {
+    let path = format!("/proc/sys/net/{RESERVED_PORTS}");
+    let current = std::fs::read_to_string(&path)?;
+    crate::netns::write_net_sysctl(
+        RESERVED_PORTS,
+        &edit_port_list(current.trim(), &snat_range(), reserved),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reserved_port_list_edits_keep_other_entries() {
+        let r = "61000-65535";
+        assert_eq!(edit_port_list("", r, true), r);
+        assert_eq!(
+            edit_port_list("8080,9000-9010", r, true),
+            "8080,9000-9010,61000-65535"
+        );
+        assert_eq!(
+            edit_port_list("8080,61000-65535", r, true),
+            "8080,61000-65535"
+        );
+        assert_eq!(
+            edit_port_list("8080,61000-65535,9000", r, false),
+            "8080,9000"
+        );
+        assert_eq!(edit_port_list(r, r, false), "");
+    }
 
     fn spec(s: &str) -> PublishSpec {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))

@@ -144,11 +144,14 @@ fn from_container_forward_with_ip_options() {
     assert_eq!(verdict, TC_ACT_REDIRECT);
 }
 
-/// Expects: OK to the host stack, frame unchanged, A's tx counted.
+/// Expects: OK to the host stack for one of the host's addresses, frame
+/// unchanged, A's tx counted.
 #[test]
 fn from_container_pass_to_host() {
     let mut dp = Loaded::new();
-    let frame = ipv4_frame(A.mac, A.host_mac, A_IP, Ipv4Addr::new(192, 0, 2, 1), 0);
+    let host = Ipv4Addr::new(192, 0, 2, 1);
+    dp.datapath.set_host_addrs(&[host]).expect("host addrs");
+    let frame = ipv4_frame(A.mac, A.host_mac, A_IP, host, 0);
     let (verdict, out) = dp.run(PROG_FROM_CONTAINER, &frame);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, frame);
@@ -218,6 +221,27 @@ fn from_container_parse_bad_headers() {
 #[expect(non_snake_case, reason = "reads as a length expression")]
 const fn ETH_PLUS(n: usize) -> usize {
     14 + n
+}
+
+/// Expects: traffic for the outside is never left to the host stack: with
+/// no route (the test run's device has forwarding off) it is dropped as
+/// `no_route`; a fragment, which cannot be translated yet, as
+/// `unsupported_l4`.
+#[test]
+fn from_container_outside_is_translated_or_dropped() {
+    let mut dp = Loaded::new();
+    let outside = Ipv4Addr::new(198, 51, 100, 1);
+    let (verdict, _) = dp.run(
+        PROG_FROM_CONTAINER,
+        &ipv4_frame(A.mac, A.host_mac, A_IP, outside, 0),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::NoRoute), 1);
+    let mut fragment = ipv4_frame(A.mac, A.host_mac, A_IP, outside, 0);
+    fragment[20] |= 0x20;
+    let (verdict, _) = dp.run(PROG_FROM_CONTAINER, &fragment);
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::UnsupportedL4), 1);
 }
 
 /// Expects: SHOT and `policy_denied` between endpoints of two networks.

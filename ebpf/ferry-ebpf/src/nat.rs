@@ -1,0 +1,188 @@
+//! Masquerade: container traffic for the outside leaves with the address
+//! of the interface it is routed out of, on a port from the SNAT range.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SKIP_NEIGH, BPF_FIB_LOOKUP_SRC, TC_ACT_REDIRECT,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh,
+    },
+    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use ferry_common::{
+    CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, IPPROTO_ICMP, PortKey, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
+};
+
+use crate::{
+    csum::{Side, rewrite_v4},
+    maps::{ct, portmap},
+    parse::L4,
+};
+
+const AF_INET: u8 = 2;
+const BPF_NOEXIST: u64 = 1;
+/// Candidate ports tried for a new flow before giving up.
+const SNAT_TRIES: u32 = 16;
+
+/// The route for `key` from this veth: egress ifindex, next hop, and (with
+/// `BPF_FIB_LOOKUP_SRC`) the source address the host would use there.
+/// Neighbour resolution is left to `bpf_redirect_neigh`.
+#[inline(always)]
+fn route(ctx: &TcContext, key: &CtKey, tot_len: u16, flags: u32) -> Result<FibParams, DropReason> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.l4_protocol = key.proto;
+    fib.sport = u16::from_ne_bytes(key.sport);
+    fib.dport = u16::from_ne_bytes(key.dport);
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(key.saddr);
+    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(key.daddr);
+    // SAFETY: the program runs on an skb.
+    fib.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: `fib` is a valid, writable bpf_fib_lookup of the given size.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb.cast(),
+            &mut fib,
+            size_of::<FibParams>() as i32,
+            flags | BPF_FIB_LOOKUP_SKIP_NEIGH,
+        )
+    };
+    if rc != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        return Err(DropReason::NoRoute);
+    }
+    Ok(fib)
+}
+
+/// Sends the (rewritten) packet out of the routed interface; the kernel
+/// resolves the next hop's MAC.
+#[inline(always)]
+fn send(fib: &FibParams) -> Result<i32, DropReason> {
+    let mut nh = bpf_redir_neigh {
+        nh_family: u32::from(AF_INET),
+        // SAFETY: an all-zero union is valid; the IPv4 member is set next.
+        __bindgen_anon_1: unsafe { core::mem::zeroed() },
+    };
+    // SAFETY: reading the IPv4 member the FIB lookup wrote.
+    nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    // SAFETY: `nh` is a valid bpf_redir_neigh of the given size.
+    let rc =
+        unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// A packet of a masqueraded flow already tracked (`CT_SNAT` entry).
+#[inline(always)]
+pub fn snat_forward(
+    ctx: &TcContext,
+    l4: &L4,
+    key: &CtKey,
+    tot_len: u16,
+    entry: &CtEntry,
+) -> Result<i32, DropReason> {
+    let fib = route(ctx, key, tot_len, 0)?;
+    rewrite_v4(
+        ctx,
+        l4,
+        Side::Src,
+        key.saddr,
+        entry.nat_addr,
+        entry.nat_port,
+    )?;
+    send(&fib)
+}
+
+/// The first packet of a flow to the outside: pick the source address by
+/// route, allocate a port, record both directions, translate, send.
+#[inline(always)]
+pub fn snat_new(
+    ctx: &TcContext,
+    l4: &L4,
+    key: &CtKey,
+    tot_len: u16,
+    endpoint_ifindex: u32,
+) -> Result<i32, DropReason> {
+    let fib = route(ctx, key, tot_len, BPF_FIB_LOOKUP_SRC)?;
+    // SAFETY: the lookup wrote the IPv4 source member.
+    let snat_addr = unsafe { fib.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
+    let reply = CtEntry {
+        nat_addr: key.saddr,
+        nat_port: key.sport,
+        kind: CT_SNAT_REPLY,
+        ifindex: endpoint_ifindex,
+        ..CtEntry::default()
+    };
+    let port = allocate(key, snat_addr, &reply)?;
+    let forward = CtEntry {
+        nat_addr: snat_addr,
+        nat_port: port,
+        kind: CT_SNAT,
+        ..CtEntry::default()
+    };
+    let _ = ct.insert(key, forward, 0);
+    rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
+    send(&fib)
+}
+
+/// Claims a port (or ICMP echo id) for `key` translated to `snat_addr`:
+/// the reply key (remote, snat_addr, remote port, our port) must be new,
+/// and the port must not be published. The claim is the insert itself
+/// (`BPF_NOEXIST`), so two CPUs cannot take the same one.
+#[inline(always)]
+fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2], DropReason> {
+    let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
+    // SAFETY: a plain helper call.
+    let start = unsafe { bpf_get_prandom_u32() } % span;
+    let icmp = key.proto == IPPROTO_ICMP;
+    for i in 0..SNAT_TRIES {
+        let port = (u32::from(SNAT_PORT_MIN) + (start + i * 4099) % span) as u16;
+        let port = port.to_be_bytes();
+        if !icmp && published(snat_addr, port, key.proto) {
+            continue;
+        }
+        let reply_key = if icmp {
+            CtKey {
+                saddr: key.daddr,
+                daddr: snat_addr,
+                sport: port,
+                dport: [0; 2],
+                proto: key.proto,
+                pad: [0; 3],
+            }
+        } else {
+            CtKey {
+                saddr: key.daddr,
+                daddr: snat_addr,
+                sport: key.dport,
+                dport: port,
+                proto: key.proto,
+                pad: [0; 3],
+            }
+        };
+        if ct.insert(&reply_key, reply, BPF_NOEXIST).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(DropReason::SnatExhausted)
+}
+
+/// Whether `port` is published on `addr` (or on every address).
+#[inline(always)]
+fn published(addr: [u8; 4], port: [u8; 2], proto: u8) -> bool {
+    let exact = PortKey {
+        ip: addr,
+        port,
+        proto,
+        pad: 0,
+    };
+    let any = PortKey {
+        ip: [0; 4],
+        ..exact
+    };
+    portmap.get_ptr(&exact).is_some() || portmap.get_ptr(&any).is_some()
+}
