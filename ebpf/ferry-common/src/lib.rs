@@ -162,6 +162,32 @@ pub struct CtEntry {
 }
 const _: () = assert!(size_of::<CtEntry>() == 32);
 
+/// Capacity of the socket reverse-translation map.
+pub const MAX_SOCK_REVNAT: u32 = 65536;
+/// Capacity of the served-namespace map.
+pub const MAX_NETNS: u32 = 4096;
+
+/// `sock_netns` values: which destinations a namespace's sockets may have
+/// translated to a published port's container.
+/// ferryd's own namespace (the host): loopback and the host's addresses.
+pub const NETNS_HOST: u32 = 1;
+/// A container's namespace: the host's addresses only (its loopback is its
+/// own, as in Docker).
+pub const NETNS_CONTAINER: u32 = 2;
+
+/// Key of the `sock_revnat` map: a socket (by cookie) and the container
+/// address its connect or send was translated to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockRevKey {
+    pub cookie: u64,
+    pub ip: [u8; 4],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<SockRevKey>() == 16);
+
 /// Why the datapath dropped a packet: the index into the `drops` map.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,6 +259,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortTarget {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::EndpointStats {}
 }

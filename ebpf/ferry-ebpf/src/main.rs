@@ -1,5 +1,6 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
-//! veth of each container; `uplink`: the host's outside interfaces) and one
+//! veth of each container; `uplink`: the host's outside interfaces; `sock`: cgroup
+//! socket hooks) and one
 //! per subsystem (`parse`, `csum`, `ct`, `nat`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
@@ -20,6 +21,8 @@ mod maps;
 mod nat;
 #[cfg(target_arch = "bpf")]
 mod parse;
+#[cfg(target_arch = "bpf")]
+mod sock;
 #[cfg(target_arch = "bpf")]
 mod uplink;
 

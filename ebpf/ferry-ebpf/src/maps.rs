@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CtEntry, CtKey, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT, MAX_ENDPOINTS,
-    MAX_HOST_ADDRS, MAX_PORTMAPS, PortKey, PortTarget,
+    MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey, PortTarget, SockRevKey,
 };
 
 /// Local containers by IPv4 address. Written by ferryd only.
@@ -43,3 +43,14 @@ pub static host_addrs: HashMap<Ipv4Key, u32, { MAX_HOST_ADDRS as usize }> = Hash
 /// datapath, least recently used evicted first.
 #[btf_map]
 pub static ct: LruHashMap<CtKey, CtEntry, { MAX_CT as usize }> = LruHashMap::new();
+
+/// Network namespaces (by cookie) whose sockets the cgroup hooks translate:
+/// `NETNS_HOST` or `NETNS_CONTAINER`. Everything else is left alone.
+#[btf_map]
+pub static sock_netns: HashMap<u64, u32, { MAX_NETNS as usize }> = HashMap::new();
+
+/// What a socket asked for before its connect or send was translated, so
+/// getpeername and recvmsg report the published address.
+#[btf_map]
+pub static sock_revnat: LruHashMap<SockRevKey, PortTarget, { MAX_SOCK_REVNAT as usize }> =
+    LruHashMap::new();

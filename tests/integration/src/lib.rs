@@ -68,6 +68,36 @@ pub fn in_netns(ns_path: &Path, program: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Adds to `cmd` a step that moves the child into the cgroup2 directory
+/// `cgroup` before exec.
+pub fn join_cgroup(cmd: &mut Command, cgroup: &Path) {
+    let procs = File::options()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cgroup.display()));
+    // SAFETY: write(2) on an fd opened before fork is async-signal-safe;
+    // "0" means the writing process itself.
+    unsafe {
+        cmd.pre_exec(move || {
+            use std::os::fd::AsRawFd as _;
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The cgroup2 mount (hybrid hosts have it at /sys/fs/cgroup/unified).
+pub fn cgroup2_root() -> PathBuf {
+    let unified = PathBuf::from("/sys/fs/cgroup/unified");
+    if unified.join("cgroup.procs").exists() {
+        unified
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    }
+}
+
 /// Runs a command to completion, returning its output.
 pub fn output(cmd: &mut Command) -> Output {
     cmd.output()
@@ -151,6 +181,10 @@ pub struct World {
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
     pub subnet: String,
+    /// The world's own cgroup2 directory: ferryd, its containers and the
+    /// host-side clients of the tests run in it, and the socket hooks are
+    /// attached to it (never to the machine's root cgroup).
+    pub cgroup: PathBuf,
     ferryd: Option<Child>,
 }
 
@@ -170,10 +204,12 @@ impl World {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
             socket: std::env::temp_dir().join(&name).join("ferry.sock"),
             subnet: subnet.unwrap_or("10.89.0.0/24").to_owned(),
+            cgroup: cgroup2_root().join(&name),
             ferryd: None,
             name,
         };
         std::fs::create_dir_all(&world.dir).expect("create world dir");
+        std::fs::create_dir_all(&world.cgroup).expect("create world cgroup");
         let (h, c) = (&world.host, &world.client);
         h.ip(&[
             "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", &c.name,
@@ -221,6 +257,8 @@ impl World {
             // Always explicit: a world never relies on default-route detection.
             "--uplink".into(),
             "uplink0".into(),
+            "--cgroup".into(),
+            self.cgroup.display().to_string(),
         ]
     }
 
@@ -241,6 +279,7 @@ impl World {
         }
         let bin = bin_dir().join("ferryd");
         let mut cmd = in_netns(&self.host_ns_path(), &bin.display().to_string(), &[]);
+        join_cgroup(&mut cmd, &self.cgroup);
         cmd.args(args);
         cmd
     }
@@ -354,9 +393,20 @@ impl World {
             .unwrap_or_else(|| panic!("no drop reason {reason} in {out}"))
     }
 
-    /// A command in the host namespace.
+    /// A command in the host namespace (and the world's cgroup, like any
+    /// host process under the socket hooks).
     pub fn in_host(&self, program: &str, args: &[&str]) -> Command {
-        self.host.cmd(program, args)
+        let mut cmd = self.host.cmd(program, args);
+        join_cgroup(&mut cmd, &self.cgroup);
+        cmd
+    }
+
+    /// A command in a container's network namespace and the world's cgroup
+    /// (where the container's own processes are).
+    pub fn exec(&self, container: &Container, program: &str, args: &[&str]) -> Command {
+        let mut cmd = in_netns(&container.netns, program, args);
+        join_cgroup(&mut cmd, &self.cgroup);
+        cmd
     }
 
     /// A command in the client namespace.
@@ -390,6 +440,10 @@ impl Drop for World {
             .status();
         // The namespaces go when `host` and `client` drop, after this.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // A cgroup can only be removed once its last process has exited.
+        wait_until(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists()
+        });
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -33,6 +33,22 @@ pub struct Config {
     /// Interfaces where published ports are served; empty: the interfaces
     /// of the default route.
     pub uplinks: Vec<String>,
+    /// cgroup2 directory the socket hooks attach to (every process below
+    /// it gets `localhost:PORT` to published ports).
+    pub cgroup: PathBuf,
+}
+
+/// The cgroup2 mount: /sys/fs/cgroup on a unified host, else the hybrid
+/// layout's /sys/fs/cgroup/unified.
+pub fn default_cgroup() -> PathBuf {
+    let unified = PathBuf::from("/sys/fs/cgroup");
+    let is_cgroup2 = nix::sys::statfs::statfs(&unified)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC);
+    if is_cgroup2 {
+        unified
+    } else {
+        unified.join("unified")
+    }
 }
 
 /// Parses and checks a container subnet: IPv4 CIDR, network address given

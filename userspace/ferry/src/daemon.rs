@@ -12,7 +12,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ferry_common::{DropReason, Endpoint, GATEWAY_V4, PortKey, PortTarget};
+use ferry_common::{
+    DropReason, Endpoint, GATEWAY_V4, NETNS_CONTAINER, NETNS_HOST, PortKey, PortTarget,
+};
 use nix::{
     fcntl::{Flock, FlockArg},
     sys::{
@@ -189,6 +191,7 @@ struct Partial {
     host_ifname: Option<String>,
     dir: bool,
     ports: Vec<PortKey>,
+    netns_cookie: Option<u64>,
 }
 
 impl Daemon {
@@ -215,6 +218,11 @@ impl Daemon {
             info!(%uplink, "published ports served on this uplink");
         }
         inner.refresh_host_addrs().await?;
+        inner.datapath.attach_cgroup(&config.cgroup)?;
+        inner
+            .datapath
+            .add_netns(netns::current_cookie()?, NETNS_HOST)?;
+        info!(cgroup = %config.cgroup.display(), "socket hooks attached");
         portmap::reserve_snat_ports(true)
             .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
         let daemon = Arc::new(Self {
@@ -500,7 +508,7 @@ impl Inner {
         // inside its namespace. IPv6 is off there (and on the host side)
         // because the datapath forwards IPv4 only so far.
         let ns = netns::of_pid(monitor.pid).map_err(|e| internal(&e))?;
-        let inside = {
+        let (inside, netns_cookie) = {
             let _guard = NetNsGuard::enter(ns.as_fd()).map_err(|e| internal(&e))?;
             for key in [
                 "ipv6/conf/all/disable_ipv6",
@@ -509,8 +517,14 @@ impl Inner {
                 netns::write_net_sysctl(key, "1")
                     .map_err(|e| internal(&format!("sysctl {key}: {e}")))?;
             }
-            Netlink::current().map_err(|e| internal(&e))?
+            let cookie =
+                netns::current_cookie().map_err(|e| internal(&format!("netns cookie: {e}")))?;
+            (Netlink::current().map_err(|e| internal(&e))?, cookie)
         };
+        partial.netns_cookie = Some(netns_cookie);
+        self.datapath
+            .add_netns(netns_cookie, NETNS_CONTAINER)
+            .map_err(|e| internal(&e))?;
         partial.host_ifname = Some(host_ifname.clone());
         let host_ifindex = self
             .netlink
@@ -619,6 +633,7 @@ impl Inner {
                 host_ifname,
                 host_ifindex,
                 host_mac,
+                netns_cookie,
             }),
             ports,
         };
@@ -640,6 +655,11 @@ impl Inner {
             }
         }
         self.reservations.remove(id);
+        if let Some(cookie) = partial.netns_cookie
+            && let Err(e) = self.datapath.remove_netns(cookie)
+        {
+            warn!(%id, %e, "rollback: cannot forget the namespace");
+        }
         if let Some(ifname) = &partial.host_ifname {
             self.datapath.forget(ifname);
         }
@@ -741,9 +761,13 @@ impl Inner {
         }
     }
 
-    /// Syncs `host_addrs` with this namespace's IPv4 addresses.
+    /// Syncs `host_addrs` with this namespace's IPv4 addresses. Loopback
+    /// addresses are left out: nothing outside the host can reach them, and
+    /// in a container 127.0.0.1 is the container's own (the socket hooks
+    /// treat loopback separately, for the host's namespace only).
     async fn refresh_host_addrs(&mut self) -> anyhow::Result<()> {
-        let addrs = self.netlink.ipv4_addresses().await?;
+        let mut addrs = self.netlink.ipv4_addresses().await?;
+        addrs.retain(|a| !a.is_loopback());
         self.datapath.set_host_addrs(&addrs)?;
         Ok(())
     }
@@ -762,6 +786,9 @@ impl Inner {
         };
         if let Err(e) = self.datapath.remove_endpoint(net.ip) {
             warn!(id = %record.id, %e, "cannot remove endpoint");
+        }
+        if let Err(e) = self.datapath.remove_netns(net.netns_cookie) {
+            warn!(id = %record.id, %e, "cannot forget the namespace");
         }
         self.datapath.forget(&net.host_ifname);
         // The veth normally dies with the container's namespace, but that

@@ -7,7 +7,10 @@
 //!   a restarted ferryd so counters and entries survive it;
 //! - `<pin>/portmap`, `<pin>/host_addrs`, `<pin>/ct`: published ports, the
 //!   host's addresses, connection tracking;
-//! - `<pin>/progs/<program>`: the programs.
+//! - `<pin>/sock_netns`, `<pin>/sock_revnat`: namespaces the socket hooks
+//!   serve, and what translated sockets asked for;
+//! - `<pin>/progs/<program>`: the programs;
+//! - `<pin>/links/sock_*`: the cgroup links of the socket hooks.
 //!
 //! Attachments (container veths and uplinks) are netlink cls_bpf filters (`tc filter show`, `bpftool net
 //! show` list them by program name). They belong to the interface, not to
@@ -25,7 +28,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, TestRun as _, TestRunOptions,
+        CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType,
+        TestRun as _, TestRunOptions,
+        links::FdLink,
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
     util::nr_cpus,
@@ -42,19 +47,38 @@ pub const MAP_DROPS: &str = "drops";
 pub const MAP_PORTMAP: &str = "portmap";
 pub const MAP_HOST_ADDRS: &str = "host_addrs";
 pub const MAP_CT: &str = "ct";
-const MAPS: [&str; 6] = [
+pub const MAP_SOCK_NETNS: &str = "sock_netns";
+pub const MAP_SOCK_REVNAT: &str = "sock_revnat";
+const MAPS: [&str; 8] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
     MAP_PORTMAP,
     MAP_HOST_ADDRS,
     MAP_CT,
+    MAP_SOCK_NETNS,
+    MAP_SOCK_REVNAT,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
-pub const PROGRAMS: [&str; 3] = [PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS];
+/// The cgroup socket hooks, attached to the configured cgroup2 directory.
+pub const SOCK_PROGRAMS: [&str; 4] = [
+    "sock_connect4",
+    "sock_sendmsg4",
+    "sock_recvmsg4",
+    "sock_getpeername4",
+];
+pub const PROGRAMS: [&str; 7] = [
+    PROG_FROM_CONTAINER,
+    PROG_TO_CONTAINER,
+    PROG_UPLINK_INGRESS,
+    SOCK_PROGRAMS[0],
+    SOCK_PROGRAMS[1],
+    SOCK_PROGRAMS[2],
+    SOCK_PROGRAMS[3],
+];
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -133,9 +157,20 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(Box::new(e)))?;
         for name in PROGRAMS {
-            let prog = classifier(&mut ebpf, name)?;
-            prog.load()
-                .map_err(|source| DatapathError::Program { name, source })?;
+            let program = ebpf.program_mut(name).ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            })?;
+            let loaded = match program {
+                Program::SchedClassifier(p) => p.load(),
+                Program::CgroupSockAddr(p) => p.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            loaded.map_err(|source| DatapathError::Program { name, source })?;
+            let prog = ebpf.program_mut(name).ok_or(DatapathError::Program {
+                name,
+                source: ProgramError::UnexpectedProgramType,
+            })?;
             let path = progs_dir.join(name);
             // A pin from an earlier ferryd points at the old program: the new
             // one takes its place (attached filters are swapped in `attach`).
@@ -231,6 +266,65 @@ impl Datapath {
                 .insert((ifname.to_owned(), program), ManuallyDrop::new(link));
         }
         Ok(())
+    }
+
+    /// Attaches the socket hooks to a cgroup2 directory (every process below
+    /// it), as links pinned under `<pin>/links/`, which keep them attached
+    /// when ferryd exits. Links an earlier ferryd pinned are replaced.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
+        let links_dir = self.pin_dir.join("links");
+        std::fs::create_dir_all(&links_dir).map_err(|source| DatapathError::PinDir {
+            path: links_dir.clone(),
+            source,
+        })?;
+        let dir = std::fs::File::open(cgroup).map_err(|source| DatapathError::PinDir {
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for name in SOCK_PROGRAMS {
+            let fail = |reason: String| DatapathError::Pin {
+                what: name,
+                path: cgroup.to_owned(),
+                reason,
+            };
+            let pin = links_dir.join(name);
+            // Unpinning the old link detaches it (nothing else holds it).
+            match std::fs::remove_file(&pin) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e.to_string())),
+                _ => {}
+            }
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| fail("missing program".into()))?
+                .try_into()
+                .map_err(|e: ProgramError| fail(e.to_string()))?;
+            // A cgroup *link* coexists with other programs on the cgroup
+            // whatever the mode; the kernel rejects BPF_F_ALLOW_MULTI for links.
+            let id = prog
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| fail(error_chain(&e)))?;
+            let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
+            FdLink::try_from(link)
+                .map_err(|e| fail(e.to_string()))?
+                .pin(&pin)
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Lets the socket hooks act in the namespace with this cookie.
+    pub fn add_netns(&mut self, cookie: u64, kind: u32) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, u64, u32> =
+            BpfHashMap::try_from(self.map(MAP_SOCK_NETNS)?).map_err(map_err(MAP_SOCK_NETNS))?;
+        map.insert(cookie, kind, 0).map_err(map_err(MAP_SOCK_NETNS))
+    }
+
+    /// Stops the socket hooks acting in that namespace. Missing is fine.
+    pub fn remove_netns(&mut self, cookie: u64) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, u64, u32> =
+            BpfHashMap::try_from(self.map(MAP_SOCK_NETNS)?).map_err(map_err(MAP_SOCK_NETNS))?;
+        ignore_missing(map.remove(&cookie)).map_err(map_err(MAP_SOCK_NETNS))
     }
 
     /// Forgets the attachments of an interface that is being deleted (the
@@ -386,6 +480,18 @@ fn classifier<'a>(
         .ok_or_else(missing)?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// An error with its sources, for messages that must say what failed.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {

@@ -52,6 +52,9 @@ pub struct NetworkRecord {
     pub host_ifname: String,
     pub host_ifindex: u32,
     pub host_mac: [u8; 6],
+    /// Cookie of the container's network namespace (socket hooks).
+    #[serde(default)]
+    pub netns_cookie: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +228,7 @@ mod tests {
                 host_ifname: "fyabc".into(),
                 host_ifindex: 9,
                 host_mac: [2, 0x46, 10, 88, 0, 2],
+                netns_cookie: 7,
             }),
             ports: vec![],
         }

@@ -31,6 +31,10 @@ struct Args {
     /// interfaces of the default route).
     #[arg(long = "uplink")]
     uplinks: Vec<String>,
+    /// cgroup2 directory for the socket hooks (`localhost:PORT` for every
+    /// process below it; default: the cgroup2 mount).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -89,6 +93,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         pin_dir: args.pin_dir,
         socket: args.socket,
         uplinks: args.uplinks,
+        cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

@@ -1,0 +1,183 @@
+//! Local clients: host processes reach published ports on `localhost` and
+//! on the host's addresses, and containers reach published ports on the
+//! host's addresses (hairpin), through the cgroup socket hooks: translated
+//! at connect time, with no proxy, and never outside the namespaces ferry
+//! serves.
+
+use std::{process::Stdio, time::Duration};
+
+use ferry_integration::{HOST_UPLINK_IP, World, join_cgroup, output, wait_until};
+
+fn responder(port: u16, reply: &str) -> [String; 3] {
+    [
+        "socat".into(),
+        format!("TCP-LISTEN:{port},fork,reuseaddr"),
+        format!("SYSTEM:{reply}"),
+    ]
+}
+
+fn run_published(world: &World, name: &str, publish: &str, cmd: &[String]) {
+    let mut args = vec!["run", "-d", "--name", name, "-p", publish, "--"];
+    args.extend(cmd.iter().map(String::as_str));
+    world.ferry_ok(&args);
+}
+
+/// What a TCP connection made by `cmd` (a socat client) got back, if any.
+fn answer(cmd: &mut std::process::Command) -> Option<String> {
+    let out = output(cmd.stdin(Stdio::null()).stderr(Stdio::null()));
+    (out.status.success() && !out.stdout.is_empty())
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn tcp(addr: &str, port: u16) -> String {
+    format!("TCP:{addr}:{port},connect-timeout=2")
+}
+
+#[test]
+fn host_processes_reach_a_published_port_on_localhost_and_host_addresses() {
+    let world = World::new();
+    run_published(
+        &world,
+        "web",
+        "8080:80",
+        &responder(80, "echo HTTP/1.0 200 OK; echo; echo hello"),
+    );
+    for addr in ["127.0.0.1", HOST_UPLINK_IP] {
+        let url = format!("http://{addr}:8080/");
+        let mut seen = String::new();
+        let ok = wait_until(Duration::from_secs(5), || {
+            let out = output(&mut world.in_host(
+                "curl",
+                &[
+                    "-sS",
+                    "--max-time",
+                    "2",
+                    "-w",
+                    "|%{remote_ip}:%{remote_port}",
+                    &url,
+                ],
+            ));
+            seen = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        });
+        assert!(ok, "no answer at {url}: {seen}\n{}", world.ferryd_log());
+        // The body came from the container; getpeername still names the
+        // published address the client asked for.
+        assert_eq!(seen.trim(), format!("hello\n|{addr}:8080"));
+    }
+}
+
+#[test]
+fn udp_to_localhost_reaches_a_published_udp_port() {
+    let world = World::new();
+    let cmd = [
+        "socat".to_owned(),
+        "UDP-RECVFROM:53,fork".to_owned(),
+        "EXEC:cat".to_owned(),
+    ];
+    run_published(&world, "dns", "5354:53/udp", &cmd);
+    let mut got = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        let out = output(
+            world
+                .in_host(
+                    "sh",
+                    &["-c", "echo local | socat -T 1 - UDP:127.0.0.1:5354"],
+                )
+                .stderr(Stdio::null()),
+        );
+        got = String::from_utf8_lossy(&out.stdout).into_owned();
+        got == "local\n"
+    });
+    assert!(ok, "no UDP echo via localhost: {got:?}");
+}
+
+#[test]
+fn containers_reach_their_own_and_other_published_ports_by_host_address() {
+    let world = World::new();
+    let a = world.run(
+        "a",
+        &[
+            "socat",
+            "TCP-LISTEN:80,fork,reuseaddr",
+            "SYSTEM:echo from-a $SOCAT_PEERADDR",
+        ],
+    );
+    // `run` has no -p: publish through a second container instead.
+    run_published(
+        &world,
+        "web",
+        "8087:80",
+        &responder(80, "echo from-web $SOCAT_PEERADDR"),
+    );
+    let b = world.run("b", &["sleep", "infinity"]);
+    let target = tcp(HOST_UPLINK_IP, 8087);
+    let mut got = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        got = answer(&mut world.exec(&b, "socat", &["-T", "2", "-", &target]));
+        got.is_some()
+    }));
+    // Hairpin through the socket hook: the container sees the other
+    // container's own address, not a NAT address.
+    assert_eq!(
+        got.as_deref(),
+        Some(format!("from-web {}\n", b.ip).as_str())
+    );
+    let web = world.container("web");
+    let own = answer(&mut world.exec(&web, "socat", &["-T", "2", "-", &target]));
+    assert_eq!(
+        own.as_deref(),
+        Some(format!("from-web {}\n", web.ip).as_str())
+    );
+    assert_eq!(a.name, "a");
+}
+
+#[test]
+fn a_loopback_publish_is_reachable_from_the_host_only() {
+    let world = World::new();
+    run_published(
+        &world,
+        "private",
+        "127.0.0.1:8086:80",
+        &responder(80, "echo private"),
+    );
+    let c = world.run("other", &["sleep", "infinity"]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        answer(&mut world.in_host("socat", &["-T", "2", "-", &tcp("127.0.0.1", 8086)])).is_some()
+    }));
+    assert_eq!(
+        answer(&mut world.in_client("socat", &["-T", "2", "-", &tcp(HOST_UPLINK_IP, 8086)])),
+        None,
+        "reachable from outside"
+    );
+    assert_eq!(
+        answer(&mut world.exec(&c, "socat", &["-T", "2", "-", &tcp(HOST_UPLINK_IP, 8086)])),
+        None,
+        "reachable from a container"
+    );
+    assert_eq!(
+        answer(&mut world.exec(&c, "socat", &["-T", "2", "-", &tcp("127.0.0.1", 8086)])),
+        None,
+        "a container's localhost is its own"
+    );
+}
+
+#[test]
+fn sockets_in_other_namespaces_are_left_alone() {
+    let world = World::new();
+    run_published(&world, "web", "8088:80", &responder(80, "echo web"));
+    assert!(wait_until(Duration::from_secs(5), || {
+        answer(&mut world.in_host("socat", &["-T", "2", "-", &tcp("127.0.0.1", 8088)])).is_some()
+    }));
+    // The client namespace is not ferry's: a process there, even inside the
+    // hooked cgroup, connects to its own loopback, untranslated.
+    let mut cmd = world
+        .client
+        .cmd("socat", &["-T", "2", "-", &tcp("127.0.0.1", 8088)]);
+    join_cgroup(&mut cmd, &world.cgroup);
+    assert_eq!(
+        answer(&mut cmd),
+        None,
+        "a foreign namespace's connect was rewritten"
+    );
+}
