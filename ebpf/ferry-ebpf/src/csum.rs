@@ -79,3 +79,88 @@ pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), Dro
     ctx.store(0, dst, 0).map_err(|_| DropReason::NatFailed)?;
     ctx.store(6, src, 0).map_err(|_| DropReason::NatFailed)
 }
+
+/// RFC 1624 incremental update of a 16-bit one's complement checksum for a
+/// 32-bit field changing from `old` to `new`.
+#[inline(always)]
+fn csum_update4(check: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
+    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+    let mut sum = u32::from(!u16::from_be_bytes(check));
+    sum += (!word(old, 0) & 0xffff) + (!word(old, 2) & 0xffff) + word(new, 0) + word(new, 2);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    (!(sum as u16)).to_be_bytes()
+}
+
+/// Translates an ICMP error about a translated flow: the outer address on
+/// `outer` side becomes `new_addr`, and so does the quoted packet's address
+/// on the opposite side, with its port (echo id) `new_port`. Fixes the outer
+/// IPv4 checksum, the quoted IPv4 checksum, and the ICMP checksum (which
+/// covers the quoted bytes). The quoted packet's own L4 checksum is left as
+/// it is: receivers do not check it in an error.
+#[inline(always)]
+pub fn rewrite_icmp_error(
+    ctx: &TcContext,
+    err: &crate::parse::IcmpError,
+    outer: Side,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+    new_port: [u8; 2],
+) -> Result<(), DropReason> {
+    let fail = |_| DropReason::NatFailed;
+    let icmp_csum = err.icmp_off + 2;
+    let (outer_off, inner_addr_off, inner_port_off, old_port) = match outer {
+        // From outside to a container: outer destination, quoted source.
+        Side::Dst => (
+            IP_DST_OFF,
+            err.inner_ip_off + 12,
+            err.inner.off,
+            err.inner.sport,
+        ),
+        // From a container to outside: outer source, quoted destination.
+        Side::Src => (
+            IP_SRC_OFF,
+            err.inner_ip_off + 16,
+            err.inner.off + 2,
+            err.inner.dport,
+        ),
+    };
+    // For a quoted echo, the id is at +4 whichever side.
+    let inner_port_off = if err.inner.proto == IPPROTO_ICMP {
+        err.inner.off + 4
+    } else {
+        inner_port_off
+    };
+    let old_port = if err.inner.proto == IPPROTO_ICMP {
+        err.inner.sport
+    } else {
+        old_port
+    };
+
+    let (old_a, new_a) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(new_addr));
+    // Outer header: IPv4 checksum only (ICMP has no pseudo-header).
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_a), u64::from(new_a), 4)
+        .map_err(fail)?;
+    ctx.store(outer_off, &new_addr, 0).map_err(fail)?;
+
+    // Quoted IPv4 header: its checksum moves with the address, and both
+    // changes are part of the ICMP payload.
+    let inner_check: [u8; 2] = ctx.load(err.inner_ip_off + 10).map_err(fail)?;
+    let new_check = csum_update4(inner_check, old_addr, new_addr);
+    let (old_c, new_c) = (
+        u16::from_ne_bytes(inner_check),
+        u16::from_ne_bytes(new_check),
+    );
+    ctx.l4_csum_replace(icmp_csum, u64::from(old_a), u64::from(new_a), 4)
+        .map_err(fail)?;
+    ctx.l4_csum_replace(icmp_csum, u64::from(old_c), u64::from(new_c), 2)
+        .map_err(fail)?;
+    ctx.store(inner_addr_off, &new_addr, 0).map_err(fail)?;
+    ctx.store(err.inner_ip_off + 10, &new_check, 0)
+        .map_err(fail)?;
+
+    let (old_p, new_p) = (u16::from_ne_bytes(old_port), u16::from_ne_bytes(new_port));
+    ctx.l4_csum_replace(icmp_csum, u64::from(old_p), u64::from(new_p), 2)
+        .map_err(fail)?;
+    ctx.store(inner_port_off, &new_port, 0).map_err(fail)
+}

@@ -3,7 +3,10 @@
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use ferry_common::{CtEntry, CtKey};
 
-use crate::{maps::ct, parse::L4};
+use crate::{
+    maps::ct,
+    parse::{IcmpError, L4},
+};
 
 /// The key of the packet's own direction.
 #[inline(always)]
@@ -14,6 +17,27 @@ pub fn key_of(saddr: [u8; 4], daddr: [u8; 4], l4: &L4) -> CtKey {
         sport: l4.sport,
         dport: l4.dport,
         proto: l4.proto,
+        pad: [0; 3],
+    }
+}
+
+/// The key of the flow an ICMP error quotes, in the direction the error
+/// travels: the quoted packet reversed. That is the entry of the
+/// translation the error has to undo.
+#[inline(always)]
+pub fn key_of_quoted(err: &IcmpError) -> CtKey {
+    let q = &err.inner;
+    let (sport, dport) = if q.proto == ferry_common::IPPROTO_ICMP {
+        (q.sport, [0; 2])
+    } else {
+        (q.dport, q.sport)
+    };
+    CtKey {
+        saddr: err.inner_daddr,
+        daddr: err.inner_saddr,
+        sport,
+        dport,
+        proto: q.proto,
         pad: [0; 3],
     }
 }

@@ -14,16 +14,19 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use ferry_common::{CT_DNAT_REPLY, CT_SNAT, DropReason, Endpoint, GATEWAY_V4, Ipv4Key};
+use ferry_common::{
+    CT_DNAT_REPLY, CT_SNAT, CtKey, DropReason, Endpoint, GATEWAY_V4, IPPROTO_ICMP, Ipv4Key,
+};
 
 use crate::{
     counters::{count_rx, count_tx, drop_packet},
+    csum::{Side, rewrite_icmp_error},
     ct,
     maps::{endpoints, host_addrs},
     nat,
     parse::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
-        Ipv4Hdr, l4_of, mac_eq, ptr_at, pull,
+        IcmpError, Ipv4Hdr, icmp_error_of, l4_of, mac_eq, ptr_at, pull,
     },
     uplink,
 };
@@ -138,18 +141,57 @@ fn to_outside(
     if unsafe { host_addrs.get(dst) }.is_some() {
         return Ok(TC_ACT_OK as i32);
     }
+    if let Some(err) = icmp_error_of(ctx, ip) {
+        return error_from_container(ctx, &err, src, dst);
+    }
     let Some(l4) = l4_of(ctx, ip) else {
         return Err(DropReason::UnsupportedL4);
     };
-    // SAFETY: the caller checked the IPv4 header's bounds.
-    let tot_len = u16::from_be_bytes(unsafe { (*ip).tot_len });
     let key = ct::key_of(src.ip, dst.ip, &l4);
     match ct::lookup(&key) {
         Some(entry) if entry.kind == CT_DNAT_REPLY => {
             uplink::reply_to_client(ctx, &l4, src.ip, &entry)
         }
-        Some(entry) if entry.kind == CT_SNAT => nat::snat_forward(ctx, &l4, &key, tot_len, &entry),
-        _ => nat::snat_new(ctx, &l4, &key, tot_len, ifindex),
+        Some(entry) if entry.kind == CT_SNAT => nat::snat_forward(ctx, &l4, &key, &entry),
+        _ => nat::snat_new(ctx, &l4, &key, ifindex),
+    }
+}
+
+/// An ICMP error a container sends about a translated flow (e.g. port
+/// unreachable to a published-port client, fragmentation needed): the
+/// quoted packet carries the container's address where the peer saw the
+/// published or masquerade address; both are translated back and the error
+/// leaves the way the flow does. Errors about nothing ferry translated are
+/// dropped as untranslatable.
+#[inline(always)]
+fn error_from_container(
+    ctx: &TcContext,
+    err: &IcmpError,
+    src: &Ipv4Key,
+    dst: &Ipv4Key,
+) -> Result<i32, DropReason> {
+    let Some(entry) = ct::lookup(&ct::key_of_quoted(err)) else {
+        return Err(DropReason::UnsupportedL4);
+    };
+    match entry.kind {
+        CT_DNAT_REPLY => {
+            rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)?;
+            uplink::send_to_client(ctx, &entry)
+        }
+        CT_SNAT => {
+            let outer = CtKey {
+                saddr: src.ip,
+                daddr: dst.ip,
+                sport: [0; 2],
+                dport: [0; 2],
+                proto: IPPROTO_ICMP,
+                pad: [0; 3],
+            };
+            let fib = nat::route(ctx, &outer, 0)?;
+            rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)?;
+            nat::send(&fib)
+        }
+        _ => Err(DropReason::UnsupportedL4),
     }
 }
 

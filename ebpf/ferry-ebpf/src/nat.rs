@@ -27,16 +27,18 @@ const SNAT_TRIES: u32 = 16;
 
 /// The route for `key` from this veth: egress ifindex, next hop, and (with
 /// `BPF_FIB_LOOKUP_SRC`) the source address the host would use there.
-/// Neighbour resolution is left to `bpf_redirect_neigh`.
+/// Neighbour resolution is left to `bpf_redirect_neigh`. No `tot_len` is
+/// given: with one the helper checks it against the route's MTU, and a GSO
+/// packet's length (up to 64 KiB, segmented later at egress) fails that
+/// check; path MTU is the job of the ICMP errors ferry translates.
 #[inline(always)]
-fn route(ctx: &TcContext, key: &CtKey, tot_len: u16, flags: u32) -> Result<FibParams, DropReason> {
+pub fn route(ctx: &TcContext, key: &CtKey, flags: u32) -> Result<FibParams, DropReason> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
     fib.l4_protocol = key.proto;
     fib.sport = u16::from_ne_bytes(key.sport);
     fib.dport = u16::from_ne_bytes(key.dport);
-    fib.__bindgen_anon_1.tot_len = tot_len;
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(key.saddr);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(key.daddr);
     // SAFETY: the program runs on an skb.
@@ -59,7 +61,7 @@ fn route(ctx: &TcContext, key: &CtKey, tot_len: u16, flags: u32) -> Result<FibPa
 /// Sends the (rewritten) packet out of the routed interface; the kernel
 /// resolves the next hop's MAC.
 #[inline(always)]
-fn send(fib: &FibParams) -> Result<i32, DropReason> {
+pub fn send(fib: &FibParams) -> Result<i32, DropReason> {
     let mut nh = bpf_redir_neigh {
         nh_family: u32::from(AF_INET),
         // SAFETY: an all-zero union is valid; the IPv4 member is set next.
@@ -82,10 +84,9 @@ pub fn snat_forward(
     ctx: &TcContext,
     l4: &L4,
     key: &CtKey,
-    tot_len: u16,
     entry: &CtEntry,
 ) -> Result<i32, DropReason> {
-    let fib = route(ctx, key, tot_len, 0)?;
+    let fib = route(ctx, key, 0)?;
     rewrite_v4(
         ctx,
         l4,
@@ -104,10 +105,9 @@ pub fn snat_new(
     ctx: &TcContext,
     l4: &L4,
     key: &CtKey,
-    tot_len: u16,
     endpoint_ifindex: u32,
 ) -> Result<i32, DropReason> {
-    let fib = route(ctx, key, tot_len, BPF_FIB_LOOKUP_SRC)?;
+    let fib = route(ctx, key, BPF_FIB_LOOKUP_SRC)?;
     // SAFETY: the lookup wrote the IPv4 source member.
     let snat_addr = unsafe { fib.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
     let reply = CtEntry {

@@ -164,6 +164,94 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
     })
 }
 
+/// An ICMP error (destination unreachable, time exceeded) quoting a TCP,
+/// UDP or ICMP echo packet: where its parts are, and the quoted flow.
+pub struct IcmpError {
+    /// Offset of the outer ICMP header.
+    pub icmp_off: usize,
+    /// Offset of the quoted IPv4 header.
+    pub inner_ip_off: usize,
+    /// The quoted packet's L4 header: its ports (for echo: the id in
+    /// `sport`) and offsets, as `l4_of` would give them.
+    pub inner: L4,
+    pub inner_saddr: [u8; 4],
+    pub inner_daddr: [u8; 4],
+}
+
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// The ICMP error in this IPv4 packet, if it is one that quotes a flow ferry
+/// can have translated (the quoted header without options, as routers send).
+#[inline(always)]
+pub fn icmp_error_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<IcmpError> {
+    // SAFETY: the caller checked the IPv4 header's bounds.
+    let (proto, ihl, frag) = unsafe { ((*ip).protocol, (*ip).header_len(), (*ip).frag_off) };
+    if proto != ferry_common::IPPROTO_ICMP
+        || u16::from_be_bytes(frag) & 0x3fff != 0
+        || ihl < IPV4_MIN_HLEN
+    {
+        return None;
+    }
+    let icmp_off = ETH_HLEN + ihl;
+    let icmp: *const IcmpEchoHdr = ptr_at(ctx, icmp_off).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let kind = unsafe { (*icmp).kind };
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let inner_ip_off = icmp_off + 8;
+    let inner_ip: *const Ipv4Hdr = ptr_at(ctx, inner_ip_off).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (vihl, inner_proto, inner_saddr, inner_daddr) = unsafe {
+        (
+            (*inner_ip).version_ihl,
+            (*inner_ip).protocol,
+            (*inner_ip).src,
+            (*inner_ip).dst,
+        )
+    };
+    if vihl != 0x45 {
+        return None;
+    }
+    let off = inner_ip_off + IPV4_MIN_HLEN;
+    // Errors quote at least 8 bytes of L4: both ports, or echo type..id.
+    let ports: *const PortsHdr = ptr_at(ctx, off).ok()?;
+    ptr_at::<[u8; 8]>(ctx, off).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    let (a, b) = unsafe { ((*ports).sport, (*ports).dport) };
+    let inner = match inner_proto {
+        ferry_common::IPPROTO_TCP | ferry_common::IPPROTO_UDP => L4 {
+            proto: inner_proto,
+            off,
+            csum_off: 0,
+            sport: a,
+            dport: b,
+        },
+        // Echo: type, code, checksum, id: the id is bytes 4..6.
+        ferry_common::IPPROTO_ICMP => {
+            let echo: *const IcmpEchoHdr = ptr_at(ctx, off).ok()?;
+            // SAFETY: bounds checked by `ptr_at`.
+            let id = unsafe { (*echo).id };
+            L4 {
+                proto: inner_proto,
+                off,
+                csum_off: 0,
+                sport: id,
+                dport: [0; 2],
+            }
+        }
+        _ => return None,
+    };
+    Some(IcmpError {
+        icmp_off,
+        inner_ip_off,
+        inner,
+        inner_saddr,
+        inner_daddr,
+    })
+}
+
 /// A pointer to a `T` at `offset` into the packet, after checking that the
 /// whole `T` lies inside the linear data.
 #[inline(always)]

@@ -12,10 +12,13 @@ use ferry_common::{
 
 use crate::{
     counters::{count_rx, drop_packet},
-    csum::{Side, rewrite_v4, set_macs},
+    csum::{Side, rewrite_icmp_error, rewrite_v4, set_macs},
     ct,
     maps::{endpoints, host_addrs, portmap},
-    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, L4, l4_of, ptr_at, pull},
+    parse::{
+        ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, IcmpError, Ipv4Hdr, L4, icmp_error_of, l4_of,
+        ptr_at, pull,
+    },
 };
 
 /// tc ingress on an uplink: everything arriving from outside.
@@ -52,6 +55,9 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let (saddr, daddr, version) = unsafe { ((*ip).src, (*ip).dst, (*ip).version()) };
     if version != 4 {
         return PASS;
+    }
+    if let Some(err) = icmp_error_of(ctx, ip) {
+        return error_to_container(ctx, &err);
     }
     let Some(l4) = l4_of(ctx, ip) else {
         return PASS;
@@ -129,6 +135,33 @@ fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
     unsafe { portmap.get(&key) }.copied()
 }
 
+/// An ICMP error from outside about a flow translated to a container
+/// (published port or masquerade): found by its quoted packet, reversed,
+/// translated and delivered; anything else passes.
+#[inline(always)]
+fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReason> {
+    let key = ct::key_of_quoted(err);
+    let Some(entry) = ct::lookup(&key) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    if entry.kind != CT_DNAT && entry.kind != CT_SNAT_REPLY {
+        return Ok(TC_ACT_OK as i32);
+    }
+    // SAFETY: as above.
+    if unsafe { endpoints.get(Ipv4Key { ip: entry.nat_addr }) }.is_none() {
+        return Ok(TC_ACT_OK as i32);
+    }
+    rewrite_icmp_error(
+        ctx,
+        err,
+        Side::Dst,
+        err.inner_saddr,
+        entry.nat_addr,
+        entry.nat_port,
+    )?;
+    into_container(ctx, entry.nat_addr)
+}
+
 /// Rewrites the destination to the container and redirects into it.
 #[inline(always)]
 fn deliver(
@@ -138,13 +171,23 @@ fn deliver(
     to_addr: [u8; 4],
     to_port: [u8; 2],
 ) -> Result<i32, DropReason> {
-    let key = Ipv4Key { ip: to_addr };
     // SAFETY: as above.
-    let Some(endpoint) = (unsafe { endpoints.get(&key) }) else {
+    if unsafe { endpoints.get(Ipv4Key { ip: to_addr }) }.is_none() {
         // The container went away; the host stack answers (with a reset).
         return Ok(TC_ACT_OK as i32);
-    };
+    }
     rewrite_v4(ctx, l4, Side::Dst, daddr, to_addr, to_port)?;
+    into_container(ctx, to_addr)
+}
+
+/// Sends a packet already addressed to container `addr` into it.
+#[inline(always)]
+fn into_container(ctx: &TcContext, addr: [u8; 4]) -> Result<i32, DropReason> {
+    let key = Ipv4Key { ip: addr };
+    // SAFETY: as above.
+    let Some(endpoint) = (unsafe { endpoints.get(&key) }) else {
+        return Ok(TC_ACT_OK as i32);
+    };
     set_macs(ctx, &endpoint.mac, &endpoint.host_mac)?;
     count_rx(&key, ctx.len());
     // SAFETY: a plain helper call.
@@ -166,6 +209,13 @@ pub fn reply_to_client(
     entry: &CtEntry,
 ) -> Result<i32, DropReason> {
     rewrite_v4(ctx, l4, Side::Src, saddr, entry.nat_addr, entry.nat_port)?;
+    send_to_client(ctx, entry)
+}
+
+/// Sends a packet out of the uplink a published-port request came in on,
+/// to the next hop it came from.
+#[inline(always)]
+pub fn send_to_client(ctx: &TcContext, entry: &CtEntry) -> Result<i32, DropReason> {
     set_macs(ctx, &entry.dmac, &entry.smac)?;
     // SAFETY: a plain helper call.
     if unsafe { aya_ebpf::helpers::bpf_redirect(entry.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {

@@ -136,3 +136,99 @@ fn traffic_with_no_route_is_dropped_and_counted() {
         "no_route did not count"
     );
 }
+
+/// Path MTU discovery through masquerade: the client namespace routes to a
+/// "far" namespace over a 1280-byte link. The container's full-size TCP
+/// segments get "fragmentation needed" from that router, addressed to the
+/// host's masquerade address; only if ferry translates the error back to
+/// the container does its TCP shrink its segments and the transfer finish.
+#[test]
+fn icmp_errors_reach_the_container_so_path_mtu_discovery_works() {
+    let world = World::new();
+    let far = ferry_integration::TempNetns::new(&format!("{}-far", world.name));
+    world.client.ip(&[
+        "link", "add", "far0", "type", "veth", "peer", "name", "eth0", "netns", &far.name,
+    ]);
+    world
+        .client
+        .ip(&["addr", "add", "10.210.0.1/24", "dev", "far0"]);
+    world
+        .client
+        .ip(&["link", "set", "far0", "mtu", "1280", "up"]);
+    far.ip(&["addr", "add", "10.210.0.2/24", "dev", "eth0"]);
+    far.ip(&["link", "set", "eth0", "up"]);
+    far.ip(&["route", "add", "default", "via", "10.210.0.1"]);
+    check(
+        &mut world
+            .client
+            .cmd("sysctl", &["-qw", "net.ipv4.ip_forward=1"]),
+    );
+    world
+        .host
+        .ip(&["route", "add", "10.210.0.0/24", "via", CLIENT_IP]);
+    let mut sink = far
+        .cmd(
+            "socat",
+            &["-T", "10", "TCP-LISTEN:7200,reuseaddr", "SYSTEM:wc -c"],
+        )
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("far server");
+
+    let c = world.run("big", &["sleep", "infinity"]);
+    let before =
+        ferry_integration::output(&mut world.in_host("ip", &["route", "get", "10.210.0.2"]));
+    assert!(before.status.success());
+    let out = ferry_integration::output(
+        ferry_integration::in_netns(
+            &c.netns,
+            "sh",
+            &[
+                "-c",
+                "head -c 200000 /dev/zero | socat -T 8 - TCP:10.210.0.2:7200,connect-timeout=3",
+            ],
+        )
+        .stderr(Stdio::piped()),
+    );
+    let _ = sink.kill();
+    let _ = sink.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "200000",
+        "transfer through a 1280-byte link stalled: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pmtu = check(&mut ferry_integration::in_netns(
+        &c.netns,
+        "ip",
+        &["route", "get", "10.210.0.2"],
+    ));
+    assert!(
+        pmtu.contains("mtu 1280"),
+        "the container never learnt the path MTU: {pmtu}"
+    );
+}
+
+#[test]
+fn port_unreachable_reaches_a_masqueraded_udp_socket() {
+    let world = World::new();
+    let c = world.run("udp", &["sleep", "infinity"]);
+    // Nothing listens on 7999 in the client namespace: it answers with
+    // ICMP port unreachable, which the container's socket must see.
+    let out = ferry_integration::output(
+        ferry_integration::in_netns(
+            &c.netns,
+            "sh",
+            &[
+                "-c",
+                &format!("(echo a; sleep 1; echo b) | socat -T 3 - UDP:{CLIENT_IP}:7999"),
+            ],
+        )
+        .stderr(Stdio::piped()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused"),
+        "no port unreachable seen: {err}"
+    );
+}

@@ -552,3 +552,90 @@ fn uplink_pass_what_is_not_published() {
         assert_eq!((verdict, &out), (TC_ACT_OK, &frame));
     }
 }
+
+/// An ICMP "fragmentation needed" from `router` to `to`, quoting the first
+/// 28 bytes of the IPv4 packet in `quoted` (a frame), with valid checksums.
+fn frag_needed(router: Ipv4Addr, to: Ipv4Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut f = eth(UPLINK_MAC, CLIENT_MAC, 0x0800);
+    let mut icmp = vec![3u8, 4, 0, 0, 0, 0, 0x05, 0x00]; // MTU 1280
+    icmp.extend_from_slice(&quoted[14..14 + 28]);
+    let sum = inet_sum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let total = (20 + icmp.len()) as u16;
+    f.extend_from_slice(&[0x45, 0]);
+    f.extend_from_slice(&total.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+    f.extend_from_slice(&router.octets());
+    f.extend_from_slice(&to.octets());
+    let ip_sum = inet_sum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f.extend_from_slice(&icmp);
+    f
+}
+
+/// Expects: an ICMP error from a router about a published-port reply (it
+/// quotes HOST_IP:8080 -> CLIENT) reaches the container rewritten: outer
+/// destination A, quoted source A:80, and every checksum (outer IPv4,
+/// quoted IPv4, ICMP over the whole message) still valid.
+#[test]
+fn uplink_icmp_error_for_a_published_flow() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 6, 8080, 80);
+    let request = l4_frame(
+        6,
+        (CLIENT, 40000),
+        (HOST_IP, 8080),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    assert_eq!(dp.run(PROG_UPLINK_INGRESS, &request).0, TC_ACT_REDIRECT);
+    // The reply as it left the host: from the published address.
+    let reply_seen = l4_frame(
+        6,
+        (HOST_IP, 8080),
+        (CLIENT, 40000),
+        (UPLINK_MAC, CLIENT_MAC),
+        false,
+    );
+    let router = Ipv4Addr::new(198, 51, 100, 9);
+    let error = frag_needed(router, HOST_IP, &reply_seen);
+    let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &error);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((&out[0..6], &out[6..12]), (&A.mac[..], &A.host_mac[..]));
+    assert_eq!(
+        (ip_src(&out), ip_dst(&out)),
+        (router, A_IP),
+        "outer addresses"
+    );
+    let quoted = &out[42..];
+    assert_eq!(
+        Ipv4Addr::new(quoted[12], quoted[13], quoted[14], quoted[15]),
+        A_IP,
+        "quoted source"
+    );
+    assert_eq!(
+        u16::from_be_bytes([quoted[20], quoted[21]]),
+        80,
+        "quoted source port"
+    );
+    assert_eq!(
+        Ipv4Addr::new(quoted[16], quoted[17], quoted[18], quoted[19]),
+        CLIENT,
+        "quoted destination"
+    );
+    assert_eq!(inet_sum(&out[14..34], 0), 0, "outer IPv4 checksum");
+    assert_eq!(inet_sum(&quoted[..20], 0), 0, "quoted IPv4 checksum");
+    assert_eq!(inet_sum(&out[34..], 0), 0, "ICMP checksum");
+
+    // An error quoting a flow nobody translated passes untouched.
+    let stranger = l4_frame(
+        6,
+        (HOST_IP, 9999),
+        (CLIENT, 40000),
+        (UPLINK_MAC, CLIENT_MAC),
+        false,
+    );
+    let error = frag_needed(router, HOST_IP, &stranger);
+    let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &error);
+    assert_eq!((verdict, out), (TC_ACT_OK, error));
+}
