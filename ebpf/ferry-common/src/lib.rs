@@ -128,6 +128,10 @@ pub const CT_DNAT: u8 = 1;
 /// came in on) from `smac` to `dmac`.
 pub const CT_DNAT_REPLY: u8 = 2;
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
 /// Masquerade, container to outside: rewrite the source to
 /// `nat_addr:nat_port` and route out (FIB lookup).
 pub const CT_SNAT: u8 = 3;
@@ -150,7 +154,9 @@ pub struct CtEntry {
     pub nat_port: [u8; 2],
     /// `CT_DNAT`, `CT_DNAT_REPLY`, `CT_SNAT` or `CT_SNAT_REPLY`.
     pub kind: u8,
-    pub pad: u8,
+    /// TCP flags seen in this direction (OR of every packet's), for the
+    /// userspace GC's per-state timeouts.
+    pub tcp_flags: u8,
     /// Where packets of this direction leave (host veth or uplink).
     pub ifindex: u32,
     /// For `CT_DNAT_REPLY`: the next hop the request came from, and the

@@ -42,14 +42,24 @@ pub fn key_of_quoted(err: &IcmpError) -> CtKey {
     }
 }
 
-/// The entry for `key`, its last-seen time refreshed.
+/// The entry for `key`, its last-seen time refreshed (for the GC).
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<CtEntry> {
+    lookup_seen(key, 0)
+}
+
+/// Like `lookup`, also recording the TCP flags of the packet.
+#[inline(always)]
+pub fn lookup_seen(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     let entry = ct.get_ptr_mut(key)?;
     // SAFETY: an LRU map value stays valid during the program run (RCU);
-    // the plain store races only with other CPUs refreshing the same time.
+    // the plain stores race only with other CPUs doing the same to the
+    // same flow, and either value is right.
     unsafe {
         (*entry).last_seen_ns = bpf_ktime_get_ns();
+        if (*entry).tcp_flags | tcp_flags != (*entry).tcp_flags {
+            (*entry).tcp_flags |= tcp_flags;
+        }
         Some(*entry)
     }
 }

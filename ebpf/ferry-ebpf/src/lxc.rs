@@ -148,7 +148,7 @@ fn to_outside(
         return Err(DropReason::UnsupportedL4);
     };
     let key = ct::key_of(src.ip, dst.ip, &l4);
-    match ct::lookup(&key) {
+    match ct::lookup_seen(&key, l4.tcp_flags) {
         Some(entry) if entry.kind == CT_DNAT_REPLY => {
             uplink::reply_to_client(ctx, &l4, src.ip, &entry)
         }

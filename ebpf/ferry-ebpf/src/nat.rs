@@ -122,6 +122,7 @@ pub fn snat_new(
         nat_addr: snat_addr,
         nat_port: port,
         kind: CT_SNAT,
+        tcp_flags: l4.tcp_flags,
         ..CtEntry::default()
     };
     let _ = ct.insert(key, forward, 0);

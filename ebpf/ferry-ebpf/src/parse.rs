@@ -116,6 +116,8 @@ pub struct L4 {
     pub csum_off: usize,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
 }
 
 /// The L4 header of an IPv4 packet, if it is an unfragmented TCP, UDP or
@@ -146,6 +148,7 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
                 csum_off: off + 2,
                 sport: id,
                 dport: [0; 2],
+                tcp_flags: 0,
             });
         }
         _ => return None,
@@ -155,12 +158,21 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
     let ports: *const PortsHdr = ptr_at(ctx, off).ok()?;
     // SAFETY: bounds checked by `ptr_at`.
     let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
+    let tcp_flags = if proto == ferry_common::IPPROTO_TCP {
+        // Byte 13 of the TCP header; the checksum at +16 was bounds checked.
+        let flags: *const u8 = ptr_at(ctx, off + 13).ok()?;
+        // SAFETY: bounds checked by `ptr_at`.
+        unsafe { *flags }
+    } else {
+        0
+    };
     Some(L4 {
         proto,
         off,
         csum_off,
         sport,
         dport,
+        tcp_flags,
     })
 }
 
@@ -227,6 +239,7 @@ pub fn icmp_error_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<IcmpError> {
             csum_off: 0,
             sport: a,
             dport: b,
+            tcp_flags: 0,
         },
         // Echo: type, code, checksum, id: the id is bytes 4..6.
         ferry_common::IPPROTO_ICMP => {
@@ -239,6 +252,7 @@ pub fn icmp_error_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<IcmpError> {
                 csum_off: 0,
                 sport: id,
                 dport: [0; 2],
+                tcp_flags: 0,
             }
         }
         _ => return None,

@@ -63,7 +63,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         return PASS;
     };
     let key = ct::key_of(saddr, daddr, &l4);
-    if let Some(entry) = ct::lookup(&key) {
+    if let Some(entry) = ct::lookup_seen(&key, l4.tcp_flags) {
         // Published-port requests and replies to masqueraded flows both go
         // to a container, rewritten the same way.
         if entry.kind == CT_DNAT || entry.kind == CT_SNAT_REPLY {
@@ -96,6 +96,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             nat_addr: target.ip,
             nat_port: target.port,
             kind: CT_DNAT,
+            tcp_flags: l4.tcp_flags,
             ifindex: endpoint.ifindex,
             ..CtEntry::default()
         },

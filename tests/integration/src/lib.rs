@@ -162,6 +162,60 @@ pub fn unique_name(tag: &str) -> String {
     format!("{tag}{}x{n}", std::process::id())
 }
 
+/// A background process a test or benchmark started, leader of a process
+/// group of its own. Dropping it ends the whole group (a forking server's
+/// per-connection children, nginx's workers): SIGTERM, then SIGKILL after a
+/// grace period. Only the group this handle created is signalled.
+pub struct Background {
+    child: Child,
+    grace: Duration,
+}
+
+impl Background {
+    /// Spawns `cmd` in a new process group.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Self {
+            child,
+            grace: Duration::from_millis(500),
+        }
+    }
+
+    /// Gives the group this long to exit on SIGTERM (default 0.5 s).
+    pub fn with_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's handle (e.g. its stdin).
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            sleep(Duration::from_millis(10));
+        }
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
 /// A container as the tests see it.
 #[derive(Debug, Clone)]
 pub struct Container {
@@ -185,6 +239,8 @@ pub struct World {
     /// host-side clients of the tests run in it, and the socket hooks are
     /// attached to it (never to the machine's root cgroup).
     pub cgroup: PathBuf,
+    /// Extra ferryd flags (e.g. short conntrack timeouts).
+    pub extra_args: Vec<String>,
     ferryd: Option<Child>,
 }
 
@@ -205,6 +261,7 @@ impl World {
             socket: std::env::temp_dir().join(&name).join("ferry.sock"),
             subnet: subnet.unwrap_or("10.89.0.0/24").to_owned(),
             cgroup: cgroup2_root().join(&name),
+            extra_args: Vec::new(),
             ferryd: None,
             name,
         };
@@ -225,6 +282,13 @@ impl World {
         h.ip(&["link", "set", "uplink0", "up"]);
         c.ip(&["link", "set", "eth0", "up"]);
         world
+    }
+
+    /// A world whose ferryd gets these extra flags.
+    pub fn with_ferryd_args(args: &[&str]) -> Self {
+        let mut world = Self::with_subnet_unstarted(None);
+        world.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        world.started()
     }
 
     fn started(mut self) -> Self {
@@ -260,6 +324,9 @@ impl World {
             "--cgroup".into(),
             self.cgroup.display().to_string(),
         ]
+        .into_iter()
+        .chain(self.extra_args.iter().cloned())
+        .collect()
     }
 
     /// A `ferryd` command in the host namespace with this world's flags.

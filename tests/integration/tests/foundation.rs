@@ -6,7 +6,7 @@
 use std::{os::unix::fs::MetadataExt as _, path::Path, process::Command, time::Duration};
 
 use ferry_integration::{
-    Container, HOST_UPLINK_IP, World, bin_dir, check, in_netns, output, ping, rulesets,
+    Background, Container, HOST_UPLINK_IP, World, bin_dir, check, in_netns, output, ping, rulesets,
     tcp_exchange, wait_until,
 };
 
@@ -75,13 +75,10 @@ fn host_and_container_reach_each_other() {
         ping(&c.netns, HOST_UPLINK_IP, 3, &[]),
         "container cannot ping the host"
     );
-    let mut server = world
-        .in_host("socat", &["TCP-LISTEN:7004,reuseaddr", "EXEC:cat"])
-        .spawn()
-        .expect("host echo server");
+    let server =
+        Background::spawn(world.in_host("socat", &["TCP-LISTEN:7004,reuseaddr", "EXEC:cat"]));
     let echoed = tcp_exchange(&c.netns, HOST_UPLINK_IP, 7004, "to host\n");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(echoed, "to host\n");
 }
 

@@ -2,36 +2,17 @@
 //! (the outside world) with the host's address, through the datapath, with
 //! `ip_forward` off and no netfilter rule.
 
-use std::{
-    process::{Child, Stdio},
-    thread,
-    time::Duration,
-};
+use std::{process::Stdio, thread, time::Duration};
 
 use ferry_integration::{
-    CLIENT_IP, HOST_UPLINK_IP, World, check, ping, rulesets, tcp_exchange, wait_until,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, ping, rulesets, tcp_exchange, wait_until,
 };
 
-/// A server in the client namespace, killed (by PID) on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(world: &World, args: &[&str]) -> Self {
-        Self(
-            world
-                .in_client("socat", args)
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("server"),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A server in the client namespace, ended with its children on drop.
+fn server(world: &World, args: &[&str]) -> Background {
+    let mut cmd = world.in_client("socat", args);
+    cmd.stderr(Stdio::null());
+    Background::spawn(cmd)
 }
 
 #[test]
@@ -40,14 +21,14 @@ fn tcp_udp_and_ping_leave_through_masquerade() {
     let host = world.host_ns_path();
     let rules_before = rulesets(&host);
     let c = world.run("out", &["sleep", "infinity"]);
-    let _tcp = Server::start(
+    let _tcp = server(
         &world,
         &[
             "TCP-LISTEN:7100,fork,reuseaddr",
             "SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT",
         ],
     );
-    let _udp = Server::start(&world, &["UDP-RECVFROM:7101,fork", "EXEC:cat"]);
+    let _udp = server(&world, &["UDP-RECVFROM:7101,fork", "EXEC:cat"]);
 
     // The server sees the host's uplink address and a masquerade port.
     let seen = tcp_exchange(&c.netns, CLIENT_IP, 7100, "");
@@ -101,7 +82,7 @@ fn tcp_udp_and_ping_leave_through_masquerade() {
 fn many_concurrent_flows_and_port_reuse_after_close() {
     let world = World::new();
     let c = world.run("busy", &["sleep", "infinity"]);
-    let _echo = Server::start(
+    let _echo = server(
         &world,
         &["TCP-LISTEN:7102,fork,reuseaddr,backlog=128", "EXEC:cat"],
     );
@@ -166,14 +147,10 @@ fn icmp_errors_reach_the_container_so_path_mtu_discovery_works() {
     world
         .host
         .ip(&["route", "add", "10.210.0.0/24", "via", CLIENT_IP]);
-    let mut sink = far
-        .cmd(
-            "socat",
-            &["-T", "10", "TCP-LISTEN:7200,reuseaddr", "SYSTEM:wc -c"],
-        )
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("far server");
+    let sink = Background::spawn(far.cmd(
+        "socat",
+        &["-T", "10", "TCP-LISTEN:7200,reuseaddr", "SYSTEM:wc -c"],
+    ));
 
     let c = world.run("big", &["sleep", "infinity"]);
     let before =
@@ -190,8 +167,7 @@ fn icmp_errors_reach_the_container_so_path_mtu_discovery_works() {
         )
         .stderr(Stdio::piped()),
     );
-    let _ = sink.kill();
-    let _ = sink.wait();
+    drop(sink);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "200000",

@@ -5,7 +5,7 @@
 use std::{process::Stdio, time::Duration};
 
 use ferry_integration::{
-    CLIENT_IP, HOST_UPLINK_IP, World, check, in_netns, output, rulesets, tcp_exchange, wait_until,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, output, rulesets, tcp_exchange, wait_until,
 };
 
 /// A container workload answering every TCP connection on `port` with
@@ -238,10 +238,7 @@ fn conflicting_and_bad_publishes_fail_clearly_and_leave_nothing() {
     assert_eq!(snapshot(&world), before);
 
     // A port a host process holds.
-    let mut holder = world
-        .in_host("socat", &["TCP-LISTEN:8083", "EXEC:cat"])
-        .spawn()
-        .expect("holder");
+    let holder = Background::spawn(world.in_host("socat", &["TCP-LISTEN:8083", "EXEC:cat"]));
     let bound = wait_until(Duration::from_secs(5), || {
         check(&mut world.in_host("ss", &["-Htln", "sport = :8083"])).contains("8083")
     });
@@ -251,8 +248,7 @@ fn conflicting_and_bad_publishes_fail_clearly_and_leave_nothing() {
         &["8083:80"],
         &tcp_responder(80, "echo third"),
     );
-    let _ = holder.kill();
-    let _ = holder.wait();
+    drop(holder);
     assert!(bound, "the host process never bound 8083");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -299,15 +295,10 @@ fn removing_a_container_unpublishes_its_ports() {
     );
     assert_eq!(ports.trim(), "[]", "portmap entry left");
     // The host port is free again.
-    let mut server = in_netns(
-        &world.host_ns_path(),
-        "socat",
-        &["TCP-LISTEN:8085,reuseaddr", "SYSTEM:echo host"],
-    )
-    .spawn()
-    .expect("host server");
+    let server = Background::spawn(
+        world.in_host("socat", &["TCP-LISTEN:8085,reuseaddr", "SYSTEM:echo host"]),
+    );
     let answer = tcp_exchange(&world.host_ns_path(), HOST_UPLINK_IP, 8085, "");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert_eq!(answer, "host\n");
 }

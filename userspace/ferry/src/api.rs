@@ -269,6 +269,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/stats", get(stats))
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
+        .route("/conntrack", get(conntrack).delete(conntrack_flush))
         .with_state(daemon)
 }
 
@@ -328,4 +329,18 @@ async fn stats(
 
 async fn datapath(State(d): State<Arc<Daemon>>) -> Result<Json<DatapathJson>, ApiError> {
     Ok(Json(d.datapath_info().await?))
+}
+
+async fn conntrack(
+    State(d): State<Arc<Daemon>>,
+) -> Result<Json<Vec<crate::conntrack::Flow>>, ApiError> {
+    Ok(Json(d.conntrack().await?))
+}
+
+async fn conntrack_flush(
+    State(d): State<Arc<Daemon>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "Removed": d.conntrack_flush().await? }),
+    ))
 }

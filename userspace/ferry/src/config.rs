@@ -36,6 +36,10 @@ pub struct Config {
     /// cgroup2 directory the socket hooks attach to (every process below
     /// it gets `localhost:PORT` to published ports).
     pub cgroup: PathBuf,
+    /// Idle timeouts of tracked flows, by state.
+    pub ct_timeouts: crate::conntrack::Timeouts,
+    /// How often the conntrack GC runs.
+    pub ct_gc_interval: std::time::Duration,
 }
 
 /// The cgroup2 mount: /sys/fs/cgroup on a unified host, else the hybrid

@@ -33,6 +33,7 @@ use tracing::{info, warn};
 use crate::{
     api::{self, ApiError, DatapathJson, NetStats, RunRequest},
     config::Config,
+    conntrack::{Conntrack, Flow, Timeouts},
     container::{self, InitSpec},
     datapath::{self, Datapath},
     ipam::{Ipam, IpamError},
@@ -48,6 +49,9 @@ const CONTAINER_IFNAME: &str = "eth0";
 
 pub struct Daemon {
     inner: Mutex<Inner>,
+    /// The pinned `ct` map, for listing and flushing (own fd, no lock).
+    ct_pin: std::path::PathBuf,
+    ct_timeouts: Timeouts,
 }
 
 struct Inner {
@@ -227,7 +231,10 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
         let daemon = Arc::new(Self {
             inner: Mutex::new(inner),
+            ct_pin: config.pin_dir.join(datapath::MAP_CT),
+            ct_timeouts: config.ct_timeouts,
         });
+        spawn_ct_gc(&daemon.ct_pin, config.ct_timeouts, config.ct_gc_interval)?;
         daemon.adopt(records).await;
         Ok(daemon)
     }
@@ -456,6 +463,58 @@ impl Daemon {
                 .collect(),
         })
     }
+}
+
+impl Daemon {
+    /// Every tracked flow, decoded.
+    pub async fn conntrack(&self) -> Result<Vec<Flow>, ApiError> {
+        let ct = Conntrack::open(&self.ct_pin).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let timeouts = self.ct_timeouts;
+        tokio::task::spawn_blocking(move || ct.list(&timeouts))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Forgets every tracked flow; returns how many entries went.
+    pub async fn conntrack_flush(&self) -> Result<usize, ApiError> {
+        let mut ct =
+            Conntrack::open(&self.ct_pin).map_err(|e| ApiError::Internal(e.to_string()))?;
+        tokio::task::spawn_blocking(move || ct.flush())
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// The conntrack GC: every `interval`, one pass on a blocking thread with
+/// its own fd of the pinned map, so neither the API nor the datapath waits
+/// for it. Each pass is a short task: a shutting-down runtime never waits
+/// on an endless one.
+fn spawn_ct_gc(pin: &Path, timeouts: Timeouts, interval: Duration) -> anyhow::Result<()> {
+    let mut ct = Conntrack::open(pin)?;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let pass = tokio::task::spawn_blocking(move || {
+                let removed = ct.collect(&timeouts);
+                (ct, removed)
+            });
+            match pass.await {
+                Ok((back, removed)) => {
+                    ct = back;
+                    if removed > 0 {
+                        tracing::debug!(removed, map = ct.path(), "conntrack GC");
+                    }
+                }
+                Err(e) => {
+                    warn!(%e, "conntrack GC stopped");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 impl Inner {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod conntrack;
 pub mod container;
 pub mod daemon;
 pub mod datapath;

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use ferry_integration::{TempNetns, World, unique_name};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, Spawned, capture_in, docker::DockerBridge, self_exe, spread};
+use super::{BenchArgs, capture_in, docker::DockerBridge, self_exe, spawn_in, spread};
 use crate::step;
 
 /// One way to join two endpoints; the fields keep its namespaces alive.
@@ -113,13 +113,8 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
     let exe = exe.to_str().context("utf-8 path")?.to_owned();
     let mut servers = Vec::new();
     for v in &variants {
-        servers.push(Spawned::in_netns(&v.server_ns, 0, "iperf3", &["-s"])?);
-        servers.push(Spawned::in_netns(
-            &v.server_ns,
-            0,
-            &exe,
-            &["rr-server", "7777"],
-        )?);
+        servers.push(spawn_in(&v.server_ns, 0, "iperf3", &["-s"]));
+        servers.push(spawn_in(&v.server_ns, 0, &exe, &["rr-server", "7777"]));
     }
     // Give the servers a moment, and prove each path works before timing it.
     for v in &variants {

@@ -16,10 +16,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ferry_integration::{TempNetns, World, in_netns, unique_name, wait_until};
+use ferry_integration::{Background, TempNetns, World, in_netns, unique_name, wait_until};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, Spawned, capture_in, docker::DockerBridge, spread};
+use super::{BenchArgs, capture_in, docker::DockerBridge, spawn_in, spread};
 use crate::step;
 
 const CONNECTIONS: [u32; 2] = [1, 50];
@@ -39,7 +39,7 @@ struct Target {
     name: &'static str,
     client_ns: PathBuf,
     url: String,
-    _servers: Vec<Spawned>,
+    _servers: Vec<Background>,
     _world: Option<World>,
     _netns: Vec<TempNetns>,
 }
@@ -102,7 +102,7 @@ fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let client = client_of(&host, "10.202.0");
     let conf = nginx_conf(out_dir, "host", 8080, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
-    let nginx = Spawned::in_netns(&host.path(), 0, "nginx", &["-c", conf])?;
+    let nginx = spawn_in(&host.path(), 0, "nginx", &["-c", conf]);
     Ok(Target {
         name: "host",
         client_ns: client.path(),
@@ -137,7 +137,7 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     bridge.publish(&[(8080, 0, 80)])?;
     let conf = nginx_conf(out_dir, "docker", 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
-    let nginx = Spawned::in_netns(&bridge.containers[0].path(), 0, "nginx", &["-c", conf])?;
+    let nginx = spawn_in(&bridge.containers[0].path(), 0, "nginx", &["-c", conf]);
     let DockerBridge {
         host, containers, ..
     } = bridge;

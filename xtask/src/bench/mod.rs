@@ -8,12 +8,12 @@ mod http;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use ferry_integration::{in_netns, use_bin_dir};
+use ferry_integration::{Background, in_netns, use_bin_dir};
 
 use crate::{build, capture, require_root, setup, step, workspace_root};
 
@@ -77,29 +77,16 @@ fn machine_summary() -> String {
     format!("kernel {}, {cpus} x {cpu}", kernel.trim())
 }
 
-/// A process the benchmark started; killed (by its PID) when dropped.
-pub struct Spawned(Child);
-
-impl Spawned {
-    /// Starts `program args` inside the namespace at `ns`, pinned to `cpu`.
-    pub fn in_netns(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let cpu = cpu.to_string();
-        let mut full = vec!["-c", cpu.as_str(), program];
-        full.extend_from_slice(args);
-        let child = in_netns(ns, "taskset", &full)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {program}"))?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts `program args` inside the namespace at `ns`, pinned to `cpu`, as
+/// a process group the returned handle ends (SIGTERM first, so nginx stops
+/// its workers).
+pub fn spawn_in(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> Background {
+    let cpu = cpu.to_string();
+    let mut full = vec!["-c", cpu.as_str(), program];
+    full.extend_from_slice(args);
+    let mut cmd = in_netns(ns, "taskset", &full);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    Background::spawn(cmd).with_grace(std::time::Duration::from_secs(2))
 }
 
 /// Runs `program args` to completion inside `ns`, pinned to `cpu`.

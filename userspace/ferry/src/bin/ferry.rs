@@ -7,6 +7,7 @@ use ferry::{
     api::{ContainerJson, DatapathJson, NetStats, RunRequest},
     client::Client,
     config,
+    conntrack::Flow,
     format::render,
 };
 use hyper::Method;
@@ -91,11 +92,27 @@ enum Command {
         no_stream: bool,
         containers: Vec<String>,
     },
+    /// Tracked flows (published ports and masquerade).
+    Conntrack {
+        #[command(subcommand)]
+        action: ConntrackAction,
+    },
     /// The datapath: pinned objects, endpoints, drops by reason.
     Datapath {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConntrackAction {
+    /// List flows with their translation, state and idle time.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget every flow.
+    Flush,
 }
 
 fn main() -> ExitCode {
@@ -264,6 +281,30 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::Conntrack { action } => match action {
+            ConntrackAction::List { json } => {
+                let flows: Vec<Flow> = client.call(Method::GET, "/conntrack", NO_BODY).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&flows)?);
+                } else {
+                    println!(
+                        "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}IDLE",
+                        "PROTO", "NAT", "SOURCE", "DESTINATION", "TRANSLATED", "STATE"
+                    );
+                    for f in &flows {
+                        println!(
+                            "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{}s",
+                            f.proto, f.nat, f.src, f.dst, f.translated, f.state, f.idle_seconds
+                        );
+                    }
+                }
+            }
+            ConntrackAction::Flush => {
+                let r: serde_json::Value =
+                    client.call(Method::DELETE, "/conntrack", NO_BODY).await?;
+                println!("removed {} entries", r["Removed"]);
+            }
+        },
         Command::Datapath { json } => {
             let d: DatapathJson = client.call(Method::GET, "/datapath", NO_BODY).await?;
             if json {

@@ -35,6 +35,13 @@ struct Args {
     /// process below it; default: the cgroup2 mount).
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Conntrack idle timeout, NAME=SECONDS (repeatable): tcp_established
+    /// (21600), tcp_syn (60), tcp_closing (10), udp (60), icmp (30).
+    #[arg(long = "ct-timeout")]
+    ct_timeouts: Vec<String>,
+    /// Seconds between conntrack GC runs.
+    #[arg(long, default_value_t = 10)]
+    ct_gc_interval: u64,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -85,7 +92,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let mut ct_timeouts = ferry::conntrack::Timeouts::default();
+    for spec in &args.ct_timeouts {
+        ct_timeouts.set(spec).map_err(anyhow::Error::msg)?;
+    }
     let config = Config {
+        ct_timeouts,
+        ct_gc_interval: std::time::Duration::from_secs(args.ct_gc_interval.max(1)),
         subnet: config::parse_subnet(&args.subnet)?,
         socket_gid: args.group.as_deref().map(config::parse_group).transpose()?,
         state_dir: args.state_dir,

@@ -1,0 +1,370 @@
+//! Connection tracking from userspace: listing, flushing, and the GC that
+//! expires flows on per-state timeouts. It works on its own file descriptor
+//! of the pinned `ct` map, so it never holds ferryd's lock, and the
+//! datapath never waits for it.
+//!
+//! Every flow has two entries: the originator's direction (`CT_DNAT`,
+//! `CT_SNAT`) and the responder's (`CT_DNAT_REPLY`, `CT_SNAT_REPLY`); each
+//! names the other through its key and translation, so the GC judges a flow
+//! by both.
+
+use std::{collections::HashMap, net::Ipv4Addr, path::Path, time::Duration};
+
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use ferry_common::{
+    CT_DNAT, CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConntrackError {
+    #[error("conntrack map {path}: {reason}")]
+    Map { path: String, reason: String },
+}
+
+/// How long a flow may stay idle, by state.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub tcp_established: Duration,
+    /// No answer yet.
+    pub tcp_syn: Duration,
+    /// FIN or RST seen.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(6 * 3600),
+            tcp_syn: Duration::from_secs(60),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(60),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Applies `name=seconds` (`tcp_established`, `tcp_syn`, `tcp_closing`,
+    /// `udp`, `icmp`).
+    pub fn set(&mut self, spec: &str) -> Result<(), String> {
+        let (name, secs) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("conntrack timeout {spec:?}: expected NAME=SECONDS"))?;
+        let secs: u64 = secs.parse().map_err(|_| {
+            format!("conntrack timeout {spec:?}: {secs:?} is not a number of seconds")
+        })?;
+        let slot = match name {
+            "tcp_established" => &mut self.tcp_established,
+            "tcp_syn" => &mut self.tcp_syn,
+            "tcp_closing" => &mut self.tcp_closing,
+            "udp" => &mut self.udp,
+            "icmp" => &mut self.icmp,
+            _ => {
+                return Err(format!(
+                    "conntrack timeout {spec:?}: unknown {name:?} (tcp_established, tcp_syn, tcp_closing, udp, icmp)"
+                ));
+            }
+        };
+        *slot = Duration::from_secs(secs);
+        Ok(())
+    }
+}
+
+fn is_originator(kind: u8) -> bool {
+    kind == CT_DNAT || kind == CT_SNAT
+}
+
+/// The key of the other direction of the flow `key` belongs to.
+pub fn pair_key(key: &CtKey, entry: &CtEntry) -> CtKey {
+    let icmp = key.proto == IPPROTO_ICMP;
+    match entry.kind {
+        // Translated destination: the other direction comes from it.
+        CT_DNAT | CT_SNAT_REPLY => CtKey {
+            saddr: entry.nat_addr,
+            daddr: key.saddr,
+            sport: entry.nat_port,
+            dport: if icmp { [0; 2] } else { key.sport },
+            ..*key
+        },
+        // Translated source: the other direction goes to it.
+        _ => CtKey {
+            saddr: key.daddr,
+            daddr: entry.nat_addr,
+            sport: if icmp { entry.nat_port } else { key.dport },
+            dport: if icmp { [0; 2] } else { entry.nat_port },
+            ..*key
+        },
+    }
+}
+
+/// The state name and idle timeout of a flow, from its two directions.
+pub fn state(
+    proto: u8,
+    originator: Option<&CtEntry>,
+    responder: Option<&CtEntry>,
+    t: &Timeouts,
+) -> (&'static str, Duration) {
+    match proto {
+        IPPROTO_TCP => {
+            let flags =
+                originator.map_or(0, |e| e.tcp_flags) | responder.map_or(0, |e| e.tcp_flags);
+            if flags & (TCP_FIN | TCP_RST) != 0 {
+                ("closing", t.tcp_closing)
+            } else if responder.is_none_or(|e| e.tcp_flags == 0) {
+                ("syn_sent", t.tcp_syn)
+            } else {
+                ("established", t.tcp_established)
+            }
+        }
+        IPPROTO_ICMP => ("icmp", t.icmp),
+        _ => ("udp", t.udp),
+    }
+}
+
+/// One tracked flow, decoded for people (`ferry conntrack list`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct Flow {
+    pub proto: String,
+    /// "dnat" (published port) or "snat" (masquerade).
+    pub nat: String,
+    /// As the originator sent it.
+    pub src: String,
+    pub dst: String,
+    /// What the far side sees or what the container gets.
+    pub translated: String,
+    pub state: String,
+    pub idle_seconds: u64,
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        IPPROTO_TCP => "tcp",
+        IPPROTO_ICMP => "icmp",
+        _ => "udp",
+    }
+}
+
+fn endpoint(addr: [u8; 4], port: [u8; 2]) -> String {
+    format!("{}:{}", Ipv4Addr::from(addr), u16::from_be_bytes(port))
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+fn now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+/// The pinned `ct` map, opened on its own fd.
+pub struct Conntrack {
+    map: BpfHashMap<MapData, CtKey, CtEntry>,
+    path: String,
+}
+
+impl Conntrack {
+    pub fn open(pin: &Path) -> Result<Self, ConntrackError> {
+        let path = pin.display().to_string();
+        let fail = |reason: String| ConntrackError::Map {
+            path: path.clone(),
+            reason,
+        };
+        let data = MapData::from_pin(pin).map_err(|e| fail(e.to_string()))?;
+        let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| fail(e.to_string()))?;
+        Ok(Self { map, path })
+    }
+
+    fn snapshot(&self) -> HashMap<CtKey, CtEntry> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every flow, decoded.
+    pub fn list(&self, timeouts: &Timeouts) -> Vec<Flow> {
+        let all = self.snapshot();
+        let now = now_ns();
+        let mut flows: Vec<Flow> = all
+            .iter()
+            .filter(|(_, e)| is_originator(e.kind))
+            .map(|(k, e)| {
+                let responder = all.get(&pair_key(k, e));
+                let (state, _) = state(k.proto, Some(e), responder, timeouts);
+                let last = responder.map_or(e.last_seen_ns, |r| r.last_seen_ns.max(e.last_seen_ns));
+                Flow {
+                    proto: proto_name(k.proto).to_owned(),
+                    nat: if e.kind == CT_DNAT { "dnat" } else { "snat" }.to_owned(),
+                    src: endpoint(k.saddr, k.sport),
+                    dst: endpoint(k.daddr, k.dport),
+                    translated: endpoint(e.nat_addr, e.nat_port),
+                    state: state.to_owned(),
+                    idle_seconds: now.saturating_sub(last) / 1_000_000_000,
+                }
+            })
+            .collect();
+        flows.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
+        flows
+    }
+
+    /// Removes every flow. Returns how many entries went.
+    pub fn flush(&mut self) -> usize {
+        let keys: Vec<CtKey> = self.map.keys().filter_map(Result::ok).collect();
+        keys.iter().filter(|k| self.map.remove(k).is_ok()).count()
+    }
+
+    /// Expires idle flows; both directions go together. An entry refreshed
+    /// by the datapath since the snapshot is kept. Returns how many entries
+    /// were removed.
+    pub fn collect(&mut self, timeouts: &Timeouts) -> usize {
+        let all = self.snapshot();
+        let now = now_ns();
+        let mut removed = 0;
+        for (key, entry) in &all {
+            let pair = pair_key(key, entry);
+            let other = all.get(&pair);
+            // Judge each flow once, from its originator (or from a lone
+            // responder whose originator is already gone).
+            if !is_originator(entry.kind) && other.is_some() {
+                continue;
+            }
+            let (originator, responder) = if is_originator(entry.kind) {
+                (Some(entry), other)
+            } else {
+                (other, Some(entry))
+            };
+            let (_, timeout) = state(key.proto, originator, responder, timeouts);
+            let last = other.map_or(entry.last_seen_ns, |o| {
+                o.last_seen_ns.max(entry.last_seen_ns)
+            });
+            if now.saturating_sub(last) < timeout.as_nanos() as u64 {
+                continue;
+            }
+            for (k, seen) in [
+                (key, entry.last_seen_ns),
+                (&pair, other.map_or(0, |o| o.last_seen_ns)),
+            ] {
+                let unchanged = self.map.get(k, 0).is_ok_and(|e| e.last_seen_ns == seen);
+                if unchanged && self.map.remove(k).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_common::{CT_DNAT_REPLY, IPPROTO_UDP, TCP_SYN};
+
+    use super::*;
+
+    fn entry(kind: u8, nat: [u8; 4], port: u16, flags: u8) -> CtEntry {
+        CtEntry {
+            nat_addr: nat,
+            nat_port: port.to_be_bytes(),
+            kind,
+            tcp_flags: flags,
+            ..CtEntry::default()
+        }
+    }
+
+    fn key(s: [u8; 4], d: [u8; 4], sp: u16, dp: u16, proto: u8) -> CtKey {
+        CtKey {
+            saddr: s,
+            daddr: d,
+            sport: sp.to_be_bytes(),
+            dport: dp.to_be_bytes(),
+            proto,
+            pad: [0; 3],
+        }
+    }
+
+    const CLIENT: [u8; 4] = [192, 0, 2, 7];
+    const HOST: [u8; 4] = [10, 200, 0, 1];
+    const CONT: [u8; 4] = [10, 89, 0, 2];
+
+    #[test]
+    fn timeouts_parse_by_name() {
+        let mut t = Timeouts::default();
+        t.set("udp=5").expect("udp");
+        t.set("tcp_closing=1").expect("closing");
+        assert_eq!(
+            (t.udp, t.tcp_closing),
+            (Duration::from_secs(5), Duration::from_secs(1))
+        );
+        assert!(t.set("udp").expect_err("no value").contains("NAME=SECONDS"));
+        assert!(
+            t.set("udp=x")
+                .expect_err("bad number")
+                .contains("not a number")
+        );
+        assert!(
+            t.set("sctp=1")
+                .expect_err("unknown name")
+                .contains("unknown")
+        );
+    }
+
+    #[test]
+    fn pair_keys_are_mutual_for_every_kind() {
+        // Published port: client -> host:8080, translated to container:80.
+        let fwd = key(CLIENT, HOST, 40000, 8080, IPPROTO_TCP);
+        let fwd_e = entry(CT_DNAT, CONT, 80, 0);
+        let rev = key(CONT, CLIENT, 80, 40000, IPPROTO_TCP);
+        let rev_e = entry(CT_DNAT_REPLY, HOST, 8080, 0);
+        assert_eq!(pair_key(&fwd, &fwd_e), rev);
+        assert_eq!(pair_key(&rev, &rev_e), fwd);
+        // Masquerade: container:5000 -> client:53 as host:61234.
+        let out = key(CONT, CLIENT, 5000, 53, IPPROTO_UDP);
+        let out_e = entry(CT_SNAT, HOST, 61234, 0);
+        let back = key(CLIENT, HOST, 53, 61234, IPPROTO_UDP);
+        let back_e = entry(CT_SNAT_REPLY, CONT, 5000, 0);
+        assert_eq!(pair_key(&out, &out_e), back);
+        assert_eq!(pair_key(&back, &back_e), out);
+        // Echo: id 7 masqueraded as 61999; both keys carry the id in sport.
+        let ping = key(CONT, CLIENT, 7, 0, IPPROTO_ICMP);
+        let ping_e = entry(CT_SNAT, HOST, 61999, 0);
+        let pong = key(CLIENT, HOST, 61999, 0, IPPROTO_ICMP);
+        let pong_e = entry(CT_SNAT_REPLY, CONT, 7, 0);
+        assert_eq!(pair_key(&ping, &ping_e), pong);
+        assert_eq!(pair_key(&pong, &pong_e), ping);
+    }
+
+    #[test]
+    fn tcp_state_follows_the_flags_of_both_directions() {
+        let t = Timeouts::default();
+        let syn = entry(CT_SNAT, HOST, 1, TCP_SYN);
+        let quiet = entry(CT_SNAT_REPLY, CONT, 1, 0);
+        let synack = entry(CT_SNAT_REPLY, CONT, 1, TCP_SYN | 0x10);
+        let fin = entry(CT_SNAT_REPLY, CONT, 1, TCP_FIN | 0x10);
+        let rst = entry(CT_SNAT, HOST, 1, TCP_RST);
+        assert_eq!(
+            state(IPPROTO_TCP, Some(&syn), Some(&quiet), &t),
+            ("syn_sent", t.tcp_syn)
+        );
+        assert_eq!(
+            state(IPPROTO_TCP, Some(&syn), None, &t),
+            ("syn_sent", t.tcp_syn)
+        );
+        assert_eq!(
+            state(IPPROTO_TCP, Some(&syn), Some(&synack), &t),
+            ("established", t.tcp_established)
+        );
+        assert_eq!(
+            state(IPPROTO_TCP, Some(&syn), Some(&fin), &t),
+            ("closing", t.tcp_closing)
+        );
+        assert_eq!(
+            state(IPPROTO_TCP, Some(&rst), Some(&synack), &t),
+            ("closing", t.tcp_closing)
+        );
+        assert_eq!(state(IPPROTO_UDP, Some(&syn), None, &t), ("udp", t.udp));
+        assert_eq!(state(IPPROTO_ICMP, None, None, &t), ("icmp", t.icmp));
+    }
+}
