@@ -1,9 +1,15 @@
-//! publish-http: nginx behind a published port, wrk from a client
-//! namespace. Variants, side by side:
+//! HTTP through published ports, wrk against nginx, side by side.
+//!
+//! publish-http, from a client namespace (the outside):
 //! - host: nginx in a plain namespace, reached over a veth (the limit);
 //! - ferry: nginx in a ferry container with `-p 8080:80`;
 //! - docker: nginx in a namespace on a bridge behind Docker's iptables DNAT
 //!   (see `docker.rs`).
+//!
+//! local-http, from the host itself, to one ferry container:
+//! - direct: to the container's address (the limit);
+//! - ferry: `localhost:8080`, translated at connect time by the socket hooks;
+//! - docker-proxy: `localhost:8081` through Docker's userland proxy.
 //!
 //! Every nginx serves the same file from the same filesystem (containers
 //! share the host's), one worker pinned to CPU 0; wrk runs on CPU 1, with
@@ -16,11 +22,11 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use ferry_integration::{Background, TempNetns, World, in_netns, unique_name, wait_until};
+use ferry_integration::{Background, TempNetns, World, unique_name, wait_until};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, capture_in, docker::DockerBridge, spawn_in, spread};
-use crate::step;
+use super::{BenchArgs, bench_cmd, docker::DockerBridge, spawn, spawn_in, spread, tools};
+use crate::{capture, step};
 
 const CONNECTIONS: [u32; 2] = [1, 50];
 
@@ -38,6 +44,8 @@ struct Samples {
 struct Target {
     name: &'static str,
     client_ns: PathBuf,
+    /// cgroup2 directory wrk runs in (where ferry's socket hooks act).
+    cgroup: Option<PathBuf>,
     url: String,
     _servers: Vec<Background>,
     _world: Option<World>,
@@ -106,6 +114,7 @@ fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     Ok(Target {
         name: "host",
         client_ns: client.path(),
+        cgroup: None,
         url: "http://10.202.0.1:8080/".into(),
         _servers: vec![nginx],
         _world: None,
@@ -124,6 +133,7 @@ fn ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     Ok(Target {
         name: "ferry",
         client_ns: world.client_ns_path(),
+        cgroup: None,
         url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
         _servers: Vec::new(),
         _world: Some(world),
@@ -147,6 +157,7 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     Ok(Target {
         name: "docker",
         client_ns: netns[0].path(),
+        cgroup: None,
         url: "http://10.203.0.1:8080/".into(),
         _servers: vec![nginx],
         _world: None,
@@ -200,10 +211,16 @@ fn wrk(t: &Target, connections: u32, close: bool, seconds: u32) -> anyhow::Resul
         args.extend(["-H", "Connection: close"]);
     }
     args.push(&t.url);
-    parse_wrk(&capture_in(&t.client_ns, 1, "wrk", &args)?)
+    parse_wrk(&capture(&mut bench_cmd(
+        &t.client_ns,
+        Some(1),
+        t.cgroup.as_deref(),
+        "wrk",
+        &args,
+    ))?)
 }
 
-pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
     step("bench publish-http: host, ferry and Docker-datapath nginx");
     let root = docroot(out_dir)?;
     let targets = vec![
@@ -211,10 +228,84 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
         ferry_target(out_dir, &root)?,
         docker_target(out_dir, &root)?,
     ];
-    for t in &targets {
+    run_targets("publish-http", &targets, ["host", "docker"], args, out_dir)
+}
+
+pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+    step("bench local-http: direct, ferry localhost and docker-proxy to one container");
+    let proxy = tools::docker_proxy()?;
+    let root = docroot(out_dir)?;
+    let world = World::new();
+    let conf = nginx_conf(out_dir, "local", 80, &root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    world.ferry_ok(&[
+        "run", "-d", "--name", "nginx", "-p", "8080:80", "--", "taskset", "-c", "0", "nginx", "-c",
+        conf,
+    ]);
+    let c = world.container("nginx");
+    let host = world.host_ns_path();
+    let proxy = proxy.to_str().context("utf-8 path")?;
+    let mut cmd = bench_cmd(
+        &host,
+        None,
+        None,
+        proxy,
+        &[
+            "-proto",
+            "tcp",
+            "-host-ip",
+            "127.0.0.1",
+            "-host-port",
+            "8081",
+            "-container-ip",
+            &c.ip,
+            "-container-port",
+            "80",
+        ],
+    );
+    let status = tools::with_status_pipe(&mut cmd)?;
+    let docker_proxy = spawn(cmd);
+    tools::await_status(status)?;
+    let target = |name, url: String| Target {
+        name,
+        client_ns: host.clone(),
+        cgroup: Some(world.cgroup.clone()),
+        url,
+        _servers: Vec::new(),
+        _world: None,
+        _netns: Vec::new(),
+    };
+    let targets = vec![
+        target("direct", format!("http://{}:80/", c.ip)),
+        target("ferry", "http://127.0.0.1:8080/".into()),
+        target("docker-proxy", "http://127.0.0.1:8081/".into()),
+    ];
+    let result = run_targets(
+        "local-http",
+        &targets,
+        ["direct", "docker-proxy"],
+        args,
+        out_dir,
+    );
+    drop(docker_proxy);
+    result
+}
+
+/// Runs every target, interleaved, and prints medians with ratios to the
+/// two `baselines`.
+fn run_targets(
+    scenario: &str,
+    targets: &[Target],
+    baselines: [&'static str; 2],
+    args: &BenchArgs,
+    out_dir: &Path,
+) -> anyhow::Result<()> {
+    for t in targets {
         let ready = wait_until(Duration::from_secs(10), || {
-            in_netns(
+            bench_cmd(
                 &t.client_ns,
+                None,
+                t.cgroup.as_deref(),
                 "curl",
                 &["-sf", "--max-time", "1", "-o", "/dev/null", &t.url],
             )
@@ -229,10 +320,10 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
     for rep in 1..=args.reps {
         for close in [false, true] {
             for &conns in &CONNECTIONS {
-                for t in &targets {
+                for t in targets {
                     let mode = if close { "close" } else { "keep-alive" };
                     step(&format!(
-                        "bench publish-http: round {rep}/{}: {} {mode} c={conns}",
+                        "bench {scenario}: round {rep}/{}: {} {mode} c={conns}",
                         args.reps, t.name
                     ));
                     let r = wrk(t, conns, close, args.seconds)?;
@@ -249,43 +340,43 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
     }
 
     println!(
-        "\npublish-http, {} rounds of {} s each (wrk -t1, nginx 1 worker)",
+        "\n{scenario}, {} rounds of {} s each (wrk -t1, nginx 1 worker)",
         args.reps, args.seconds
     );
     println!(
-        "{:<11}{:>5}{:>9}{:>26}{:>10}{:>10}{:>11}{:>12}",
+        "{:<11}{:>5}{:>13}{:>26}{:>10}{:>10}{:>17}{:>17}",
         "mode",
         "conn",
         "variant",
         "req/s med [min-max]",
         "p50 ms",
         "p99 ms",
-        "vs host",
-        "vs docker"
+        format!("vs {}", baselines[0]),
+        format!("vs {}", baselines[1])
     );
     let empty = Samples::default();
     for close in [false, true] {
         for &conns in &CONNECTIONS {
             let cell = |name: &'static str| cells.get(&(close, conns, name)).unwrap_or(&empty);
             let med = |name| spread(&cell(name).rps).0;
-            for t in &targets {
+            for t in targets {
                 let (m, lo, hi) = spread(&cell(t.name).rps);
                 let p50 = spread(&cell(t.name).p50).0;
                 let p99 = spread(&cell(t.name).p99).0;
                 println!(
-                    "{:<11}{conns:>5}{:>9}{m:>12.0} [{lo:.0}-{hi:.0}]{p50:>10.3}{p99:>10.3}{:>10.2}x{:>11.2}x",
+                    "{:<11}{conns:>5}{:>13}{m:>12.0} [{lo:.0}-{hi:.0}]{p50:>10.3}{p99:>10.3}{:>16.2}x{:>16.2}x",
                     if close { "close" } else { "keep-alive" },
                     t.name,
-                    m / med("host"),
-                    m / med("docker"),
+                    m / med(baselines[0]),
+                    m / med(baselines[1]),
                 );
             }
         }
     }
-    let path = out_dir.join("publish-http.json");
+    let path = out_dir.join(format!("{scenario}.json"));
     std::fs::write(
         &path,
-        serde_json::to_vec_pretty(&json!({ "scenario": "publish-http", "samples": raw }))?,
+        serde_json::to_vec_pretty(&json!({ "scenario": scenario, "samples": raw }))?,
     )?;
     println!("samples: {}", path.display());
     Ok(())

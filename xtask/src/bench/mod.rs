@@ -5,6 +5,7 @@
 mod c2c;
 mod docker;
 mod http;
+mod tools;
 
 use std::{
     path::{Path, PathBuf},
@@ -13,13 +14,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use ferry_integration::{Background, in_netns, use_bin_dir};
+use ferry_integration::{Background, in_netns, join_cgroup, use_bin_dir};
 
 use crate::{build, capture, require_root, setup, step, workspace_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all). Known: c2c, publish-http.
+    /// Scenarios to run (default: all). Known: c2c, publish-http, local-http.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -32,7 +33,7 @@ pub struct BenchArgs {
     pub rr_count: u32,
 }
 
-const SCENARIOS: &[&str] = &["c2c", "publish-http"];
+const SCENARIOS: &[&str] = &["c2c", "publish-http", "local-http"];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     require_root("bench")?;
@@ -55,7 +56,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for s in selected {
         match s {
             "c2c" => c2c::run(args, &out_dir)?,
-            "publish-http" => http::run(args, &out_dir)?,
+            "publish-http" => http::publish(args, &out_dir)?,
+            "local-http" => http::local(args, &out_dir)?,
             _ => unreachable!("checked above"),
         }
     }
@@ -77,24 +79,46 @@ fn machine_summary() -> String {
     format!("kernel {}, {cpus} x {cpu}", kernel.trim())
 }
 
+/// `program args` inside the namespace at `ns`, pinned to `cpu` if given,
+/// in the cgroup2 directory `cgroup` if given (where socket hooks act).
+pub fn bench_cmd(
+    ns: &Path,
+    cpu: Option<u32>,
+    cgroup: Option<&Path>,
+    program: &str,
+    args: &[&str],
+) -> Command {
+    let mut cmd = match cpu {
+        Some(cpu) => {
+            let cpu = cpu.to_string();
+            let mut full = vec!["-c", cpu.as_str(), program];
+            full.extend_from_slice(args);
+            in_netns(ns, "taskset", &full)
+        }
+        None => in_netns(ns, program, args),
+    };
+    if let Some(cgroup) = cgroup {
+        join_cgroup(&mut cmd, cgroup);
+    }
+    cmd
+}
+
 /// Starts `program args` inside the namespace at `ns`, pinned to `cpu`, as
 /// a process group the returned handle ends (SIGTERM first, so nginx stops
 /// its workers).
 pub fn spawn_in(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> Background {
-    let cpu = cpu.to_string();
-    let mut full = vec!["-c", cpu.as_str(), program];
-    full.extend_from_slice(args);
-    let mut cmd = in_netns(ns, "taskset", &full);
+    spawn(bench_cmd(ns, Some(cpu), None, program, args))
+}
+
+/// Starts a prepared command as an ended-on-drop process group.
+pub fn spawn(mut cmd: Command) -> Background {
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     Background::spawn(cmd).with_grace(std::time::Duration::from_secs(2))
 }
 
 /// Runs `program args` to completion inside `ns`, pinned to `cpu`.
 pub fn capture_in(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let cpu = cpu.to_string();
-    let mut full = vec!["-c", cpu.as_str(), program];
-    full.extend_from_slice(args);
-    capture(&mut in_netns(ns, "taskset", &full))
+    capture(&mut bench_cmd(ns, Some(cpu), None, program, args))
 }
 
 /// This xtask binary, to run its hidden rr-server / rr-client inside
