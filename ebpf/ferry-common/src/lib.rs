@@ -219,11 +219,17 @@ pub enum DropReason {
     /// Traffic for outside that ferry cannot translate yet: not TCP, UDP
     /// or ICMP echo, or an IP fragment.
     UnsupportedL4 = 9,
+    /// XDP on an uplink: a packet from outside with a container's address
+    /// as its source.
+    OutsideSpoofed = 10,
+    /// XDP on an uplink: a packet from outside addressed to a container
+    /// directly (containers are reached only through published ports).
+    OutsideToContainer = 11,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Malformed,
         Self::SpoofedIp,
         Self::SpoofedMac,
@@ -234,6 +240,8 @@ impl DropReason {
         Self::NoRoute,
         Self::SnatExhausted,
         Self::UnsupportedL4,
+        Self::OutsideSpoofed,
+        Self::OutsideToContainer,
     ];
     /// Number of reasons: the size of the `drops` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -252,6 +260,8 @@ impl DropReason {
             Self::NoRoute => "no_route",
             Self::SnatExhausted => "snat_exhausted",
             Self::UnsupportedL4 => "unsupported_l4",
+            Self::OutsideSpoofed => "outside_spoofed",
+            Self::OutsideToContainer => "outside_to_container",
         }
     }
 }

@@ -6,14 +6,20 @@ use ferry_common::{DropReason, Ipv4Key};
 
 use crate::maps::{drops, ep_stats};
 
-/// Counts a drop and returns the tc verdict that drops the packet.
+/// Counts a drop (every hook's drops are counted here).
 #[inline(always)]
-pub fn drop_packet(reason: DropReason) -> i32 {
+pub fn count_drop(reason: DropReason) {
     if let Some(slot) = drops.get_ptr_mut(reason as u32) {
         // SAFETY: a per-CPU array slot is private to this CPU while the
         // program runs (preemption is disabled), and lives as long as the map.
         unsafe { *slot += 1 };
     }
+}
+
+/// Counts a drop and returns the tc verdict that drops the packet.
+#[inline(always)]
+pub fn drop_packet(reason: DropReason) -> i32 {
+    count_drop(reason);
     TC_ACT_SHOT as i32
 }
 

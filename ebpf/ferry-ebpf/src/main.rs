@@ -1,6 +1,6 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
-//! veth of each container; `uplink`: the host's outside interfaces; `sock`: cgroup
-//! socket hooks) and one
+//! veth of each container; `uplink`: the host's outside interfaces; `xdp`: the uplinks'
+//! early prefilter; `sock`: cgroup socket hooks) and one
 //! per subsystem (`parse`, `csum`, `ct`, `nat`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
@@ -25,6 +25,8 @@ mod parse;
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod uplink;
+#[cfg(target_arch = "bpf")]
+mod xdp;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -3,7 +3,7 @@
 //! Headers are byte arrays only (alignment 1), so a pointer at any packet
 //! offset is valid to read once its bounds are checked.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use ferry_common::DropReason;
 
 pub const ETH_HLEN: usize = 14;
@@ -266,10 +266,38 @@ pub fn icmp_error_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<IcmpError> {
     })
 }
 
+/// A program context with packet data: tc's skb or XDP's buffer.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+}
+
 /// A pointer to a `T` at `offset` into the packet, after checking that the
 /// whole `T` lies inside the linear data.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, DropReason> {
+pub fn ptr_at<T>(ctx: &impl Packet, offset: usize) -> Result<*mut T, DropReason> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + core::mem::size_of::<T>() > end {

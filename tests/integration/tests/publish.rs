@@ -302,3 +302,40 @@ fn removing_a_container_unpublishes_its_ports() {
     drop(server);
     assert_eq!(answer, "host\n");
 }
+
+#[test]
+fn containers_cannot_be_reached_directly_from_outside() {
+    let world = World::new();
+    let c = world.run(
+        "hidden",
+        &[
+            "socat",
+            "TCP-LISTEN:80,fork,reuseaddr",
+            "SYSTEM:echo hidden",
+        ],
+    );
+    // Even a client that routes the container subnet to the host: only
+    // published ports lead in. The XDP prefilter drops the rest early.
+    world
+        .client
+        .ip(&["route", "add", "10.89.0.0/24", "via", HOST_UPLINK_IP]);
+    let before = world.drops("outside_to_container");
+    assert_eq!(
+        from_client(&world, &c.ip, 80),
+        None,
+        "a container was reachable from outside"
+    );
+    assert!(
+        world.drops("outside_to_container") > before,
+        "the prefilter did not count the drop"
+    );
+    // bpftool lists XDP attachments by program id: resolve it.
+    let net = check(&mut world.in_host("bpftool", &["net", "show"]));
+    let id = net
+        .lines()
+        .find(|l| l.starts_with("uplink0") && l.contains(" id "))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no XDP program on uplink0: {net}"));
+    let prog = check(std::process::Command::new("bpftool").args(["prog", "show", "id", id]));
+    assert!(prog.contains("name xdp_prefilter"), "{prog}");
+}

@@ -29,7 +29,7 @@ use aya::{
     maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
     programs::{
         CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType,
-        TestRun as _, TestRunOptions,
+        TestRun as _, TestRunOptions, Xdp, XdpMode,
         links::FdLink,
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
@@ -63,6 +63,7 @@ const MAPS: [&str; 8] = [
 pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+pub const PROG_XDP_PREFILTER: &str = "xdp_prefilter";
 /// The cgroup socket hooks, attached to the configured cgroup2 directory.
 pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_connect4",
@@ -70,10 +71,11 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_getpeername4",
 ];
-pub const PROGRAMS: [&str; 7] = [
+pub const PROGRAMS: [&str; 8] = [
     PROG_FROM_CONTAINER,
     PROG_TO_CONTAINER,
     PROG_UPLINK_INGRESS,
+    PROG_XDP_PREFILTER,
     SOCK_PROGRAMS[0],
     SOCK_PROGRAMS[1],
     SOCK_PROGRAMS[2],
@@ -164,6 +166,7 @@ impl Datapath {
             let loaded = match program {
                 Program::SchedClassifier(p) => p.load(),
                 Program::CgroupSockAddr(p) => p.load(),
+                Program::Xdp(p) => p.load(),
                 _ => Err(ProgramError::UnexpectedProgramType),
             };
             loaded.map_err(|source| DatapathError::Program { name, source })?;
@@ -215,10 +218,47 @@ impl Datapath {
         )
     }
 
-    /// Attaches `uplink_ingress` to an uplink (ingress), replacing an
-    /// earlier ferryd's filter.
+    /// Attaches `uplink_ingress` (tc ingress) and `xdp_prefilter` to an
+    /// uplink, replacing an earlier ferryd's. The XDP link is pinned under
+    /// `<pin>/links/xdp-<ifname>`; the kernel picks native XDP where the
+    /// driver has it.
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
-        self.attach_programs(ifname, &[(PROG_UPLINK_INGRESS, TcAttachType::Ingress)])
+        self.attach_programs(ifname, &[(PROG_UPLINK_INGRESS, TcAttachType::Ingress)])?;
+        let pin = self.links_dir()?.join(format!("xdp-{ifname}"));
+        let fail = |reason: String| DatapathError::Pin {
+            what: PROG_XDP_PREFILTER,
+            path: pin.clone(),
+            reason,
+        };
+        // Unpinning the old link detaches it (nothing else holds it).
+        match std::fs::remove_file(&pin) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e.to_string())),
+            _ => {}
+        }
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROG_XDP_PREFILTER)
+            .ok_or_else(|| fail("missing program".into()))?
+            .try_into()
+            .map_err(|e: ProgramError| fail(e.to_string()))?;
+        let id = prog
+            .attach(ifname, XdpMode::Default)
+            .map_err(|e| fail(error_chain(&e)))?;
+        let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
+        FdLink::try_from(link)
+            .map_err(|e| fail(e.to_string()))?
+            .pin(&pin)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+
+    fn links_dir(&self) -> Result<PathBuf, DatapathError> {
+        let dir = self.pin_dir.join("links");
+        std::fs::create_dir_all(&dir).map_err(|source| DatapathError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
     }
 
     fn attach_programs(
@@ -272,11 +312,7 @@ impl Datapath {
     /// it), as links pinned under `<pin>/links/`, which keep them attached
     /// when ferryd exits. Links an earlier ferryd pinned are replaced.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
-        let links_dir = self.pin_dir.join("links");
-        std::fs::create_dir_all(&links_dir).map_err(|source| DatapathError::PinDir {
-            path: links_dir.clone(),
-            source,
-        })?;
+        let links_dir = self.links_dir()?;
         let dir = std::fs::File::open(cgroup).map_err(|source| DatapathError::PinDir {
             path: cgroup.to_owned(),
             source,
@@ -411,18 +447,21 @@ impl Datapath {
         program: &'static str,
         frame: &[u8],
     ) -> Result<(u32, Vec<u8>), DatapathError> {
-        let prog = classifier(&mut self.ebpf, program)?;
         let mut out = vec![0u8; frame.len() + 256];
-        let result = prog
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| DatapathError::Program {
-                name: program,
-                source,
-            })?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        };
+        let result = match self.ebpf.program_mut(program) {
+            Some(Program::SchedClassifier(p)) => p.test_run(opts),
+            Some(Program::Xdp(p)) => p.test_run(opts),
+            _ => Err(ProgramError::UnexpectedProgramType),
+        }
+        .map_err(|source| DatapathError::Program {
+            name: program,
+            source,
+        })?;
         out.truncate(result.data_size_out as usize);
         Ok((result.return_value, out))
     }

@@ -11,7 +11,9 @@ use std::{
 };
 
 use ferry::{
-    datapath::{Datapath, PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS},
+    datapath::{
+        Datapath, PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS, PROG_XDP_PREFILTER,
+    },
     preflight,
 };
 use ferry_common::{DropReason, Endpoint, GATEWAY_V4, PortKey, PortTarget};
@@ -638,4 +640,55 @@ fn uplink_icmp_error_for_a_published_flow() {
     let error = frag_needed(router, HOST_IP, &stranger);
     let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &error);
     assert_eq!((verdict, out), (TC_ACT_OK, error));
+}
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+
+/// Expects: traffic for the host (a published-port request, ARP) passes;
+/// packets from outside addressed to a container, or carrying a
+/// container's source address, are dropped and counted; malformed IPv4
+/// (bad IHL, total length beyond the frame) is dropped as `malformed`.
+#[test]
+fn xdp_prefilter_drops_what_cannot_come_from_outside() {
+    let mut dp = Loaded::new();
+    let to_host = l4_frame(
+        6,
+        (CLIENT, 40000),
+        (HOST_IP, 8080),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    assert_eq!(dp.run(PROG_XDP_PREFILTER, &to_host).0, XDP_PASS);
+    let arp = arp_frame(CLIENT_MAC, CLIENT_MAC, CLIENT, HOST_IP.octets(), 1);
+    assert_eq!(dp.run(PROG_XDP_PREFILTER, &arp).0, XDP_PASS);
+
+    let to_container = l4_frame(
+        6,
+        (CLIENT, 40000),
+        (A_IP, 80),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    assert_eq!(dp.run(PROG_XDP_PREFILTER, &to_container).0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::OutsideToContainer), 1);
+
+    let spoofed = l4_frame(
+        6,
+        (B_IP, 80),
+        (HOST_IP, 8080),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    assert_eq!(dp.run(PROG_XDP_PREFILTER, &spoofed).0, XDP_DROP);
+    assert_eq!(dp.drops(DropReason::OutsideSpoofed), 1);
+
+    let mut bad_ihl = to_host.clone();
+    bad_ihl[14] = 0x44;
+    let mut too_long = to_host.clone();
+    too_long[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    for frame in [bad_ihl, too_long] {
+        assert_eq!(dp.run(PROG_XDP_PREFILTER, &frame).0, XDP_DROP);
+    }
+    assert_eq!(dp.drops(DropReason::Malformed), 2);
 }
