@@ -40,5 +40,18 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
                 "--no-fail-fast",
             ])
             .args(cargo_args),
-    )
+    )?;
+    // Benchmarks are not tests, but a one-second round keeps them working.
+    step("test: benchmark smoke run (c2c, 1 s; the numbers are not judged)");
+    let exe = std::env::current_exe()?;
+    run_cmd(Command::new(exe).args([
+        "bench",
+        "c2c",
+        "--seconds",
+        "1",
+        "--reps",
+        "1",
+        "--rr-count",
+        "200",
+    ]))
 }
