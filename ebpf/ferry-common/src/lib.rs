@@ -168,6 +168,22 @@ pub struct CtEntry {
 }
 const _: () = assert!(size_of::<CtEntry>() == 32);
 
+/// Capacity of the fragment map (datagrams in flight, not flows).
+pub const MAX_FRAGS: u32 = 16384;
+
+/// Key of the `frags` map: the fragments of one IPv4 datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// IPv4 identification, network byte order.
+    pub id: [u8; 2],
+    pub proto: u8,
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<FragKey>() == 12);
+
 /// Capacity of the socket reverse-translation map.
 pub const MAX_SOCK_REVNAT: u32 = 65536;
 /// Capacity of the served-namespace map.
@@ -217,7 +233,7 @@ pub enum DropReason {
     /// No masquerade port was free for this destination.
     SnatExhausted = 8,
     /// Traffic for outside that ferry cannot translate yet: not TCP, UDP
-    /// or ICMP echo, or an IP fragment.
+    /// or ICMP echo.
     UnsupportedL4 = 9,
     /// XDP on an uplink: a packet from outside with a container's address
     /// as its source.
@@ -225,11 +241,14 @@ pub enum DropReason {
     /// XDP on an uplink: a packet from outside addressed to a container
     /// directly (containers are reached only through published ports).
     OutsideToContainer = 11,
+    /// A later fragment of a translated datagram whose first fragment was
+    /// not seen (reordered or lost).
+    FragmentUnknown = 12,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::Malformed,
         Self::SpoofedIp,
         Self::SpoofedMac,
@@ -242,6 +261,7 @@ impl DropReason {
         Self::UnsupportedL4,
         Self::OutsideSpoofed,
         Self::OutsideToContainer,
+        Self::FragmentUnknown,
     ];
     /// Number of reasons: the size of the `drops` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -262,6 +282,7 @@ impl DropReason {
             Self::UnsupportedL4 => "unsupported_l4",
             Self::OutsideSpoofed => "outside_spoofed",
             Self::OutsideToContainer => "outside_to_container",
+            Self::FragmentUnknown => "fragment_unknown",
         }
     }
 }
@@ -276,6 +297,7 @@ mod pod {
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::EndpointStats {}
 }

@@ -164,3 +164,23 @@ pub fn rewrite_icmp_error(
         .map_err(fail)?;
     ctx.store(inner_port_off, &new_port, 0).map_err(fail)
 }
+
+/// Rewrites only the IPv4 address on `side` (a later fragment: no L4 header
+/// here, the first fragment fixed the L4 checksum for the whole datagram).
+#[inline(always)]
+pub fn rewrite_addr(
+    ctx: &TcContext,
+    side: Side,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+) -> Result<(), DropReason> {
+    let fail = |_| DropReason::NatFailed;
+    let off = match side {
+        Side::Src => IP_SRC_OFF,
+        Side::Dst => IP_DST_OFF,
+    };
+    let (old_a, new_a) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(new_addr));
+    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_a), u64::from(new_a), 4)
+        .map_err(fail)?;
+    ctx.store(off, &new_addr, 0).map_err(fail)
+}

@@ -15,18 +15,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT_REPLY, CT_SNAT, CtKey, DropReason, Endpoint, GATEWAY_V4, IPPROTO_ICMP, Ipv4Key,
+    CT_DNAT_REPLY, CT_SNAT, CtKey, DropReason, Endpoint, FragKey, GATEWAY_V4, IPPROTO_ICMP, Ipv4Key,
 };
 
 use crate::{
     counters::{count_rx, count_tx, drop_packet},
-    csum::{Side, rewrite_icmp_error},
-    ct,
+    csum::{Side, rewrite_addr, rewrite_icmp_error},
+    ct, frag,
     maps::{endpoints, host_addrs},
     nat,
     parse::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
-        IcmpError, Ipv4Hdr, icmp_error_of, l4_of, mac_eq, ptr_at, pull,
+        IcmpError, Ipv4Hdr, icmp_error_of, l4_of, later_fragment_of, mac_eq, ptr_at, pull,
     },
     uplink,
 };
@@ -141,6 +141,9 @@ fn to_outside(
     if unsafe { host_addrs.get(dst) }.is_some() {
         return Ok(TC_ACT_OK as i32);
     }
+    if let Some(fragment) = later_fragment_of(ip) {
+        return later_fragment_out(ctx, &fragment);
+    }
     if let Some(err) = icmp_error_of(ctx, ip) {
         return error_from_container(ctx, &err, src, dst);
     }
@@ -150,10 +153,43 @@ fn to_outside(
     let key = ct::key_of(src.ip, dst.ip, &l4);
     match ct::lookup_seen(&key, l4.tcp_flags) {
         Some(entry) if entry.kind == CT_DNAT_REPLY => {
+            frag::record(src.ip, dst.ip, &l4, &entry);
             uplink::reply_to_client(ctx, &l4, src.ip, &entry)
         }
-        Some(entry) if entry.kind == CT_SNAT => nat::snat_forward(ctx, &l4, &key, &entry),
+        Some(entry) if entry.kind == CT_SNAT => {
+            frag::record(src.ip, dst.ip, &l4, &entry);
+            nat::snat_forward(ctx, &l4, &key, &entry)
+        }
         _ => nat::snat_new(ctx, &l4, &key, ifindex),
+    }
+}
+
+/// A later fragment of a datagram a container sends: translated like its
+/// first fragment was, or dropped (counted) if that one was not seen.
+#[inline(always)]
+fn later_fragment_out(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropReason> {
+    let Some(entry) = frag::lookup(fragment) else {
+        return Err(DropReason::FragmentUnknown);
+    };
+    match entry.kind {
+        CT_DNAT_REPLY => {
+            rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)?;
+            uplink::send_to_client(ctx, &entry)
+        }
+        CT_SNAT => {
+            let key = CtKey {
+                saddr: fragment.saddr,
+                daddr: fragment.daddr,
+                sport: [0; 2],
+                dport: [0; 2],
+                proto: fragment.proto,
+                pad: [0; 3],
+            };
+            let fib = nat::route(ctx, &key, 0)?;
+            rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)?;
+            nat::send(&fib)
+        }
+        _ => Err(DropReason::FragmentUnknown),
     }
 }
 

@@ -1,7 +1,7 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
 //! veth of each container; `uplink`: the host's outside interfaces; `xdp`: the uplinks'
 //! early prefilter; `sock`: cgroup socket hooks) and one
-//! per subsystem (`parse`, `csum`, `ct`, `nat`, `counters`), all maps in `maps`.
+//! per subsystem (`parse`, `csum`, `ct`, `nat`, `frag`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
 //! target this crate is an empty binary so workspace-wide tooling still works.
@@ -13,6 +13,8 @@ mod counters;
 mod csum;
 #[cfg(target_arch = "bpf")]
 mod ct;
+#[cfg(target_arch = "bpf")]
+mod frag;
 #[cfg(target_arch = "bpf")]
 mod lxc;
 #[cfg(target_arch = "bpf")]

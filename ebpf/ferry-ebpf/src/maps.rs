@@ -11,8 +11,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use ferry_common::{
-    CtEntry, CtKey, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT, MAX_ENDPOINTS,
-    MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey, PortTarget, SockRevKey,
+    CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT, MAX_ENDPOINTS,
+    MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey, PortTarget,
+    SockRevKey,
 };
 
 /// Local containers by IPv4 address. Written by ferryd only.
@@ -54,3 +55,10 @@ pub static sock_netns: HashMap<u64, u32, { MAX_NETNS as usize }> = HashMap::new(
 #[btf_map]
 pub static sock_revnat: LruHashMap<SockRevKey, PortTarget, { MAX_SOCK_REVNAT as usize }> =
     LruHashMap::new();
+
+/// Translations of fragmented datagrams: the first fragment (which carries
+/// the ports) records what was done, later fragments (which do not) repeat
+/// it for their address. Values are `ct` entries: kind, new address, where
+/// to send.
+#[btf_map]
+pub static frags: LruHashMap<FragKey, CtEntry, { MAX_FRAGS as usize }> = LruHashMap::new();

@@ -16,6 +16,7 @@ use ferry_common::{
 
 use crate::{
     csum::{Side, rewrite_v4},
+    frag,
     maps::{ct, portmap},
     parse::L4,
 };
@@ -126,6 +127,7 @@ pub fn snat_new(
         ..CtEntry::default()
     };
     let _ = ct.insert(key, forward, 0);
+    frag::record(key.saddr, key.daddr, l4, &forward);
     rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
     send(&fib)
 }

@@ -118,19 +118,33 @@ pub struct L4 {
     pub dport: [u8; 2],
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
+    /// The first fragment of a fragmented datagram (more fragments follow).
+    pub first_fragment: bool,
+    /// IPv4 identification, network byte order (keys the later fragments).
+    pub ip_id: [u8; 2],
 }
 
-/// The L4 header of an IPv4 packet, if it is an unfragmented TCP, UDP or
-/// ICMP echo packet whose header is in the linear data. Fragments and other
-/// protocols give `None`.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
+
+/// The L4 header of an IPv4 packet, if it is a TCP, UDP or ICMP echo
+/// packet (or the first fragment of one) whose header is in the linear
+/// data. Later fragments and other protocols give `None`.
 #[inline(always)]
 pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
     // SAFETY: the caller checked the IPv4 header's bounds.
-    let (proto, ihl, frag) = unsafe { ((*ip).protocol, (*ip).header_len(), (*ip).frag_off) };
-    // More-fragments flag or a fragment offset.
-    if u16::from_be_bytes(frag) & 0x3fff != 0 || ihl < IPV4_MIN_HLEN {
+    let (proto, ihl, frag, ip_id) = unsafe {
+        (
+            (*ip).protocol,
+            (*ip).header_len(),
+            u16::from_be_bytes((*ip).frag_off),
+            (*ip).id,
+        )
+    };
+    if frag & IP_OFFSET != 0 || ihl < IPV4_MIN_HLEN {
         return None;
     }
+    let first_fragment = frag & IP_MF != 0;
     let off = ETH_HLEN + ihl;
     let csum_off = match proto {
         ferry_common::IPPROTO_TCP => off + 16,
@@ -149,6 +163,8 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
                 sport: id,
                 dport: [0; 2],
                 tcp_flags: 0,
+                first_fragment,
+                ip_id,
             });
         }
         _ => return None,
@@ -173,6 +189,33 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
         sport,
         dport,
         tcp_flags,
+        first_fragment,
+        ip_id,
+    })
+}
+
+/// The key of a later fragment (offset > 0) of an IPv4 datagram.
+#[inline(always)]
+pub fn later_fragment_of(ip: *const Ipv4Hdr) -> Option<ferry_common::FragKey> {
+    // SAFETY: the caller checked the IPv4 header's bounds.
+    let (frag, saddr, daddr, id, proto) = unsafe {
+        (
+            u16::from_be_bytes((*ip).frag_off),
+            (*ip).src,
+            (*ip).dst,
+            (*ip).id,
+            (*ip).protocol,
+        )
+    };
+    if frag & IP_OFFSET == 0 {
+        return None;
+    }
+    Some(ferry_common::FragKey {
+        saddr,
+        daddr,
+        id,
+        proto,
+        pad: 0,
     })
 }
 
@@ -240,6 +283,8 @@ pub fn icmp_error_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<IcmpError> {
             sport: a,
             dport: b,
             tcp_flags: 0,
+            first_fragment: false,
+            ip_id: [0; 2],
         },
         // Echo: type, code, checksum, id: the id is bytes 4..6.
         ferry_common::IPPROTO_ICMP => {
@@ -253,6 +298,8 @@ pub fn icmp_error_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<IcmpError> {
                 sport: id,
                 dport: [0; 2],
                 tcp_flags: 0,
+                first_fragment: false,
+                ip_id: [0; 2],
             }
         }
         _ => return None,

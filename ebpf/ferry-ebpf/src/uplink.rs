@@ -7,17 +7,18 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Ipv4Key, PortKey, PortTarget,
+    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, FragKey, Ipv4Key, PortKey,
+    PortTarget,
 };
 
 use crate::{
     counters::{count_rx, drop_packet},
-    csum::{Side, rewrite_icmp_error, rewrite_v4, set_macs},
-    ct,
+    csum::{Side, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs},
+    ct, frag,
     maps::{endpoints, host_addrs, portmap},
     parse::{
         ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, IcmpError, Ipv4Hdr, L4, icmp_error_of, l4_of,
-        ptr_at, pull,
+        later_fragment_of, ptr_at, pull,
     },
 };
 
@@ -56,6 +57,9 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     if version != 4 {
         return PASS;
     }
+    if let Some(fragment) = later_fragment_of(ip) {
+        return later_fragment_in(ctx, &fragment);
+    }
     if let Some(err) = icmp_error_of(ctx, ip) {
         return error_to_container(ctx, &err);
     }
@@ -67,7 +71,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         // Published-port requests and replies to masqueraded flows both go
         // to a container, rewritten the same way.
         if entry.kind == CT_DNAT || entry.kind == CT_SNAT_REPLY {
-            return deliver(ctx, &l4, daddr, entry.nat_addr, entry.nat_port);
+            return deliver(ctx, &l4, saddr, daddr, entry.nat_addr, entry.nat_port);
         }
         return PASS;
     }
@@ -111,7 +115,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             ..CtEntry::default()
         },
     );
-    deliver(ctx, &l4, daddr, target.ip, target.port)
+    deliver(ctx, &l4, saddr, daddr, target.ip, target.port)
 }
 
 /// The published port this packet is for: the exact host address first,
@@ -163,11 +167,28 @@ fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReaso
     into_container(ctx, entry.nat_addr)
 }
 
+/// A later fragment of a datagram whose first fragment went to a container:
+/// same destination, same way in. Fragments of anything else (the host's
+/// own traffic) pass.
+#[inline(always)]
+fn later_fragment_in(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropReason> {
+    let Some(entry) = frag::lookup(fragment).filter(|e| e.kind == CT_DNAT) else {
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: as above.
+    if unsafe { endpoints.get(Ipv4Key { ip: entry.nat_addr }) }.is_none() {
+        return Ok(TC_ACT_OK as i32);
+    }
+    rewrite_addr(ctx, Side::Dst, fragment.daddr, entry.nat_addr)?;
+    into_container(ctx, entry.nat_addr)
+}
+
 /// Rewrites the destination to the container and redirects into it.
 #[inline(always)]
 fn deliver(
     ctx: &TcContext,
     l4: &L4,
+    saddr: [u8; 4],
     daddr: [u8; 4],
     to_addr: [u8; 4],
     to_port: [u8; 2],
@@ -177,6 +198,12 @@ fn deliver(
         // The container went away; the host stack answers (with a reset).
         return Ok(TC_ACT_OK as i32);
     }
+    let done = CtEntry {
+        nat_addr: to_addr,
+        kind: CT_DNAT,
+        ..CtEntry::default()
+    };
+    frag::record(saddr, daddr, l4, &done);
     rewrite_v4(ctx, l4, Side::Dst, daddr, to_addr, to_port)?;
     into_container(ctx, to_addr)
 }

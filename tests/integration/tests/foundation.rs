@@ -473,6 +473,20 @@ fn the_datapath_outlives_ferryd_and_a_new_ferryd_adopts_it() {
     let tc = check(&mut world.in_host("tc", &["filter", "show", "dev", &b.host_veth, "ingress"]));
     let filters = tc.lines().filter(|l| l.contains("from_container")).count();
     assert_eq!(filters, 1, "filters duplicated: {tc}");
+    // The pinned links were switched to the new programs, not doubled.
+    let net = check(&mut world.in_host("bpftool", &["net", "show"]));
+    let xdp = net
+        .lines()
+        .filter(|l| l.starts_with("uplink0") && l.contains("driver"))
+        .count();
+    assert_eq!(xdp, 1, "XDP attachments on the uplink: {net}");
+    let hooks = check(
+        Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(&world.cgroup),
+    );
+    let hooks = hooks.lines().filter(|l| l.contains("sock_")).count();
+    assert_eq!(hooks, 4, "socket hooks on the world cgroup after restart");
     assert_eq!(tcp_exchange(&b.netns, &a.ip, 7007, "again\n"), "again\n");
     world.ferry_ok(&["rm", "-f", "a"]);
     let link = output(&mut world.in_host("ip", &["link", "show", &a.host_veth]));

@@ -208,3 +208,28 @@ fn port_unreachable_reaches_a_masqueraded_udp_socket() {
         "no port unreachable seen: {err}"
     );
 }
+
+#[test]
+fn large_udp_datagrams_leave_through_masquerade_in_fragments() {
+    let world = World::new();
+    let c = world.run("bigudp", &["sleep", "infinity"]);
+    let _echo = server(
+        &world,
+        &["-b", "8192", "UDP-RECVFROM:7103,fork", "EXEC:cat"],
+    );
+    let script =
+        format!("head -c 4000 /dev/zero | tr '\\0' y | socat -b 8192 -T 2 - UDP:{CLIENT_IP}:7103");
+    let mut got = 0;
+    let ok = wait_until(Duration::from_secs(8), || {
+        let out = ferry_integration::output(
+            ferry_integration::in_netns(&c.netns, "sh", &["-c", &script]).stderr(Stdio::null()),
+        );
+        got = out.stdout.len();
+        got == 4000
+    });
+    assert!(
+        ok,
+        "echoed {got} of 4000 bytes\n{}",
+        world.ferry_ok(&["datapath"])
+    );
+}

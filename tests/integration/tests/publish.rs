@@ -339,3 +339,37 @@ fn containers_cannot_be_reached_directly_from_outside() {
     let prog = check(std::process::Command::new("bpftool").args(["prog", "show", "id", id]));
     assert!(prog.contains("name xdp_prefilter"), "{prog}");
 }
+
+/// A 4000-byte UDP datagram crosses 1500-byte links in fragments, both
+/// ways: only the first fragment carries the ports, the rest must follow
+/// its translation.
+#[test]
+fn large_udp_datagrams_cross_a_published_port_in_fragments() {
+    let world = World::new();
+    let cmd = [
+        "socat".to_owned(),
+        "-b".to_owned(),
+        "8192".to_owned(),
+        "UDP-RECVFROM:53,fork".to_owned(),
+        "EXEC:cat".to_owned(),
+    ];
+    run_ok(&world, "bigdns", &["5356:53/udp"], &cmd);
+    let script = format!(
+        "head -c 4000 /dev/zero | tr '\\0' x | socat -b 8192 -T 2 - UDP:{HOST_UPLINK_IP}:5356"
+    );
+    let mut got = 0;
+    let ok = wait_until(Duration::from_secs(8), || {
+        let out = output(
+            world
+                .in_client("sh", &["-c", &script])
+                .stderr(Stdio::null()),
+        );
+        got = out.stdout.len();
+        got == 4000
+    });
+    assert!(
+        ok,
+        "echoed {got} of 4000 bytes\n{}",
+        world.ferry_ok(&["datapath"])
+    );
+}

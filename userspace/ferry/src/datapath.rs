@@ -21,6 +21,7 @@ use std::{
     io,
     mem::ManuallyDrop,
     net::Ipv4Addr,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -230,25 +231,24 @@ impl Datapath {
             path: pin.clone(),
             reason,
         };
-        // Unpinning the old link detaches it (nothing else holds it).
-        match std::fs::remove_file(&pin) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e.to_string())),
-            _ => {}
-        }
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(PROG_XDP_PREFILTER)
             .ok_or_else(|| fail("missing program".into()))?
             .try_into()
             .map_err(|e: ProgramError| fail(e.to_string()))?;
-        let id = prog
-            .attach(ifname, XdpMode::Default)
-            .map_err(|e| fail(error_chain(&e)))?;
-        let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
-        FdLink::try_from(link)
-            .map_err(|e| fail(e.to_string()))?
-            .pin(&pin)
-            .map_err(|e| fail(e.to_string()))?;
+        let prog_fd = prog.fd().map_err(|e| fail(e.to_string()))?.as_fd();
+        // SAFETY: the program fd outlives this call (the program is held by
+        // `self.ebpf`); the borrow is detached only to call `attach` below.
+        let prog_fd = unsafe { BorrowedFd::borrow_raw(prog_fd.as_raw_fd()) };
+        attach_pinned(&pin, prog_fd, || {
+            let id = prog
+                .attach(ifname, XdpMode::Default)
+                .map_err(|e| error_chain(&e))?;
+            let link = prog.take_link(id).map_err(|e| e.to_string())?;
+            FdLink::try_from(link).map_err(|e| e.to_string())
+        })
+        .map_err(fail)?;
         Ok(())
     }
 
@@ -310,7 +310,8 @@ impl Datapath {
 
     /// Attaches the socket hooks to a cgroup2 directory (every process below
     /// it), as links pinned under `<pin>/links/`, which keep them attached
-    /// when ferryd exits. Links an earlier ferryd pinned are replaced.
+    /// when ferryd exits. Links an earlier ferryd pinned are switched to the
+    /// new programs in place.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), DatapathError> {
         let links_dir = self.links_dir()?;
         let dir = std::fs::File::open(cgroup).map_err(|source| DatapathError::PinDir {
@@ -324,27 +325,26 @@ impl Datapath {
                 reason,
             };
             let pin = links_dir.join(name);
-            // Unpinning the old link detaches it (nothing else holds it).
-            match std::fs::remove_file(&pin) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(fail(e.to_string())),
-                _ => {}
-            }
             let prog: &mut CgroupSockAddr = self
                 .ebpf
                 .program_mut(name)
                 .ok_or_else(|| fail("missing program".into()))?
                 .try_into()
                 .map_err(|e: ProgramError| fail(e.to_string()))?;
-            // A cgroup *link* coexists with other programs on the cgroup
-            // whatever the mode; the kernel rejects BPF_F_ALLOW_MULTI for links.
-            let id = prog
-                .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| fail(error_chain(&e)))?;
-            let link = prog.take_link(id).map_err(|e| fail(e.to_string()))?;
-            FdLink::try_from(link)
-                .map_err(|e| fail(e.to_string()))?
-                .pin(&pin)
-                .map_err(|e| fail(e.to_string()))?;
+            let prog_fd = prog.fd().map_err(|e| fail(e.to_string()))?.as_fd();
+            // SAFETY: as in `attach_uplink`.
+            let prog_fd = unsafe { BorrowedFd::borrow_raw(prog_fd.as_raw_fd()) };
+            attach_pinned(&pin, prog_fd, || {
+                // A cgroup *link* coexists with other programs on the
+                // cgroup whatever the mode; the kernel rejects
+                // BPF_F_ALLOW_MULTI for links.
+                let id = prog
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(|e| error_chain(&e))?;
+                let link = prog.take_link(id).map_err(|e| e.to_string())?;
+                FdLink::try_from(link).map_err(|e| e.to_string())
+            })
+            .map_err(fail)?;
         }
         Ok(())
     }
@@ -519,6 +519,88 @@ fn classifier<'a>(
         .ok_or_else(missing)?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
+}
+
+/// `bpf(2)` with a command and its attribute struct.
+fn bpf_cmd<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised struct of the size passed, laid
+    // out as the kernel's `union bpf_attr` member for `cmd`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Atomically swaps the program of the BPF link pinned at `pin` for
+/// `prog` (BPF_OBJ_GET + BPF_LINK_UPDATE): a restarted ferryd takes over
+/// its attachments without a moment where nothing is attached.
+fn update_pinned_link(pin: &Path, prog: BorrowedFd<'_>) -> io::Result<()> {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let fd = bpf_cmd(
+        BPF_OBJ_GET,
+        &ObjGet {
+            pathname: path.as_ptr() as u64,
+            bpf_fd: 0,
+            file_flags: 0,
+        },
+    )?;
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    bpf_cmd(
+        BPF_LINK_UPDATE,
+        &LinkUpdate {
+            link_fd: link.as_raw_fd() as u32,
+            new_prog_fd: prog.as_raw_fd() as u32,
+            flags: 0,
+            old_prog_fd: 0,
+        },
+    )
+    .map(|_| ())
+}
+
+/// Points the link pinned at `pin` at `prog`, or when there is none (or it
+/// is stale: its interface is gone, ENOLINK) attaches afresh with `attach`
+/// and pins the new link.
+fn attach_pinned(
+    pin: &Path,
+    prog: BorrowedFd<'_>,
+    attach: impl FnOnce() -> Result<FdLink, String>,
+) -> Result<(), String> {
+    if pin.exists() {
+        match update_pinned_link(pin, prog) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOLINK) => {
+                std::fs::remove_file(pin).map_err(|e| format!("removing stale pin: {e}"))?;
+            }
+            Err(e) => return Err(format!("updating pinned link: {e}")),
+        }
+    }
+    attach()?.pin(pin).map(|_| ()).map_err(|e| e.to_string())
 }
 
 /// An error with its sources, for messages that must say what failed.

@@ -227,8 +227,8 @@ const fn ETH_PLUS(n: usize) -> usize {
 
 /// Expects: traffic for the outside is never left to the host stack: with
 /// no route (the test run's device has forwarding off) it is dropped as
-/// `no_route`; a fragment, which cannot be translated yet, as
-/// `unsupported_l4`.
+/// `no_route`; a later fragment whose first fragment was never seen, as
+/// `fragment_unknown`.
 #[test]
 fn from_container_outside_is_translated_or_dropped() {
     let mut dp = Loaded::new();
@@ -240,10 +240,10 @@ fn from_container_outside_is_translated_or_dropped() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(dp.drops(DropReason::NoRoute), 1);
     let mut fragment = ipv4_frame(A.mac, A.host_mac, A_IP, outside, 0);
-    fragment[20] |= 0x20;
+    fragment[21] = 0x10; // offset 16 bytes: a later fragment
     let (verdict, _) = dp.run(PROG_FROM_CONTAINER, &fragment);
     assert_eq!(verdict, TC_ACT_SHOT);
-    assert_eq!(dp.drops(DropReason::UnsupportedL4), 1);
+    assert_eq!(dp.drops(DropReason::FragmentUnknown), 1);
 }
 
 /// Expects: SHOT and `policy_denied` between endpoints of two networks.
@@ -525,7 +525,7 @@ fn uplink_pass_what_is_not_published() {
         (CLIENT_MAC, UPLINK_MAC),
         false,
     );
-    fragment[20] |= 0x20; // more fragments
+    fragment[21] = 0x10; // a later fragment of a datagram nobody translated
     for frame in [
         l4_frame(
             6,
@@ -691,4 +691,54 @@ fn xdp_prefilter_drops_what_cannot_come_from_outside() {
         assert_eq!(dp.run(PROG_XDP_PREFILTER, &frame).0, XDP_DROP);
     }
     assert_eq!(dp.drops(DropReason::Malformed), 2);
+}
+
+/// Expects: the first fragment of a UDP datagram to a published port is
+/// translated and records the translation; a later fragment of the same
+/// datagram (same id, no UDP header) follows it into the container with
+/// only its destination address rewritten and a valid IPv4 checksum.
+#[test]
+fn uplink_dnat_fragments_follow_the_first() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 17, 5353, 53);
+    let mut first = l4_frame(
+        17,
+        (CLIENT, 40000),
+        (HOST_IP, 5353),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    first[20] |= 0x20; // more fragments, offset 0
+    let sum = inet_sum(
+        &{
+            let mut h = first[14..34].to_vec();
+            h[10] = 0;
+            h[11] = 0;
+            h
+        },
+        0,
+    );
+    first[24..26].copy_from_slice(&sum.to_be_bytes());
+    let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &first);
+    assert_eq!(
+        (verdict, ip_dst(&out), dport(&out)),
+        (TC_ACT_REDIRECT, A_IP, 53)
+    );
+
+    let mut later = first[..34].to_vec();
+    later[20] = 0x00;
+    later[21] = 0x02; // offset 16 bytes, last fragment
+    later.extend_from_slice(b"rest of the datagram");
+    let total = (later.len() - 14) as u16;
+    later[16..18].copy_from_slice(&total.to_be_bytes());
+    later[24] = 0;
+    later[25] = 0;
+    let sum = inet_sum(&later[14..34], 0);
+    later[24..26].copy_from_slice(&sum.to_be_bytes());
+    let (verdict, out) = dp.run(PROG_UPLINK_INGRESS, &later);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!((ip_src(&out), ip_dst(&out)), (CLIENT, A_IP));
+    assert_eq!((&out[0..6], &out[6..12]), (&A.mac[..], &A.host_mac[..]));
+    assert_eq!(inet_sum(&out[14..34], 0), 0, "IPv4 checksum");
+    assert_eq!(&out[34..], b"rest of the datagram", "payload untouched");
 }
