@@ -15,7 +15,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT_REPLY, CT_SNAT, CtKey, DropReason, Endpoint, FragKey, GATEWAY_V4, IPPROTO_ICMP, Ipv4Key,
+    CT_DNAT_REPLY, CT_SNAT, CtEntry, CtKey, DropReason, Endpoint, FragKey, GATEWAY_V4,
+    IPPROTO_ICMP, Ipv4Key,
 };
 
 use crate::{
@@ -171,26 +172,17 @@ fn later_fragment_out(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropRe
     let Some(entry) = frag::lookup(fragment) else {
         return Err(DropReason::FragmentUnknown);
     };
-    match entry.kind {
-        CT_DNAT_REPLY => {
-            rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)?;
-            uplink::send_to_client(ctx, &entry)
-        }
-        CT_SNAT => {
-            let key = CtKey {
-                saddr: fragment.saddr,
-                daddr: fragment.daddr,
-                sport: [0; 2],
-                dport: [0; 2],
-                proto: fragment.proto,
-                pad: [0; 3],
-            };
-            let fib = nat::route(ctx, &key, 0)?;
-            rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)?;
-            nat::send(&fib)
-        }
-        _ => Err(DropReason::FragmentUnknown),
-    }
+    let route = CtKey {
+        saddr: fragment.saddr,
+        daddr: fragment.daddr,
+        sport: [0; 2],
+        dport: [0; 2],
+        proto: fragment.proto,
+        pad: [0; 3],
+    };
+    leave_like(ctx, &entry, &route, DropReason::FragmentUnknown, || {
+        rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)
+    })
 }
 
 /// An ICMP error a container sends about a translated flow (e.g. port
@@ -209,25 +201,42 @@ fn error_from_container(
     let Some(entry) = ct::lookup(&ct::key_of_quoted(err)) else {
         return Err(DropReason::UnsupportedL4);
     };
+    let route = CtKey {
+        saddr: src.ip,
+        daddr: dst.ip,
+        sport: [0; 2],
+        dport: [0; 2],
+        proto: IPPROTO_ICMP,
+        pad: [0; 3],
+    };
+    leave_like(ctx, &entry, &route, DropReason::UnsupportedL4, || {
+        rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)
+    })
+}
+
+/// Sends a container's packet out the way its flow (`entry`) goes: back to
+/// a published-port client, or routed (masquerade; `route` is looked up
+/// before `rewrite` translates the packet). Anything else is dropped with
+/// `otherwise`.
+#[inline(always)]
+fn leave_like(
+    ctx: &TcContext,
+    entry: &CtEntry,
+    route: &CtKey,
+    otherwise: DropReason,
+    rewrite: impl FnOnce() -> Result<(), DropReason>,
+) -> Result<i32, DropReason> {
     match entry.kind {
         CT_DNAT_REPLY => {
-            rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)?;
-            uplink::send_to_client(ctx, &entry)
+            rewrite()?;
+            uplink::send_to_client(ctx, entry)
         }
         CT_SNAT => {
-            let outer = CtKey {
-                saddr: src.ip,
-                daddr: dst.ip,
-                sport: [0; 2],
-                dport: [0; 2],
-                proto: IPPROTO_ICMP,
-                pad: [0; 3],
-            };
-            let fib = nat::route(ctx, &outer, 0)?;
-            rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)?;
+            let fib = nat::route(ctx, route, 0)?;
+            rewrite()?;
             nat::send(&fib)
         }
-        _ => Err(DropReason::UnsupportedL4),
+        _ => Err(otherwise),
     }
 }
 

@@ -567,6 +567,17 @@ pub fn rulesets(ns: &Path) -> String {
         .join("\n")
 }
 
+/// Runs `make()` until its stdout is `want` bytes long (a UDP echo that may
+/// need its server to come up) or `timeout` passes; returns the last length.
+pub fn wait_for_echo(timeout: Duration, want: usize, mut make: impl FnMut() -> Command) -> usize {
+    let mut got = 0;
+    wait_until(timeout, || {
+        got = output(make().stderr(Stdio::null())).stdout.len();
+        got == want
+    });
+    got
+}
+
 /// `ping -c <count>` from the namespace at `ns`; true if all replies came.
 pub fn ping(ns: &Path, target: &str, count: u32, extra: &[&str]) -> bool {
     let count = count.to_string();

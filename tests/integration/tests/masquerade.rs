@@ -5,7 +5,8 @@
 use std::{process::Stdio, thread, time::Duration};
 
 use ferry_integration::{
-    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, ping, rulesets, tcp_exchange, wait_until,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, ping, rulesets, tcp_exchange,
+    wait_for_echo, wait_until,
 };
 
 /// A server in the client namespace, ended with its children on drop.
@@ -219,16 +220,12 @@ fn large_udp_datagrams_leave_through_masquerade_in_fragments() {
     );
     let script =
         format!("head -c 4000 /dev/zero | tr '\\0' y | socat -b 8192 -T 2 - UDP:{CLIENT_IP}:7103");
-    let mut got = 0;
-    let ok = wait_until(Duration::from_secs(8), || {
-        let out = ferry_integration::output(
-            ferry_integration::in_netns(&c.netns, "sh", &["-c", &script]).stderr(Stdio::null()),
-        );
-        got = out.stdout.len();
-        got == 4000
+    let got = wait_for_echo(Duration::from_secs(8), 4000, || {
+        ferry_integration::in_netns(&c.netns, "sh", &["-c", &script])
     });
-    assert!(
-        ok,
+    assert_eq!(
+        got,
+        4000,
         "echoed {got} of 4000 bytes\n{}",
         world.ferry_ok(&["datapath"])
     );

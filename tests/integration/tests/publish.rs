@@ -5,7 +5,8 @@
 use std::{process::Stdio, time::Duration};
 
 use ferry_integration::{
-    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, output, rulesets, tcp_exchange, wait_until,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, output, rulesets, tcp_exchange,
+    wait_for_echo, wait_until,
 };
 
 /// A container workload answering every TCP connection on `port` with
@@ -357,18 +358,12 @@ fn large_udp_datagrams_cross_a_published_port_in_fragments() {
     let script = format!(
         "head -c 4000 /dev/zero | tr '\\0' x | socat -b 8192 -T 2 - UDP:{HOST_UPLINK_IP}:5356"
     );
-    let mut got = 0;
-    let ok = wait_until(Duration::from_secs(8), || {
-        let out = output(
-            world
-                .in_client("sh", &["-c", &script])
-                .stderr(Stdio::null()),
-        );
-        got = out.stdout.len();
-        got == 4000
+    let got = wait_for_echo(Duration::from_secs(8), 4000, || {
+        world.in_client("sh", &["-c", &script])
     });
-    assert!(
-        ok,
+    assert_eq!(
+        got,
+        4000,
         "echoed {got} of 4000 bytes\n{}",
         world.ferry_ok(&["datapath"])
     );

@@ -226,30 +226,46 @@ impl Datapath {
     pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
         self.attach_programs(ifname, &[(PROG_UPLINK_INGRESS, TcAttachType::Ingress)])?;
         let pin = self.links_dir()?.join(format!("xdp-{ifname}"));
-        let fail = |reason: String| DatapathError::Pin {
-            what: PROG_XDP_PREFILTER,
-            path: pin.clone(),
-            reason,
-        };
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROG_XDP_PREFILTER)
-            .ok_or_else(|| fail("missing program".into()))?
-            .try_into()
-            .map_err(|e: ProgramError| fail(e.to_string()))?;
-        let prog_fd = prog.fd().map_err(|e| fail(e.to_string()))?.as_fd();
-        // SAFETY: the program fd outlives this call (the program is held by
-        // `self.ebpf`); the borrow is detached only to call `attach` below.
-        let prog_fd = unsafe { BorrowedFd::borrow_raw(prog_fd.as_raw_fd()) };
-        attach_pinned(&pin, prog_fd, || {
+        self.attach_link(PROG_XDP_PREFILTER, &pin, |program| {
+            let prog: &mut Xdp = program
+                .try_into()
+                .map_err(|e: ProgramError| e.to_string())?;
             let id = prog
                 .attach(ifname, XdpMode::Default)
                 .map_err(|e| error_chain(&e))?;
             let link = prog.take_link(id).map_err(|e| e.to_string())?;
             FdLink::try_from(link).map_err(|e| e.to_string())
         })
-        .map_err(fail)?;
-        Ok(())
+    }
+
+    /// Attaches program `name` through a BPF link pinned at `pin`: the
+    /// pinned link is switched to this program if it exists, else `attach`
+    /// makes a new one, which is pinned.
+    fn attach_link(
+        &mut self,
+        name: &'static str,
+        pin: &Path,
+        attach: impl FnOnce(&mut Program) -> Result<FdLink, String>,
+    ) -> Result<(), DatapathError> {
+        let fail = |reason: String| DatapathError::Pin {
+            what: name,
+            path: pin.to_owned(),
+            reason,
+        };
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| fail("missing program".into()))?;
+        let fd = program
+            .fd()
+            .map_err(|e| fail(e.to_string()))?
+            .as_fd()
+            .as_raw_fd();
+        // SAFETY: the program (held by `self.ebpf`) keeps its fd open for
+        // the whole call; the borrow is detached from `program` only so that
+        // `attach` may use the program too.
+        let prog_fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        attach_pinned(pin, prog_fd, || attach(program)).map_err(fail)
     }
 
     fn links_dir(&self) -> Result<PathBuf, DatapathError> {
@@ -319,32 +335,19 @@ impl Datapath {
             source,
         })?;
         for name in SOCK_PROGRAMS {
-            let fail = |reason: String| DatapathError::Pin {
-                what: name,
-                path: cgroup.to_owned(),
-                reason,
-            };
-            let pin = links_dir.join(name);
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| fail("missing program".into()))?
-                .try_into()
-                .map_err(|e: ProgramError| fail(e.to_string()))?;
-            let prog_fd = prog.fd().map_err(|e| fail(e.to_string()))?.as_fd();
-            // SAFETY: as in `attach_uplink`.
-            let prog_fd = unsafe { BorrowedFd::borrow_raw(prog_fd.as_raw_fd()) };
-            attach_pinned(&pin, prog_fd, || {
-                // A cgroup *link* coexists with other programs on the
-                // cgroup whatever the mode; the kernel rejects
-                // BPF_F_ALLOW_MULTI for links.
+            self.attach_link(name, &links_dir.join(name), |program| {
+                let prog: &mut CgroupSockAddr = program
+                    .try_into()
+                    .map_err(|e: ProgramError| e.to_string())?;
+                // A cgroup *link* coexists with other programs on the cgroup
+                // whatever the mode; the kernel rejects BPF_F_ALLOW_MULTI
+                // for links.
                 let id = prog
                     .attach(&dir, CgroupAttachMode::Single)
                     .map_err(|e| error_chain(&e))?;
                 let link = prog.take_link(id).map_err(|e| e.to_string())?;
                 FdLink::try_from(link).map_err(|e| e.to_string())
-            })
-            .map_err(fail)?;
+            })?;
         }
         Ok(())
     }

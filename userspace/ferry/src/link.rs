@@ -129,19 +129,27 @@ impl Netlink {
         }
     }
 
-    /// The MAC of interface `index`.
-    pub async fn mac_of(&self, index: u32) -> Result<Option<Mac>, LinkError> {
+    /// One attribute of interface `index`, picked by `pick`.
+    async fn link_attribute<T>(
+        &self,
+        index: u32,
+        pick: impl Fn(LinkAttribute) -> Option<T>,
+    ) -> Result<Option<T>, LinkError> {
         let mut links = self.handle.link().get().match_index(index).execute();
         let msg = links
             .try_next()
             .await
             .map_err(Self::fail("look up", index))?;
-        Ok(msg.and_then(|m| {
-            m.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::Address(bytes) => bytes.try_into().ok(),
-                _ => None,
-            })
-        }))
+        Ok(msg.and_then(|m| m.attributes.into_iter().find_map(pick)))
+    }
+
+    /// The MAC of interface `index`.
+    pub async fn mac_of(&self, index: u32) -> Result<Option<Mac>, LinkError> {
+        self.link_attribute(index, |a| match a {
+            LinkAttribute::Address(bytes) => bytes.try_into().ok(),
+            _ => None,
+        })
+        .await
     }
 
     pub async fn set_up(&self, index: u32) -> Result<(), LinkError> {
@@ -240,17 +248,11 @@ impl Netlink {
     }
 
     async fn name_of(&self, index: u32) -> Result<Option<String>, LinkError> {
-        let mut links = self.handle.link().get().match_index(index).execute();
-        let msg = links
-            .try_next()
-            .await
-            .map_err(Self::fail("look up", index))?;
-        Ok(msg.and_then(|m| {
-            m.attributes.into_iter().find_map(|a| match a {
-                LinkAttribute::IfName(name) => Some(name),
-                _ => None,
-            })
-        }))
+        self.link_attribute(index, |a| match a {
+            LinkAttribute::IfName(name) => Some(name),
+            _ => None,
+        })
+        .await
     }
 
     /// Every IPv4 address of this namespace.
