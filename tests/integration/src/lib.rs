@@ -568,14 +568,14 @@ pub fn rulesets(ns: &Path) -> String {
 }
 
 /// Runs `make()` until its stdout is `want` bytes long (a UDP echo that may
-/// need its server to come up) or `timeout` passes; returns the last length.
-pub fn wait_for_echo(timeout: Duration, want: usize, mut make: impl FnMut() -> Command) -> usize {
-    let mut got = 0;
+/// need its server to come up) or `timeout` passes; returns the last stdout.
+pub fn wait_for_echo(timeout: Duration, want: usize, mut make: impl FnMut() -> Command) -> String {
+    let mut got = Vec::new();
     wait_until(timeout, || {
-        got = output(make().stderr(Stdio::null())).stdout.len();
-        got == want
+        got = output(make().stderr(Stdio::null())).stdout;
+        got.len() == want
     });
-    got
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// `ping -c <count>` from the namespace at `ns`; true if all replies came.

@@ -222,7 +222,8 @@ fn large_udp_datagrams_leave_through_masquerade_in_fragments() {
         format!("head -c 4000 /dev/zero | tr '\\0' y | socat -b 8192 -T 2 - UDP:{CLIENT_IP}:7103");
     let got = wait_for_echo(Duration::from_secs(8), 4000, || {
         ferry_integration::in_netns(&c.netns, "sh", &["-c", &script])
-    });
+    })
+    .len();
     assert_eq!(
         got,
         4000,
