@@ -244,11 +244,13 @@ pub enum DropReason {
     /// A later fragment of a translated datagram whose first fragment was
     /// not seen (reordered or lost).
     FragmentUnknown = 12,
+    /// A packet from outside for a container arrived with TTL 1 or 0.
+    TtlExpired = 13,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::Malformed,
         Self::SpoofedIp,
         Self::SpoofedMac,
@@ -262,6 +264,7 @@ impl DropReason {
         Self::OutsideSpoofed,
         Self::OutsideToContainer,
         Self::FragmentUnknown,
+        Self::TtlExpired,
     ];
     /// Number of reasons: the size of the `drops` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -283,6 +286,7 @@ impl DropReason {
             Self::OutsideSpoofed => "outside_spoofed",
             Self::OutsideToContainer => "outside_to_container",
             Self::FragmentUnknown => "fragment_unknown",
+            Self::TtlExpired => "ttl_expired",
         }
     }
 }

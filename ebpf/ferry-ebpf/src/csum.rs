@@ -184,3 +184,35 @@ pub fn rewrite_addr(
         .map_err(fail)?;
     ctx.store(off, &new_addr, 0).map_err(fail)
 }
+
+/// What `ttl_dec` found.
+pub enum Ttl {
+    /// Decremented; the packet may be forwarded.
+    Forward,
+    /// 1 or 0: the packet must not be forwarded (the caller lets the host
+    /// stack answer with ICMP time exceeded, or drops it).
+    Expired,
+}
+
+/// Decrements the IPv4 TTL of a packet ferry routes (it acts as the router
+/// Docker's host is), fixing the header checksum.
+#[inline(always)]
+pub fn ttl_dec(ctx: &TcContext) -> Result<Ttl, DropReason> {
+    const TTL_OFF: usize = ETH_HLEN + 8;
+    let fail = |_| DropReason::NatFailed;
+    // TTL and protocol share one 16-bit word of the header checksum.
+    let word: [u8; 2] = ctx.load(TTL_OFF).map_err(fail)?;
+    if word[0] <= 1 {
+        return Ok(Ttl::Expired);
+    }
+    let new = [word[0] - 1, word[1]];
+    ctx.l3_csum_replace(
+        IP_CSUM_OFF,
+        u64::from(u16::from_ne_bytes(word)),
+        u64::from(u16::from_ne_bytes(new)),
+        2,
+    )
+    .map_err(fail)?;
+    ctx.store(TTL_OFF, &new, 0).map_err(fail)?;
+    Ok(Ttl::Forward)
+}

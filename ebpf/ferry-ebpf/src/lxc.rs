@@ -21,7 +21,7 @@ use ferry_common::{
 
 use crate::{
     counters::{count_rx, count_tx, drop_packet},
-    csum::{Side, rewrite_addr, rewrite_icmp_error},
+    csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs},
     nat,
@@ -142,13 +142,29 @@ fn to_outside(
     if unsafe { host_addrs.get(dst) }.is_some() {
         return Ok(TC_ACT_OK as i32);
     }
-    if let Some(fragment) = later_fragment_of(ip) {
+    // Parse first: the TTL rewrite below invalidates packet pointers.
+    let fragment = later_fragment_of(ip);
+    let err = match fragment {
+        None => icmp_error_of(ctx, ip),
+        Some(_) => None,
+    };
+    let l4 = match (&fragment, &err) {
+        (None, None) => Some(l4_of(ctx, ip).ok_or(DropReason::UnsupportedL4)?),
+        _ => None,
+    };
+    // Everything below is routed by ferry: it is the router hop, so an
+    // expiring packet goes to the host stack (forwarding is on for this
+    // veth), which answers with ICMP time exceeded: traceroute works.
+    if let Ttl::Expired = ttl_dec(ctx)? {
+        return Ok(TC_ACT_OK as i32);
+    }
+    if let Some(fragment) = fragment {
         return later_fragment_out(ctx, &fragment);
     }
-    if let Some(err) = icmp_error_of(ctx, ip) {
+    if let Some(err) = err {
         return error_from_container(ctx, &err, src, dst);
     }
-    let Some(l4) = l4_of(ctx, ip) else {
+    let Some(l4) = l4 else {
         return Err(DropReason::UnsupportedL4);
     };
     let key = ct::key_of(src.ip, dst.ip, &l4);

@@ -13,7 +13,7 @@ use ferry_common::{
 
 use crate::{
     counters::{count_rx, drop_packet},
-    csum::{Side, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs},
+    csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs, portmap},
     parse::{
@@ -216,6 +216,10 @@ fn into_container(ctx: &TcContext, addr: [u8; 4]) -> Result<i32, DropReason> {
     let Some(endpoint) = (unsafe { endpoints.get(&key) }) else {
         return Ok(TC_ACT_OK as i32);
     };
+    // The host is the router hop into the container, as with Docker.
+    if let Ttl::Expired = ttl_dec(ctx)? {
+        return Err(DropReason::TtlExpired);
+    }
     set_macs(ctx, &endpoint.mac, &endpoint.host_mac)?;
     count_rx(&key, ctx.len());
     // SAFETY: a plain helper call.

@@ -231,3 +231,26 @@ fn large_udp_datagrams_leave_through_masquerade_in_fragments() {
         world.ferry_ok(&["datapath"])
     );
 }
+
+/// ferry is the router hop between a container and the outside: TTL goes
+/// down by one, and a packet that would expire gets ICMP time exceeded from
+/// the host, so traceroute works from containers.
+#[test]
+fn the_host_is_a_router_hop_for_containers() {
+    let world = World::new();
+    let c = world.run("hops", &["sleep", "infinity"]);
+    assert!(
+        ping(&c.netns, CLIENT_IP, 1, &["-t", "2"]),
+        "two hops should reach the client"
+    );
+    let out = ferry_integration::output(&mut ferry_integration::in_netns(
+        &c.netns,
+        "ping",
+        &["-c", "1", "-W", "1", "-t", "1", CLIENT_IP],
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Time to live exceeded"),
+        "no time exceeded: {text}"
+    );
+}

@@ -463,6 +463,7 @@ fn uplink_dnat_published_port_and_reply() {
             "the client stays visible"
         );
         assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
+        assert_eq!(out[22], 63, "the host is a router hop: TTL 64 -> 63");
         assert_checksums_valid(&out, "request");
         assert_eq!(
             dp.datapath.endpoint_stats(A_IP).expect("stats").rx_packets,
@@ -484,6 +485,7 @@ fn uplink_dnat_published_port_and_reply() {
         );
         assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
         assert_eq!((ip_dst(&out), dport(&out)), (CLIENT, 40000));
+        assert_eq!(out[22], 63, "TTL on the way out");
         assert_checksums_valid(&out, "reply");
 
         // The next request of the flow hits conntrack.
