@@ -348,3 +348,33 @@ fn large_udp_datagrams_cross_a_published_port_in_fragments() {
         world.ferry_ok(&["datapath"])
     );
 }
+
+#[test]
+fn a_publish_on_every_address_covers_addresses_added_later() {
+    let world = World::new();
+    run_ok(
+        &world,
+        "late",
+        &["8090:80"],
+        &tcp_responder(80, "echo late"),
+    );
+    assert!(wait_until(Duration::from_secs(5), || from_client(
+        &world,
+        HOST_UPLINK_IP,
+        8090
+    )
+    .is_some()));
+    // An address the host gets after the publish.
+    world
+        .host
+        .ip(&["addr", "add", "10.200.0.12/24", "dev", "uplink0"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || from_client(
+            &world,
+            "10.200.0.12",
+            8090
+        )
+        .is_some()),
+        "the new host address does not serve the published port"
+    );
+}

@@ -235,6 +235,7 @@ impl Daemon {
             ct_timeouts: config.ct_timeouts,
         });
         spawn_ct_gc(&daemon.ct_pin, config.ct_timeouts, config.ct_gc_interval)?;
+        daemon.watch_host_addrs()?;
         daemon.adopt(records).await;
         Ok(daemon)
     }
@@ -466,6 +467,26 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Keeps `host_addrs` in sync with the host: a netlink subscription to
+    /// IPv4 address changes triggers a resync, so a publish on every
+    /// address also covers addresses added later (DHCP, a second IP).
+    fn watch_host_addrs(self: &Arc<Self>) -> anyhow::Result<()> {
+        let (connection, _, mut events) =
+            rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Ipv4Ifaddr])?;
+        tokio::spawn(connection);
+        let daemon = Arc::clone(self);
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            while events.next().await.is_some() {
+                let mut inner = daemon.inner.lock().await;
+                if let Err(e) = inner.refresh_host_addrs().await {
+                    warn!(%e, "cannot resync host addresses");
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// Every tracked flow, decoded.
     pub async fn conntrack(&self) -> Result<Vec<Flow>, ApiError> {
         let ct = Conntrack::open(&self.ct_pin).map_err(|e| ApiError::Internal(e.to_string()))?;
