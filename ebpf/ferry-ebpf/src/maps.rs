@@ -7,6 +7,7 @@
 )]
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
@@ -41,9 +42,12 @@ pub static portmap: HashMap<PortKey, PortTarget, { MAX_PORTMAPS as usize }> = Ha
 pub static host_addrs: HashMap<Ipv4Key, u32, { MAX_HOST_ADDRS as usize }> = HashMap::new();
 
 /// Connection tracking: one entry per flow direction, created by the
-/// datapath, least recently used evicted first.
+/// datapath, least recently used evicted first. Per-CPU LRU lists
+/// (BPF_F_NO_COMMON_LRU): under a high new-connection rate the shared LRU
+/// list's lock showed in the tail latency.
 #[btf_map]
-pub static ct: LruHashMap<CtKey, CtEntry, { MAX_CT as usize }> = LruHashMap::new();
+pub static ct: LruHashMap<CtKey, CtEntry, { MAX_CT as usize }, { BPF_F_NO_COMMON_LRU as usize }> =
+    LruHashMap::new();
 
 /// Network namespaces (by cookie) whose sockets the cgroup hooks translate:
 /// `NETNS_HOST` or `NETNS_CONTAINER`. Everything else is left alone.
