@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, FragKey, Ipv4Key, PortKey,
-    PortTarget,
+    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Endpoint, FragKey, Ipv4Key,
+    PortKey, PortTarget,
 };
 
 use crate::{
@@ -57,6 +57,14 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     if version != 4 {
         return PASS;
     }
+    // Everything ferry translates here is addressed to the host: published
+    // ports, masquerade replies, their ICMP errors and fragments. Other
+    // traffic passes without a single further lookup.
+    // SAFETY: hash map values are valid for the program run; only presence
+    // is checked.
+    if unsafe { host_addrs.get(Ipv4Key { ip: daddr }) }.is_none() {
+        return PASS;
+    }
     if let Some(fragment) = later_fragment_of(ip) {
         return later_fragment_in(ctx, &fragment);
     }
@@ -71,15 +79,26 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         // Published-port requests and replies to masqueraded flows both go
         // to a container, rewritten the same way.
         if entry.kind == CT_DNAT || entry.kind == CT_SNAT_REPLY {
-            return deliver(ctx, &l4, saddr, daddr, entry.nat_addr, entry.nat_port);
+            let Some(endpoint) = endpoint_of(entry.nat_addr) else {
+                // The container went away; the host stack answers (reset).
+                return PASS;
+            };
+            return deliver(
+                ctx,
+                &l4,
+                saddr,
+                daddr,
+                &endpoint,
+                entry.nat_addr,
+                entry.nat_port,
+            );
         }
         return PASS;
     }
     let Some(target) = published(daddr, &l4) else {
         return PASS;
     };
-    // SAFETY: as in lxc.rs, endpoint values are valid for the program run.
-    let Some(endpoint) = (unsafe { endpoints.get(Ipv4Key { ip: target.ip }) }) else {
+    let Some(endpoint) = endpoint_of(target.ip) else {
         return PASS;
     };
     // SAFETY: bounds checked by `ptr_at` above; read before any rewrite.
@@ -115,12 +134,11 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             ..CtEntry::default()
         },
     );
-    deliver(ctx, &l4, saddr, daddr, target.ip, target.port)
+    deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
 }
 
-/// The published port this packet is for: the exact host address first,
-/// then a publish on every address, if the destination is one of the
-/// host's own.
+/// The published port this packet (for a host address) is for: the exact
+/// address first, then a publish on every address.
 #[inline(always)]
 fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
     let mut key = PortKey {
@@ -133,8 +151,6 @@ fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
     if let Some(target) = unsafe { portmap.get(&key) } {
         return Some(*target);
     }
-    // SAFETY: as above.
-    unsafe { host_addrs.get(Ipv4Key { ip: daddr }) }?;
     key.ip = [0; 4];
     // SAFETY: as above.
     unsafe { portmap.get(&key) }.copied()
@@ -152,10 +168,9 @@ fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReaso
     if entry.kind != CT_DNAT && entry.kind != CT_SNAT_REPLY {
         return Ok(TC_ACT_OK as i32);
     }
-    // SAFETY: as above.
-    if unsafe { endpoints.get(Ipv4Key { ip: entry.nat_addr }) }.is_none() {
+    let Some(endpoint) = endpoint_of(entry.nat_addr) else {
         return Ok(TC_ACT_OK as i32);
-    }
+    };
     rewrite_icmp_error(
         ctx,
         err,
@@ -164,7 +179,7 @@ fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReaso
         entry.nat_addr,
         entry.nat_port,
     )?;
-    into_container(ctx, entry.nat_addr)
+    into_container(ctx, entry.nat_addr, &endpoint)
 }
 
 /// A later fragment of a datagram whose first fragment went to a container:
@@ -175,29 +190,32 @@ fn later_fragment_in(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropRea
     let Some(entry) = frag::lookup(fragment).filter(|e| e.kind == CT_DNAT) else {
         return Ok(TC_ACT_OK as i32);
     };
-    // SAFETY: as above.
-    if unsafe { endpoints.get(Ipv4Key { ip: entry.nat_addr }) }.is_none() {
+    let Some(endpoint) = endpoint_of(entry.nat_addr) else {
         return Ok(TC_ACT_OK as i32);
-    }
+    };
     rewrite_addr(ctx, Side::Dst, fragment.daddr, entry.nat_addr)?;
-    into_container(ctx, entry.nat_addr)
+    into_container(ctx, entry.nat_addr, &endpoint)
 }
 
-/// Rewrites the destination to the container and redirects into it.
+/// The local container at `addr`, copied out of the map.
+#[inline(always)]
+fn endpoint_of(addr: [u8; 4]) -> Option<Endpoint> {
+    // SAFETY: hash map values are valid for the program run; copied out.
+    unsafe { endpoints.get(Ipv4Key { ip: addr }) }.copied()
+}
+
+/// Rewrites the destination to container `endpoint` (at `to_addr`) and
+/// redirects into it.
 #[inline(always)]
 fn deliver(
     ctx: &TcContext,
     l4: &L4,
     saddr: [u8; 4],
     daddr: [u8; 4],
+    endpoint: &Endpoint,
     to_addr: [u8; 4],
     to_port: [u8; 2],
 ) -> Result<i32, DropReason> {
-    // SAFETY: as above.
-    if unsafe { endpoints.get(Ipv4Key { ip: to_addr }) }.is_none() {
-        // The container went away; the host stack answers (with a reset).
-        return Ok(TC_ACT_OK as i32);
-    }
     let done = CtEntry {
         nat_addr: to_addr,
         kind: CT_DNAT,
@@ -205,17 +223,14 @@ fn deliver(
     };
     frag::record(saddr, daddr, l4, &done);
     rewrite_v4(ctx, l4, Side::Dst, daddr, to_addr, to_port)?;
-    into_container(ctx, to_addr)
+    into_container(ctx, to_addr, endpoint)
 }
 
-/// Sends a packet already addressed to container `addr` into it.
+/// Sends a packet already addressed to container `endpoint` (at `addr`)
+/// into it.
 #[inline(always)]
-fn into_container(ctx: &TcContext, addr: [u8; 4]) -> Result<i32, DropReason> {
+fn into_container(ctx: &TcContext, addr: [u8; 4], endpoint: &Endpoint) -> Result<i32, DropReason> {
     let key = Ipv4Key { ip: addr };
-    // SAFETY: as above.
-    let Some(endpoint) = (unsafe { endpoints.get(&key) }) else {
-        return Ok(TC_ACT_OK as i32);
-    };
     // The host is the router hop into the container, as with Docker.
     if let Ttl::Expired = ttl_dec(ctx)? {
         return Err(DropReason::TtlExpired);
