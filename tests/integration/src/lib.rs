@@ -468,6 +468,26 @@ impl World {
         cmd
     }
 
+    /// Sends one `bytes`-long UDP datagram to `target` (ip:port) with a
+    /// shell command made by `shell` (which picks the namespace) and requires
+    /// the whole datagram echoed back; on failure shows the drop counters.
+    pub fn assert_udp_round_trip(
+        &self,
+        bytes: usize,
+        target: &str,
+        mut shell: impl FnMut(&str) -> Command,
+    ) {
+        let script =
+            format!("head -c {bytes} /dev/zero | tr '\\0' x | socat -b 8192 -T 2 - UDP:{target}");
+        let got = wait_for_echo(Duration::from_secs(8), bytes, || shell(&script)).len();
+        assert_eq!(
+            got,
+            bytes,
+            "echoed {got} of {bytes} bytes\n{}",
+            self.ferry_ok(&["datapath"])
+        );
+    }
+
     /// A command in a container's network namespace and the world's cgroup
     /// (where the container's own processes are).
     pub fn exec(&self, container: &Container, program: &str, args: &[&str]) -> Command {

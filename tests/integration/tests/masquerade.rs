@@ -5,8 +5,7 @@
 use std::{process::Stdio, thread, time::Duration};
 
 use ferry_integration::{
-    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, ping, rulesets, tcp_exchange,
-    wait_for_echo, wait_until,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, ping, rulesets, tcp_exchange, wait_until,
 };
 
 /// A server in the client namespace, ended with its children on drop.
@@ -218,18 +217,9 @@ fn large_udp_datagrams_leave_through_masquerade_in_fragments() {
         &world,
         &["-b", "8192", "UDP-RECVFROM:7103,fork", "EXEC:cat"],
     );
-    let script =
-        format!("head -c 4000 /dev/zero | tr '\\0' y | socat -b 8192 -T 2 - UDP:{CLIENT_IP}:7103");
-    let got = wait_for_echo(Duration::from_secs(8), 4000, || {
-        ferry_integration::in_netns(&c.netns, "sh", &["-c", &script])
-    })
-    .len();
-    assert_eq!(
-        got,
-        4000,
-        "echoed {got} of 4000 bytes\n{}",
-        world.ferry_ok(&["datapath"])
-    );
+    world.assert_udp_round_trip(4000, &format!("{CLIENT_IP}:7103"), |script| {
+        ferry_integration::in_netns(&c.netns, "sh", &["-c", script])
+    });
 }
 
 /// ferry is the router hop between a container and the outside: TTL goes

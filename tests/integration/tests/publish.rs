@@ -334,19 +334,9 @@ fn large_udp_datagrams_cross_a_published_port_in_fragments() {
         "EXEC:cat".to_owned(),
     ];
     run_ok(&world, "bigdns", &["5356:53/udp"], &cmd);
-    let script = format!(
-        "head -c 4000 /dev/zero | tr '\\0' x | socat -b 8192 -T 2 - UDP:{HOST_UPLINK_IP}:5356"
-    );
-    let got = wait_for_echo(Duration::from_secs(8), 4000, || {
-        world.in_client("sh", &["-c", &script])
-    })
-    .len();
-    assert_eq!(
-        got,
-        4000,
-        "echoed {got} of 4000 bytes\n{}",
-        world.ferry_ok(&["datapath"])
-    );
+    world.assert_udp_round_trip(4000, &format!("{HOST_UPLINK_IP}:5356"), |script| {
+        world.in_client("sh", &["-c", script])
+    });
 }
 
 #[test]
