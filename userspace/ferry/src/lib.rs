@@ -4,6 +4,7 @@
 //! share. Each module owns one kind of kernel object or one piece of state.
 
 pub mod api;
+pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod conntrack;
@@ -13,7 +14,9 @@ pub mod datapath;
 pub mod format;
 pub mod ipam;
 pub mod link;
+pub mod logs;
 pub mod netns;
 pub mod portmap;
 pub mod preflight;
+pub mod rootfs;
 pub mod state;
