@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     "tcpdump",
     "ethtool",
+    // A static shell for the tests' `--rootfs` image, and the interpreter
+    // the runtime tests' workloads use.
+    "busybox-static",
+    "python3",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -323,6 +323,9 @@ impl World {
             "uplink0".into(),
             "--cgroup".into(),
             self.cgroup.display().to_string(),
+            // Containers' cgroups under a parent of the world's own name.
+            "--cgroup-parent".into(),
+            self.name.clone(),
         ]
         .into_iter()
         .chain(self.extra_args.iter().cloned())
@@ -396,6 +399,51 @@ impl World {
         }
     }
 
+    /// Kills ferryd with SIGKILL, as a crash would (containers keep running).
+    pub fn kill_ferryd(&mut self) {
+        if let Some(mut child) = self.ferryd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The containers' cgroup directories of this world that exist: one
+    /// parent per v1 hierarchy (or one under the world's cgroup2 dir), and
+    /// whatever is below.
+    pub fn container_cgroups(&self) -> Vec<PathBuf> {
+        let mut parents: Vec<PathBuf> = ["memory", "cpu", "cpuacct", "cpuset", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.name))
+            .collect();
+        parents.push(self.cgroup.join(&self.name));
+        parents
+            .iter()
+            .filter_map(|p| std::fs::read_dir(p).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// A file of a container's cgroup: the v1 `controller` hierarchy's, or
+    /// the cgroup2 one's when the machine runs v2.
+    pub fn cgroup_file(&self, id: &str, controller: &str, file: &str) -> String {
+        let candidates = [
+            Path::new("/sys/fs/cgroup")
+                .join(controller)
+                .join(&self.name)
+                .join(id)
+                .join(file),
+            self.cgroup.join(&self.name).join(id).join(file),
+        ];
+        candidates
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_else(|| panic!("no cgroup file {file} for {id}: tried {candidates:?}"))
+            .trim()
+            .to_owned()
+    }
+
     pub fn ferryd_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("ferryd.log")).unwrap_or_default()
     }
@@ -426,6 +474,16 @@ impl World {
         self.container(name)
     }
 
+    /// `ferry run -d --name <name> <flags> -- <cmd>`, then its details.
+    pub fn run_with(&self, name: &str, flags: &[&str], cmd: &[&str]) -> Container {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(flags);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        self.ferry_ok(&args);
+        self.container(name)
+    }
+
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         let out = self.ferry_ok(&["inspect", name]);
         let mut all: Vec<serde_json::Value> = serde_json::from_str(&out).expect("inspect JSON");
@@ -449,6 +507,13 @@ impl World {
                 .to_owned(),
             netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
         }
+    }
+
+    /// One `ferry stats --json` row: datapath counters and cgroup usage.
+    pub fn stats(&self, name: &str) -> serde_json::Value {
+        let out = self.ferry_ok(&["stats", "--json", name]);
+        let mut rows: Vec<serde_json::Value> = serde_json::from_str(&out).expect("stats JSON");
+        rows.pop().expect("one row")
     }
 
     /// Drop counters by reason, from `ferry datapath --json`.

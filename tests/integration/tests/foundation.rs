@@ -26,14 +26,9 @@ fn run_echo(world: &World, name: &str, port: u16) -> Container {
 }
 
 fn stats(world: &World, name: &str) -> (u64, u64) {
-    let out = world.ferry_ok(&["stats", "--no-stream", name]);
-    let line = out.lines().nth(1).expect("stats row");
-    let cols: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|c| c.parse().expect("counter"))
-        .collect();
-    (cols[0], cols[2]) // rx packets, tx packets
+    let j = world.stats(name);
+    let counter = |k: &str| j[k].as_u64().unwrap_or_else(|| panic!("no {k} in {j}"));
+    (counter("RxPackets"), counter("TxPackets"))
 }
 
 #[test]
@@ -318,6 +313,9 @@ fn unknown_container_is_a_clear_error() {
         &["stop"],
         &["inspect"],
         &["stats", "--no-stream"],
+        &["logs"],
+        &["kill"],
+        &["wait"],
     ] {
         let mut args = verb.to_vec();
         args.push("nope");

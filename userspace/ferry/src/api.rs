@@ -35,6 +35,35 @@ pub struct RunRequest {
     #[serde(default)]
     pub publish: Vec<String>,
     pub cmd: Vec<String>,
+    /// The workload's working directory (default `/`).
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub host_config: HostConfig,
+}
+
+/// How the container is run: limits, filesystem, network, clean-up
+/// (Docker's `HostConfig`, where ferry supports a field).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostConfig {
+    #[serde(flatten)]
+    pub resources: crate::cgroup::Resources,
+    /// `HOST:CONTAINER[:ro]` bind mounts.
+    #[serde(default)]
+    pub binds: Vec<String>,
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// Remove the container when it exits.
+    #[serde(default)]
+    pub auto_remove: bool,
+    /// `bridge` (default), `host`, `none` or `container:<name|id>`.
+    #[serde(default)]
+    pub network_mode: String,
+    /// ferry's addition: a root filesystem directory to run instead of the
+    /// overlay of the host's root.
+    #[serde(default)]
+    pub rootfs: String,
 }
 
 /// One host binding of a published port (Docker's `PortBinding`).
@@ -52,6 +81,8 @@ pub struct ContainerState {
     pub running: bool,
     pub pid: u32,
     pub exit_code: i32,
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
     pub finished_at: u64,
 }
 
@@ -61,6 +92,7 @@ pub struct ContainerConfig {
     pub hostname: String,
     pub env: Vec<String>,
     pub cmd: Vec<String>,
+    pub working_dir: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -105,6 +137,7 @@ pub struct ContainerJson {
     pub created: u64,
     pub state: ContainerState,
     pub config: ContainerConfig,
+    pub host_config: HostConfig,
     pub network_settings: NetworkSettings,
     pub ferry: FerrySettings,
 }
@@ -147,13 +180,16 @@ impl From<&ContainerRecord> for ContainerJson {
                 running: r.status == Status::Running,
                 pid: r.pid.unwrap_or(0),
                 exit_code: r.exit_code.unwrap_or(0),
+                oom_killed: r.oom_killed,
                 finished_at: r.finished.unwrap_or(0),
             },
             config: ContainerConfig {
                 hostname: r.hostname.clone(),
                 env: r.env.clone(),
                 cmd: r.cmd.clone(),
+                working_dir: r.working_dir.clone(),
             },
+            host_config: r.host_config.clone(),
             network_settings,
             ferry,
         }
@@ -176,14 +212,28 @@ fn port_bindings(ports: &[PortMapping]) -> BTreeMap<String, Vec<PortBinding>> {
     out
 }
 
-/// `GET /containers/{id}/stats`: datapath counters of one container.
+/// `GET /containers/{id}/stats`: datapath counters and cgroup usage of
+/// one container, read at `read_ns` (CLOCK_MONOTONIC nanoseconds), so that
+/// two samples give a CPU percentage.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct NetStats {
+pub struct Stats {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    #[serde(flatten)]
+    pub usage: crate::cgroup::Usage,
+    pub read_ns: u64,
+}
+
+/// `POST /containers/{id}/wait`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitResponse {
+    pub status_code: i32,
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
 }
 
 /// `GET /datapath`.
@@ -253,6 +303,21 @@ struct StopQuery {
 }
 
 #[derive(Debug, Deserialize)]
+struct KillQuery {
+    signal: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+    /// A number of lines, or `all`.
+    tail: Option<String>,
+    stdout: Option<bool>,
+    stderr: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
 struct RemoveQuery {
     #[serde(default)]
     force: bool,
@@ -267,6 +332,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/json", get(inspect))
         .route("/containers/{id}/stop", post(stop))
         .route("/containers/{id}/stats", get(stats))
+        .route("/containers/{id}/wait", post(wait))
+        .route("/containers/{id}/kill", post(kill))
+        .route("/containers/{id}/logs", get(logs))
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
@@ -323,7 +391,7 @@ async fn remove(
 async fn stats(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<String>,
-) -> Result<Json<NetStats>, ApiError> {
+) -> Result<Json<Stats>, ApiError> {
     Ok(Json(d.stats(&id).await?))
 }
 
@@ -343,4 +411,47 @@ async fn conntrack_flush(
     Ok(Json(
         serde_json::json!({ "Removed": d.conntrack_flush().await? }),
     ))
+}
+
+async fn wait(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<WaitResponse>, ApiError> {
+    Ok(Json(d.wait(&id).await?))
+}
+
+async fn kill(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(q): Query<KillQuery>,
+) -> Result<StatusCode, ApiError> {
+    d.kill(&id, q.signal.as_deref().unwrap_or("SIGKILL"))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The container's output in Docker's multiplexed framing (see `logs`);
+/// with `follow`, the body stays open until the container has exited.
+async fn logs(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let tail = match q.tail.as_deref() {
+        None | Some("all") => None,
+        Some(n) => Some(
+            n.parse::<usize>()
+                .map_err(|_| ApiError::BadRequest(format!("invalid --tail {n:?}")))?,
+        ),
+    };
+    let streams = match (q.stdout, q.stderr) {
+        (None, None) => (true, true),
+        (out, err) => (out.unwrap_or(false), err.unwrap_or(false)),
+    };
+    let (path, exited) = d.log_source(&id).await?;
+    let (tx, rx) = futures::channel::mpsc::channel(64);
+    tokio::spawn(crate::logs::follow(
+        path, exited, tail, q.follow, streams, tx,
+    ));
+    Ok(axum::body::Body::from_stream(rx).into_response())
 }

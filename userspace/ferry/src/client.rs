@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Method, Request, StatusCode, body::Bytes};
+use hyper::{
+    Method, Request, StatusCode,
+    body::{Bytes, Incoming},
+};
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
@@ -58,6 +61,31 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Bytes, ClientError> {
+        self.send(method, path, body)
+            .await?
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// Sends one request; the body of a successful answer, to read as it
+    /// arrives (logs), or ferryd's error.
+    pub async fn stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Incoming, ClientError> {
+        self.send(method, path, body).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Incoming, ClientError> {
         let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let stream =
             UnixStream::connect(&self.socket)
@@ -83,15 +111,15 @@ impl Client {
             .map_err(|e| http(&e))?;
         let response = sender.send_request(request).await.map_err(|e| http(&e))?;
         let status = response.status();
+        if status.is_success() {
+            return Ok(response.into_body());
+        }
         let bytes = response
             .into_body()
             .collect()
             .await
             .map_err(|e| http(&e))?
             .to_bytes();
-        if status.is_success() {
-            return Ok(bytes);
-        }
         let message = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|b| b.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());

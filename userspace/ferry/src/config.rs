@@ -11,6 +11,7 @@ pub const DEFAULT_RUN_DIR: &str = "/run/ferry";
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ferry";
 pub const DEFAULT_SOCKET: &str = "/run/ferry/ferry.sock";
 pub const DEFAULT_SUBNET: &str = "10.88.0.0/16";
+pub const DEFAULT_CGROUP_PARENT: &str = "ferry";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +37,8 @@ pub struct Config {
     /// cgroup2 directory the socket hooks attach to (every process below
     /// it gets `localhost:PORT` to published ports).
     pub cgroup: PathBuf,
+    /// Containers' cgroups: `<hierarchy>/<cgroup_parent>/<id>`.
+    pub cgroup_parent: String,
     /// Idle timeouts of tracked flows, by state.
     pub ct_timeouts: crate::conntrack::Timeouts,
     /// How often the conntrack GC runs.

@@ -1,44 +1,62 @@
-//! Container processes: the init stage and the handshake with ferryd.
+//! Container processes: the init stage (the container's monitor) and the
+//! handshake with ferryd.
 //!
-//! ferryd re-executes itself as the init stage (`ferryd __init`) in new
-//! mount, UTS, IPC, network and PID namespaces, with a control socket on fd 3.
-//! The init stage waits there while ferryd wires the network namespace, then
-//! receives the spec, sets the hostname, forks the workload (PID 1 of the new
-//! PID namespace, with a fresh /proc), reports its PID or the exec error, and
-//! stays as the container's monitor: it waits for the workload and exits with
-//! its status, so ferryd learns the exit code by waiting for the monitor.
+//! ferryd re-executes itself as the init stage (`ferryd __init`) in new UTS,
+//! IPC, network and PID namespaces, with a control socket on fd 3. The init
+//! stage waits there while ferryd wires the network namespace, then receives
+//! the spec, sets the hostname and forks the workload, which becomes PID 1
+//! of the new PID namespace. The workload joins its cgroups, enters its own
+//! mount namespace, builds its root (see `rootfs`), drops to Docker's
+//! default capabilities with no_new_privs, and execs. The init stage reports
+//! the workload's PID (or why exec failed) and stays as the container's
+//! monitor, in the spirit of containerd-shim: it owns the output pipes and
+//! writes them to the container's log, waits for the workload and records
+//! its exit status in a file. It does not depend on ferryd, so a container
+//! keeps running and its exit code is kept while ferryd is down.
 
 use std::{
     ffi::CString,
     fs::File,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::{net::UnixStream, process::CommandExt as _},
     },
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use nix::{
     mount::{MsFlags, mount},
+    poll::{PollFd, PollFlags, PollTimeout, poll},
     sched::{CloneFlags, unshare},
     sys::wait::{WaitStatus, waitpid},
-    unistd::{ForkResult, Pid, execvpe, fork, pipe2, sethostname},
+    unistd::{
+        ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, execvpe, fork, pipe2, sethostname,
+    },
 };
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    logs::{self, Stream},
+    rootfs::{self, RootfsSpec},
+};
 
 /// The hidden first argument that turns `ferryd` into the init stage.
 pub const INIT_ARG: &str = "__init";
 /// The control socket's fd in the init stage.
 const CONTROL_FD: i32 = 3;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Docker's default capability set (capability numbers from linux/capability.h):
+/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+/// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
+const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("cannot open log {path}: {source}")]
-    Log {
+    #[error("cannot open {path}: {source}")]
+    Open {
         path: String,
         #[source]
         source: io::Error,
@@ -57,6 +75,48 @@ pub struct InitSpec {
     pub hostname: String,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
+    /// `cgroup.procs` files the workload joins before exec.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// The container's log (JSON lines, see `logs`).
+    pub log: PathBuf,
+    /// Where the monitor records the exit status.
+    pub exit_file: PathBuf,
+    pub rootfs: RootfsSpec,
+}
+
+/// How the workload ended, as the monitor recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExitRecord {
+    /// As a shell reports it: the exit status, or 128 + the signal.
+    pub exit_code: i32,
+    /// Unix seconds.
+    pub finished_at: u64,
+}
+
+impl ExitRecord {
+    /// Reads the record the monitor left, if it got that far.
+    pub fn read(path: &Path) -> Option<Self> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn write(&self, path: &Path) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self).map_err(io::Error::other)?)?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// The network namespace the container gets.
+#[derive(Debug, Clone, Copy)]
+pub enum MonitorNet<'a> {
+    /// A new one (ferry's datapath, or `--network none`).
+    New,
+    /// ferryd's own (`--network host`).
+    Host,
+    /// Another container's (`--network container:<id>`).
+    Join(BorrowedFd<'a>),
 }
 
 /// A started init stage, still waiting for its spec.
@@ -65,26 +125,32 @@ pub struct Monitor {
     control: UnixStream,
 }
 
-/// Starts the init stage in fresh namespaces; its output goes to `log`.
-pub fn spawn_monitor(log: &Path) -> Result<Monitor, ContainerError> {
+/// Starts the init stage in fresh namespaces. `diagnostics` receives what
+/// the monitor itself has to say (never the workload's output).
+pub fn spawn_monitor(diagnostics: &Path, net: MonitorNet) -> Result<Monitor, ContainerError> {
     let log_file = File::options()
         .create(true)
         .append(true)
-        .open(log)
-        .map_err(|source| ContainerError::Log {
-            path: log.display().to_string(),
+        .open(diagnostics)
+        .map_err(|source| ContainerError::Open {
+            path: diagnostics.display().to_string(),
             source,
         })?;
-    let log_err = log_file.try_clone().map_err(ContainerError::Spawn)?;
     let (ours, theirs) = UnixStream::pair().map_err(ContainerError::Spawn)?;
     let theirs_fd = theirs.as_raw_fd();
+    let (new_net, join_fd) = match net {
+        MonitorNet::New => (CloneFlags::CLONE_NEWNET, None),
+        MonitorNet::Host => (CloneFlags::empty(), None),
+        MonitorNet::Join(fd) => (CloneFlags::empty(), Some(fd.as_raw_fd())),
+    };
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(INIT_ARG)
         .stdin(Stdio::null())
-        .stdout(log_file)
-        .stderr(log_err);
+        .stdout(Stdio::null())
+        .stderr(log_file);
     // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe system calls (dup2, fcntl, setsid, unshare).
+    // async-signal-safe system calls (dup2, fcntl, setsid, setns, unshare).
+    // `join_fd` stays open until `spawn` returns: the caller borrows it.
     unsafe {
         cmd.pre_exec(move || {
             if theirs_fd == CONTROL_FD {
@@ -97,12 +163,19 @@ pub fn spawn_monitor(log: &Path) -> Result<Monitor, ContainerError> {
             }
             // Own session: a terminal's ^C to ferryd never reaches containers.
             libc::setsid();
+            if let Some(fd) = join_fd
+                && libc::setns(fd, libc::CLONE_NEWNET) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The mount namespace is the workload's own (see `exec_workload`):
+            // the monitor keeps the host's view, to write the log and the
+            // exit record.
             unshare(
-                CloneFlags::CLONE_NEWNS
-                    | CloneFlags::CLONE_NEWUTS
+                CloneFlags::CLONE_NEWUTS
                     | CloneFlags::CLONE_NEWIPC
-                    | CloneFlags::CLONE_NEWNET
-                    | CloneFlags::CLONE_NEWPID,
+                    | CloneFlags::CLONE_NEWPID
+                    | new_net,
             )
             .map_err(io::Error::from)
         });
@@ -167,6 +240,13 @@ pub fn init_main() -> ! {
     std::process::exit(code)
 }
 
+/// The workload's end of its output pipes and of the error pipe.
+struct ChildFds {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    status: OwnedFd,
+}
+
 fn run_init() -> Result<i32, String> {
     // SAFETY: ferryd put the control socket on CONTROL_FD (see
     // `spawn_monitor`); nothing else in this process owns that fd.
@@ -185,35 +265,45 @@ fn run_init() -> Result<i32, String> {
         return Ok(1);
     }
     let spec: InitSpec = serde_json::from_str(&line).map_err(|e| format!("bad spec: {e}"))?;
-    sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
-    // Nothing mounted in here may propagate back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("making / private: {e}"))?;
+    let prepared = (|| {
+        sethostname(&spec.hostname).map_err(|e| format!("sethostname: {e}"))?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .map_err(|e| format!("opening the log {}: {e}", spec.log.display()))?;
+        let pipe = || pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+        Ok::<_, String>((log, pipe()?, pipe()?, pipe()?))
+    })();
+    let (log, (out_read, out_write), (err_read, err_write), (status_read, status_write)) =
+        match prepared {
+            Ok(p) => p,
+            Err(reason) => {
+                let _ = control.write_all(format!("err {reason}\n").as_bytes());
+                return Err(reason);
+            }
+        };
 
-    let (err_read, err_write) =
-        pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: the init stage is single-threaded (a fresh exec of ferryd that
     // has started no runtime), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop(err_read);
-            let reason = exec_workload(&spec);
-            let mut pipe = File::from(err_write);
-            let _ = pipe.write_all(reason.as_bytes());
+            drop((out_read, err_read, status_read, control));
+            let fds = ChildFds {
+                stdout: out_write,
+                stderr: err_write,
+                status: status_write,
+            };
+            let reason = exec_workload(&spec, &fds);
+            let _ = File::from(fds.status).write_all(reason.as_bytes());
             // SAFETY: _exit skips atexit handlers and buffers shared with the
             // parent; it is the correct way out of a forked child.
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => {
-            drop(err_write);
+            drop((out_write, err_write, status_write));
             let mut reason = String::new();
-            let _ = File::from(err_read).read_to_string(&mut reason);
+            let _ = File::from(status_read).read_to_string(&mut reason);
             let reply = if reason.is_empty() {
                 format!("ok {child}\n")
             } else {
@@ -221,28 +311,75 @@ fn run_init() -> Result<i32, String> {
             };
             let _ = control.write_all(reply.as_bytes());
             drop(control);
-            Ok(wait_exit_code(child))
+            let mut writer = logs::Writer::new(log);
+            if let Err(e) = pump(&mut writer, out_read, err_read) {
+                eprintln!("ferry init: log: {e}");
+            }
+            let record = ExitRecord {
+                exit_code: wait_exit_code(child),
+                finished_at: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            record
+                .write(&spec.exit_file)
+                .map_err(|e| format!("writing {}: {e}", spec.exit_file.display()))?;
+            Ok(0)
         }
     }
 }
 
+/// Copies the workload's stdout and stderr into the log until both close
+/// (they close when the PID namespace ends, at the latest).
+fn pump(writer: &mut logs::Writer, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<()> {
+    let mut open = vec![
+        (Stream::Stdout, File::from(stdout)),
+        (Stream::Stderr, File::from(stderr)),
+    ];
+    let mut buf = vec![0u8; 64 * 1024];
+    while !open.is_empty() {
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .map(|(_, f)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut closed = Vec::new();
+        for (i, (stream, file)) in open.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            match file.read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(n) => writer.write(*stream, &buf[..n])?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => closed.push(i),
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
+    writer.finish()
+}
+
 /// Runs in the forked child (PID 1 of the container): only returns on error,
 /// with the reason.
-fn exec_workload(spec: &InitSpec) -> String {
+fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
     // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's state.
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    if let Err(e) = mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    ) {
-        return format!("mounting /proc: {e}");
-    }
-    if let Err(e) = std::env::set_current_dir("/") {
-        return format!("chdir /: {e}");
+    match prepare_workload(spec, fds) {
+        Ok(()) => {}
+        Err(reason) => return reason,
     }
     let Some(program) = spec.cmd.first() else {
         return "empty command".to_owned();
@@ -272,6 +409,87 @@ fn exec_workload(spec: &InitSpec) -> String {
         Err(nix::Error::ENOENT) => format!("{}: executable file not found in $PATH", spec.cmd[0]),
         Err(e) => format!("{}: {e}", spec.cmd[0]),
     }
+}
+
+/// cgroups, mount namespace and root, standard streams, privileges.
+fn prepare_workload(spec: &InitSpec, fds: &ChildFds) -> Result<(), String> {
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, "0")
+            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("new mount namespace: {e}"))?;
+    // Nothing mounted in here may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("making / private: {e}"))?;
+    rootfs::enter(&spec.rootfs)?;
+    let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+    dup2_stdin(&null).map_err(|e| format!("stdin: {e}"))?;
+    dup2_stdout(&fds.stdout).map_err(|e| format!("stdout: {e}"))?;
+    dup2_stderr(&fds.stderr).map_err(|e| format!("stderr: {e}"))?;
+    drop_privileges()
+}
+
+/// Docker's default capabilities in every set, the rest out of the
+/// bounding set too, and no_new_privs.
+fn drop_privileges() -> Result<(), String> {
+    for cap in 0..64u32 {
+        if DEFAULT_CAPS.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl(PR_CAPBSET_DROP) only changes this process's state.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
+            match io::Error::last_os_error().raw_os_error() {
+                // Past the kernel's last capability.
+                Some(libc::EINVAL) => break,
+                _ => {
+                    return Err(format!(
+                        "dropping capability {cap}: {}",
+                        io::Error::last_os_error()
+                    ));
+                }
+            }
+        }
+    }
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mask: u64 = DEFAULT_CAPS.iter().fold(0, |m, c| m | 1 << c);
+    let half = |bits: u32| Data {
+        effective: bits,
+        permitted: bits,
+        inheritable: bits,
+    };
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [half(mask as u32), half((mask >> 32) as u32)];
+    // SAFETY: capset reads one header and two data structs, laid out as
+    // linux/capability.h defines them for version 3.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } < 0 {
+        return Err(format!("capset: {}", io::Error::last_os_error()));
+    }
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) only changes this process's state.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Waits for the workload; exit code as a shell reports it (128+signal).

@@ -7,7 +7,7 @@ use std::{
     io,
     net::Ipv4Addr,
     os::{fd::AsFd as _, unix::fs::PermissionsExt as _},
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -31,16 +31,18 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiError, DatapathJson, NetStats, RunRequest},
+    api::{self, ApiError, DatapathJson, RunRequest, Stats, WaitResponse},
+    cgroup::{CgroupError, Cgroups},
     config::Config,
     conntrack::{Conntrack, Flow, Timeouts},
-    container::{self, InitSpec},
+    container::{self, ExitRecord, InitSpec, MonitorNet},
     datapath::{self, Datapath},
     ipam::{Ipam, IpamError},
     link::{Mac, Netlink},
     netns::{self, NetNsGuard},
     portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
     preflight,
+    rootfs::{self, Bind, RootfsSpec},
     state::{ContainerRecord, NetworkRecord, Status, Store, process_start_time},
 };
 
@@ -56,7 +58,11 @@ pub struct Daemon {
 
 struct Inner {
     containers: BTreeMap<String, ContainerRecord>,
-    exits: HashMap<String, watch::Sender<bool>>,
+    /// Per running container: the exit code once it has exited.
+    exits: HashMap<String, watch::Sender<Option<i32>>>,
+    cgroups: Cgroups,
+    /// Host directories a container must not see (ferry's own state).
+    hidden: Vec<PathBuf>,
     ipam: Ipam,
     datapath: Datapath,
     store: Store,
@@ -194,8 +200,117 @@ struct Partial {
     host_ifindex: Option<u32>,
     host_ifname: Option<String>,
     dir: bool,
+    cgroup: bool,
     ports: Vec<PortKey>,
     netns_cookie: Option<u64>,
+}
+
+/// A run request, checked before anything is created.
+struct Plan {
+    specs: Vec<PublishSpec>,
+    binds: Vec<Bind>,
+    image: Option<PathBuf>,
+    network: NetPlan,
+    workdir: PathBuf,
+}
+
+/// `--network`.
+enum NetPlan {
+    /// ferry's datapath (the default).
+    Bridge,
+    /// Only loopback.
+    None,
+    /// The host's network namespace.
+    Host,
+    /// The network namespace of another running container.
+    Container { pid: u32 },
+}
+
+impl Plan {
+    /// Validates the request; `inner` resolves `container:<name>`.
+    fn of(req: &RunRequest, inner: &Inner) -> Result<Self, ApiError> {
+        let bad = |m: String| ApiError::BadRequest(m);
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(bad(
+                "no command given: ferry run [OPTIONS] -- CMD [ARGS...]".into(),
+            ));
+        }
+        let specs = req
+            .publish
+            .iter()
+            .map(|p| p.parse::<PublishSpec>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let binds = req
+            .host_config
+            .binds
+            .iter()
+            .map(|b| {
+                let bind = b.parse::<Bind>()?;
+                bind.check_source()?;
+                Ok(bind)
+            })
+            .collect::<Result<Vec<_>, rootfs::VolumeError>>()
+            .map_err(|e| bad(e.to_string()))?;
+        req.host_config
+            .resources
+            .validate()
+            .map_err(|e| bad(e.to_string()))?;
+        let image = match req.host_config.rootfs.as_str() {
+            "" => None,
+            dir => {
+                let path = Path::new(dir);
+                if !path.is_absolute() {
+                    return Err(bad(format!("rootfs {dir:?} must be an absolute path")));
+                }
+                if !path.is_dir() {
+                    return Err(bad(format!("rootfs {dir}: no such directory")));
+                }
+                Some(path.to_owned())
+            }
+        };
+        let workdir = match req.working_dir.as_str() {
+            "" => PathBuf::from("/"),
+            dir if dir.starts_with('/') => PathBuf::from(dir),
+            dir => {
+                return Err(bad(format!(
+                    "the working directory {dir:?} is invalid: it needs to be an absolute path"
+                )));
+            }
+        };
+        let mode = req.host_config.network_mode.as_str();
+        let network = match mode {
+            "" | "bridge" | "default" => NetPlan::Bridge,
+            "none" => NetPlan::None,
+            "host" => NetPlan::Host,
+            _ => match mode.strip_prefix("container:") {
+                Some(reference) => {
+                    let target = inner.find(reference)?;
+                    match (target.status, target.pid) {
+                        (Status::Running, Some(pid)) => NetPlan::Container { pid },
+                        _ => {
+                            return Err(ApiError::Conflict(format!(
+                                "cannot join the network of container {reference}: it is not running"
+                            )));
+                        }
+                    }
+                }
+                None => return Err(ApiError::NotFound(format!("network {mode} not found"))),
+            },
+        };
+        if !specs.is_empty() && !matches!(network, NetPlan::Bridge) {
+            return Err(bad(format!(
+                "conflicting options: port publishing and the {mode} network mode"
+            )));
+        }
+        Ok(Self {
+            specs,
+            binds,
+            image,
+            network,
+            workdir,
+        })
+    }
 }
 
 impl Daemon {
@@ -204,13 +319,18 @@ impl Daemon {
         let store = Store::new(&config.state_dir)?;
         let netlink = Netlink::current()?;
         let (records, orphans) = store.load_all()?;
+        let cgroups = Cgroups::detect(&config.cgroup_parent, &config.cgroup)?;
+        info!(version = cgroups.version(), parent = %config.cgroup_parent, "container cgroups");
         for id in orphans {
             warn!(%id, "removing a container directory without a config (creation was interrupted)");
+            cgroups.remove(&id)?;
             store.remove(&id)?;
         }
         let mut inner = Inner {
             containers: BTreeMap::new(),
             exits: HashMap::new(),
+            cgroups,
+            hidden: vec![config.state_dir.clone(), config.run_dir.clone()],
             ipam: Ipam::new(config.subnet),
             datapath,
             store,
@@ -245,7 +365,7 @@ impl Daemon {
     /// dead ones are marked exited and their network is released.
     async fn adopt(self: &Arc<Self>, records: Vec<ContainerRecord>) {
         let mut inner = self.inner.lock().await;
-        for mut record in records {
+        for record in records {
             if record.status == Status::Running && record.monitor_alive().is_some() {
                 if let Some(net) = &record.network {
                     if let Err(e) = inner.ipam.reserve(net.ip) {
@@ -261,15 +381,12 @@ impl Daemon {
                     self.watch_exit(&mut inner, record.id.clone(), pid);
                 }
                 inner.containers.insert(record.id.clone(), record);
+            } else if record.status == Status::Running {
+                // It exited while no ferryd was watching: the monitor left
+                // the exit status behind.
+                inner.containers.insert(record.id.clone(), record.clone());
+                inner.finish(&record.id, None).await;
             } else {
-                if record.status == Status::Running {
-                    record.status = Status::Exited;
-                    record.finished = Some(now());
-                }
-                inner.teardown_network(&mut record).await;
-                if let Err(e) = inner.store.save(&record) {
-                    warn!(id = %record.id, %e, "cannot save state");
-                }
                 inner.containers.insert(record.id.clone(), record);
             }
         }
@@ -277,49 +394,18 @@ impl Daemon {
 
     /// Waits (without a thread) for the monitor to exit, then records it.
     fn watch_exit(self: &Arc<Self>, inner: &mut Inner, id: String, monitor_pid: u32) {
-        let (tx, _) = watch::channel(false);
+        let (tx, _) = watch::channel(None);
         inner.exits.insert(id.clone(), tx);
         let daemon = Arc::clone(self);
         tokio::spawn(async move {
-            let code = wait_for_exit(monitor_pid).await;
-            daemon.on_exit(&id, code).await;
+            let monitor_status = wait_for_exit(monitor_pid).await;
+            daemon.inner.lock().await.finish(&id, monitor_status).await;
         });
     }
 
-    async fn on_exit(&self, id: &str, code: Option<i32>) {
-        let mut inner = self.inner.lock().await;
-        let Some(mut record) = inner.containers.get(id).cloned() else {
-            return;
-        };
-        info!(id = %record.short_id(), ?code, "container exited");
-        record.status = Status::Exited;
-        record.exit_code = code;
-        record.finished = Some(now());
-        record.pid = None;
-        record.monitor_pid = None;
-        inner.teardown_network(&mut record).await;
-        if let Err(e) = inner.store.save(&record) {
-            warn!(%id, %e, "cannot save state");
-        }
-        inner.containers.insert(id.to_owned(), record);
-        if let Some(tx) = inner.exits.remove(id) {
-            let _ = tx.send(true);
-        }
-    }
-
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<ContainerRecord, ApiError> {
-        if req.cmd.is_empty() || req.cmd[0].is_empty() {
-            return Err(ApiError::BadRequest(
-                "no command given: ferry run [OPTIONS] -- CMD [ARGS...]".into(),
-            ));
-        }
-        let specs = req
-            .publish
-            .iter()
-            .map(|p| p.parse::<PublishSpec>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let mut inner = self.inner.lock().await;
+        let plan = Plan::of(&req, &inner)?;
         let id = random_id()?;
         let name = req.name.clone().unwrap_or_else(|| id[..12].to_owned());
         if !valid_name(&name) {
@@ -332,10 +418,18 @@ impl Daemon {
                 "the container name {name:?} is already in use"
             )));
         }
-        let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_owned());
+        let hostname = match (&req.hostname, &plan.network) {
+            (Some(h), _) => h.clone(),
+            // Docker: a host-network container has the host's name.
+            (None, NetPlan::Host) => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| id[..12].to_owned()),
+            (None, _) => id[..12].to_owned(),
+        };
         let mut partial = Partial::default();
         match inner
-            .create(&id, &name, &hostname, &req, &specs, &mut partial)
+            .create(&id, &name, &hostname, &req, &plan, &mut partial)
             .await
         {
             Ok(record) => {
@@ -396,7 +490,7 @@ impl Daemon {
                     "cannot signal {reference}: {e}"
                 )));
             }
-            if tokio::time::timeout(wait, exited.wait_for(|done| *done))
+            if tokio::time::timeout(wait, exited.wait_for(Option::is_some))
                 .await
                 .is_ok()
             {
@@ -422,7 +516,11 @@ impl Daemon {
             self.stop(reference, 0).await?;
         }
         let mut inner = self.inner.lock().await;
-        let mut record = inner.find(reference)?.clone();
+        let Ok(mut record) = inner.find(reference).cloned() else {
+            // It ran with --rm and is gone already.
+            return Ok(());
+        };
+        inner.remove_cgroups(&record.id).await;
         inner.teardown_network(&mut record).await;
         inner
             .store
@@ -433,21 +531,82 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn stats(&self, reference: &str) -> Result<NetStats, ApiError> {
+    pub async fn stats(&self, reference: &str) -> Result<Stats, ApiError> {
         let mut inner = self.inner.lock().await;
-        let Some(net) = inner.find(reference)?.network.clone() else {
-            return Ok(NetStats::default());
+        let record = inner.find(reference)?.clone();
+        let mut stats = Stats {
+            usage: inner.cgroups.usage(&record.id),
+            read_ns: nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+                t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+            }),
+            ..Stats::default()
         };
-        let s = inner
-            .datapath
-            .endpoint_stats(net.ip)
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(NetStats {
-            rx_packets: s.rx_packets,
-            rx_bytes: s.rx_bytes,
-            tx_packets: s.tx_packets,
-            tx_bytes: s.tx_bytes,
+        if let Some(net) = &record.network {
+            let s = inner
+                .datapath
+                .endpoint_stats(net.ip)
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            stats.rx_packets = s.rx_packets;
+            stats.rx_bytes = s.rx_bytes;
+            stats.tx_packets = s.tx_packets;
+            stats.tx_bytes = s.tx_bytes;
+        }
+        Ok(stats)
+    }
+
+    /// Blocks until the container has exited; its exit code.
+    pub async fn wait(&self, reference: &str) -> Result<WaitResponse, ApiError> {
+        let (id, mut exited) = {
+            let inner = self.inner.lock().await;
+            let record = inner.find(reference)?;
+            match inner.exits.get(&record.id) {
+                Some(tx) => (record.id.clone(), tx.subscribe()),
+                None => {
+                    return Ok(WaitResponse {
+                        status_code: record.exit_code.unwrap_or(0),
+                        oom_killed: record.oom_killed,
+                    });
+                }
+            }
+        };
+        let code = exited
+            .wait_for(Option::is_some)
+            .await
+            .map(|c| c.unwrap_or(0))
+            .map_err(|_| ApiError::Internal(format!("lost track of container {reference}")))?;
+        let inner = self.inner.lock().await;
+        Ok(WaitResponse {
+            status_code: code,
+            oom_killed: inner.containers.get(&id).is_some_and(|c| c.oom_killed),
         })
+    }
+
+    /// Sends `signal` to the container's PID 1.
+    pub async fn kill(&self, reference: &str, signal: &str) -> Result<(), ApiError> {
+        let signal = parse_signal(signal)?;
+        let inner = self.inner.lock().await;
+        let record = inner.find(reference)?;
+        let Some(pid) = record.pid.filter(|_| record.status == Status::Running) else {
+            return Err(ApiError::Conflict(format!(
+                "container {reference} is not running"
+            )));
+        };
+        kill(Pid::from_raw(pid as i32), signal)
+            .map_err(|e| ApiError::Internal(format!("cannot signal {reference}: {e}")))
+    }
+
+    /// The container's log file and, while it runs, a receiver that says
+    /// when it has exited (its output is complete then).
+    pub async fn log_source(
+        &self,
+        reference: &str,
+    ) -> Result<(PathBuf, Option<watch::Receiver<Option<i32>>>), ApiError> {
+        let inner = self.inner.lock().await;
+        let record = inner.find(reference)?;
+        Ok((
+            inner.store.log_path(&record.id),
+            inner.exits.get(&record.id).map(watch::Sender::subscribe),
+        ))
     }
 
     pub async fn datapath_info(&self) -> Result<DatapathJson, ApiError> {
@@ -559,15 +718,149 @@ impl Inner {
         }
     }
 
+    /// Records a container's exit and frees what it held: the status the
+    /// monitor wrote (if the monitor itself died first, the workload died
+    /// with it by SIGKILL), OOM kills counted by its cgroup; then its
+    /// cgroup and network go, and the container too if it ran with --rm.
+    async fn finish(&mut self, id: &str, monitor_status: Option<i32>) {
+        let Some(mut record) = self.containers.get(id).cloned() else {
+            return;
+        };
+        let exit = ExitRecord::read(&self.store.exit_path(id));
+        let code = match (exit, monitor_status) {
+            (Some(e), _) => e.exit_code,
+            (None, Some(c)) if c != 0 => c,
+            (None, _) => 128 + Signal::SIGKILL as i32,
+        };
+        record.status = Status::Exited;
+        record.exit_code = Some(code);
+        record.finished = Some(exit.map_or_else(now, |e| e.finished_at));
+        record.oom_killed = self.cgroups.usage(id).oom_kills > 0;
+        record.pid = None;
+        record.monitor_pid = None;
+        self.remove_cgroups(id).await;
+        self.teardown_network(&mut record).await;
+        info!(id = %record.short_id(), code, oom_killed = record.oom_killed, "container exited");
+        if record.host_config.auto_remove {
+            if let Err(e) = self.store.remove(id) {
+                warn!(%id, %e, "cannot remove state");
+            }
+            self.containers.remove(id);
+            info!(id = %record.short_id(), "container removed (--rm)");
+        } else {
+            if let Err(e) = self.store.save(&record) {
+                warn!(%id, %e, "cannot save state");
+            }
+            self.containers.insert(id.to_owned(), record);
+        }
+        if let Some(tx) = self.exits.remove(id) {
+            let _ = tx.send(Some(code));
+        }
+    }
+
     async fn create(
         &mut self,
         id: &str,
         name: &str,
         hostname: &str,
         req: &RunRequest,
-        specs: &[PublishSpec],
+        plan: &Plan,
         partial: &mut Partial,
     ) -> Result<ContainerRecord, ApiError> {
+        let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+        self.store.prepare(id).map_err(|e| internal(&e))?;
+        partial.dir = true;
+        partial.cgroup = true;
+        self.cgroups
+            .create(id, &req.host_config.resources)
+            .map_err(|e| match e {
+                CgroupError::Invalid { .. } => ApiError::BadRequest(e.to_string()),
+                other => internal(&other),
+            })?;
+        let joined_netns = match &plan.network {
+            NetPlan::Container { pid, .. } => Some(netns::of_pid(*pid).map_err(|e| {
+                ApiError::Conflict(format!("cannot join the network of that container: {e}"))
+            })?),
+            _ => None,
+        };
+        let monitor_net = match (&plan.network, &joined_netns) {
+            (NetPlan::Host, _) => MonitorNet::Host,
+            (_, Some(ns)) => MonitorNet::Join(ns.as_fd()),
+            _ => MonitorNet::New,
+        };
+        let monitor = container::spawn_monitor(&self.store.monitor_log_path(id), monitor_net)
+            .map_err(|e| internal(&e))?;
+        partial.monitor_pid = Some(monitor.pid);
+        let monitor_start_time = process_start_time(monitor.pid);
+
+        let (network, ports) = match &plan.network {
+            NetPlan::Bridge => {
+                let net = self.wire_bridge(id, monitor.pid, partial).await?;
+                let ports = self.publish(id, net.ip, &plan.specs, partial).await?;
+                (Some(net), ports)
+            }
+            NetPlan::None => {
+                let (inside, _) = netlink_in(monitor.pid).map_err(|e| internal(&e))?;
+                if let Some(lo) = inside.index_of("lo").await.map_err(|e| internal(&e))? {
+                    inside.set_up(lo).await.map_err(|e| internal(&e))?;
+                }
+                (None, Vec::new())
+            }
+            NetPlan::Host | NetPlan::Container { .. } => (None, Vec::new()),
+        };
+
+        let rootfs = self
+            .rootfs_spec(id, hostname, req, plan, network.as_ref().map(|n| n.ip))
+            .map_err(|e| internal(&e))?;
+        let spec = InitSpec {
+            hostname: hostname.to_owned(),
+            cmd: req.cmd.clone(),
+            env: req.env.clone(),
+            cgroup_procs: self.cgroups.procs_files(id),
+            log: self.store.log_path(id),
+            exit_file: self.store.exit_path(id),
+            rootfs,
+        };
+        let pid = tokio::task::spawn_blocking(move || monitor.start(&spec))
+            .await
+            .map_err(|e| internal(&e))?
+            .map_err(|e| match e {
+                container::ContainerError::Exec { .. } => ApiError::BadRequest(e.to_string()),
+                other => internal(&other),
+            })?;
+
+        let record = ContainerRecord {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            cmd: req.cmd.clone(),
+            env: req.env.clone(),
+            hostname: hostname.to_owned(),
+            created: now(),
+            status: Status::Running,
+            monitor_pid: partial.monitor_pid,
+            pid: Some(pid),
+            monitor_start_time,
+            exit_code: None,
+            finished: None,
+            network,
+            ports,
+            oom_killed: false,
+            working_dir: plan.workdir.display().to_string(),
+            host_config: req.host_config.clone(),
+        };
+        self.store.save(&record).map_err(|e| internal(&e))?;
+        Ok(record)
+    }
+
+    /// Gives the container in `monitor_pid`'s network namespace an address
+    /// and a veth wired to the datapath. Everything made is recorded in
+    /// `partial` for rollback.
+    async fn wire_bridge(
+        &mut self,
+        id: &str,
+        monitor_pid: u32,
+        partial: &mut Partial,
+    ) -> Result<NetworkRecord, ApiError> {
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
         let ip = self.ipam.allocate().map_err(|e| match e {
             IpamError::Exhausted(_) => ApiError::Unavailable(e.to_string()),
@@ -577,30 +870,11 @@ impl Inner {
         let (mac, host_mac) = macs_for(ip);
         let host_ifname = format!("fy{}", &id[..12]);
 
-        self.store.prepare(id).map_err(|e| internal(&e))?;
-        partial.dir = true;
-        let monitor =
-            container::spawn_monitor(&self.store.log_path(id)).map_err(|e| internal(&e))?;
-        partial.monitor_pid = Some(monitor.pid);
-        let monitor_start_time = process_start_time(monitor.pid);
-
         // The container's side, configured through a netlink socket opened
         // inside its namespace. IPv6 is off there (and on the host side)
         // because the datapath forwards IPv4 only so far.
-        let ns = netns::of_pid(monitor.pid).map_err(|e| internal(&e))?;
-        let (inside, netns_cookie) = {
-            let _guard = NetNsGuard::enter(ns.as_fd()).map_err(|e| internal(&e))?;
-            for key in [
-                "ipv6/conf/all/disable_ipv6",
-                "ipv6/conf/default/disable_ipv6",
-            ] {
-                netns::write_net_sysctl(key, "1")
-                    .map_err(|e| internal(&format!("sysctl {key}: {e}")))?;
-            }
-            let cookie =
-                netns::current_cookie().map_err(|e| internal(&format!("netns cookie: {e}")))?;
-            (Netlink::current().map_err(|e| internal(&e))?, cookie)
-        };
+        let ns = netns::of_pid(monitor_pid).map_err(|e| internal(&e))?;
+        let (inside, netns_cookie) = netlink_in(monitor_pid).map_err(|e| internal(&e))?;
         partial.netns_cookie = Some(netns_cookie);
         self.datapath
             .add_netns(netns_cookie, NETNS_CONTAINER)
@@ -678,47 +952,77 @@ impl Inner {
             .add_default_route_onlink(eth0, gateway)
             .await
             .map_err(|e| internal(&e))?;
+        Ok(NetworkRecord {
+            ip,
+            mac,
+            host_ifname,
+            host_ifindex,
+            host_mac,
+            netns_cookie,
+        })
+    }
 
-        let ports = self.publish(id, ip, specs, partial).await?;
-
-        let spec = InitSpec {
-            hostname: hostname.to_owned(),
-            cmd: req.cmd.clone(),
-            env: req.env.clone(),
+    /// The container's root: directories for the overlay, and its own
+    /// /etc/hosts, /etc/hostname and /etc/resolv.conf.
+    fn rootfs_spec(
+        &self,
+        id: &str,
+        hostname: &str,
+        req: &RunRequest,
+        plan: &Plan,
+        ip: Option<Ipv4Addr>,
+    ) -> io::Result<RootfsSpec> {
+        let dir = self.store.container_dir(id);
+        let layers = dir.join("rootfs");
+        let (upper, work, merged) = (
+            layers.join("upper"),
+            layers.join("work"),
+            layers.join("merged"),
+        );
+        let etc = dir.join("etc");
+        for d in [&upper, &work, &merged, &etc] {
+            std::fs::create_dir_all(d)?;
+        }
+        let host_network = matches!(plan.network, NetPlan::Host);
+        let hosts = if host_network {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_default()
+        } else {
+            let mut hosts =
+                String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+            if let Some(ip) = ip {
+                hosts.push_str(&format!("{ip}\t{hostname}\n"));
+            }
+            hosts
         };
-        let pid = tokio::task::spawn_blocking(move || monitor.start(&spec))
-            .await
-            .map_err(|e| internal(&e))?
-            .map_err(|e| match e {
-                container::ContainerError::Exec { .. } => ApiError::BadRequest(e.to_string()),
-                other => internal(&other),
-            })?;
-
-        let record = ContainerRecord {
-            id: id.to_owned(),
-            name: name.to_owned(),
-            cmd: req.cmd.clone(),
-            env: req.env.clone(),
-            hostname: hostname.to_owned(),
-            created: now(),
-            status: Status::Running,
-            monitor_pid: partial.monitor_pid,
-            pid: Some(pid),
-            monitor_start_time,
-            exit_code: None,
-            finished: None,
-            network: Some(NetworkRecord {
-                ip,
-                mac,
-                host_ifname,
-                host_ifindex,
-                host_mac,
-                netns_cookie,
-            }),
-            ports,
-        };
-        self.store.save(&record).map_err(|e| internal(&e))?;
-        Ok(record)
+        let resolv = resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            host_network,
+        );
+        let mut files = Vec::new();
+        for (file, contents) in [
+            ("hosts", hosts),
+            ("hostname", format!("{hostname}\n")),
+            ("resolv.conf", resolv),
+        ] {
+            let source = etc.join(file);
+            std::fs::write(&source, contents)?;
+            files.push(Bind {
+                source,
+                target: Path::new("/etc").join(file),
+                read_only: false,
+            });
+        }
+        Ok(RootfsSpec {
+            image: plan.image.clone(),
+            upper,
+            work,
+            merged,
+            read_only: req.host_config.readonly_rootfs,
+            binds: plan.binds.clone(),
+            files,
+            hidden: self.hidden.clone(),
+            workdir: plan.workdir.clone(),
+        })
     }
 
     /// Undoes whatever `create` got to, every step attempted.
@@ -728,6 +1032,9 @@ impl Inner {
             // namespaces go with them.
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             let _ = waitpid(Pid::from_raw(pid as i32), None);
+        }
+        if partial.cgroup {
+            self.remove_cgroups(id).await;
         }
         for key in &partial.ports {
             if let Err(e) = self.datapath.remove_port(key) {
@@ -758,6 +1065,18 @@ impl Inner {
             && let Err(e) = self.store.remove(id)
         {
             warn!(%id, %e, "rollback: cannot remove state");
+        }
+    }
+
+    /// Removes a container's cgroups, waiting (off the runtime's threads)
+    /// for its last processes to leave them.
+    async fn remove_cgroups(&self, id: &str) {
+        let cgroups = self.cgroups.clone();
+        let owned = id.to_owned();
+        match tokio::task::spawn_blocking(move || cgroups.remove(&owned)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(%id, %e, "cannot remove the cgroups"),
+            Err(e) => warn!(%id, %e, "cannot remove the cgroups"),
         }
     }
 
@@ -887,6 +1206,62 @@ impl Inner {
     }
 }
 
+/// A netlink socket inside the network namespace of `pid`, and that
+/// namespace's cookie.
+fn netlink_in(pid: u32) -> anyhow::Result<(Netlink, u64)> {
+    let ns = netns::of_pid(pid)?;
+    let _guard = NetNsGuard::enter(ns.as_fd())?;
+    for key in [
+        "ipv6/conf/all/disable_ipv6",
+        "ipv6/conf/default/disable_ipv6",
+    ] {
+        netns::write_net_sysctl(key, "1").map_err(|e| anyhow::anyhow!("sysctl {key}: {e}"))?;
+    }
+    let cookie = netns::current_cookie().map_err(|e| anyhow::anyhow!("netns cookie: {e}"))?;
+    Ok((Netlink::current()?, cookie))
+}
+
+/// A container's resolv.conf from the host's: loopback name servers only
+/// work in the host's own namespace, so they are left out (and Docker's
+/// public fallback used when none is left).
+fn resolv_conf(host: &str, host_network: bool) -> String {
+    if host_network {
+        return host.to_owned();
+    }
+    let mut out: Vec<&str> = host
+        .lines()
+        .filter(|l| {
+            let mut words = l.split_whitespace();
+            !(words.next() == Some("nameserver")
+                && words
+                    .next()
+                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|a| a.is_loopback()))
+        })
+        .collect();
+    if !out.iter().any(|l| l.starts_with("nameserver")) {
+        out.extend(["nameserver 8.8.8.8", "nameserver 8.8.4.4"]);
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// `SIGTERM`, `TERM` or `15`, as `docker kill -s` takes them.
+fn parse_signal(name: &str) -> Result<Signal, ApiError> {
+    let bad = || ApiError::BadRequest(format!("invalid signal: {name}"));
+    if let Ok(n) = name.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse::<Signal>().map_err(|_| bad())
+}
+
 /// The datapath key of a published port.
 fn port_key(mapping: &PortMapping) -> PortKey {
     PortKey {
@@ -942,11 +1317,24 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     let netlink = Netlink::current()?;
     let store = Store::new(&config.state_dir)?;
-    let (records, _) = store.load_all()?;
+    let cgroups = Cgroups::detect(&config.cgroup_parent, &config.cgroup)?;
+    let (records, orphans) = store.load_all()?;
+    for id in &orphans {
+        if let Err(e) = cgroups.remove(id) {
+            failures.push(e.to_string());
+        }
+        if let Err(e) = store.remove(id) {
+            failures.push(e.to_string());
+        }
+    }
     for record in &records {
         if let Some(monitor) = record.monitor_alive() {
             // The workload dies with its monitor (PDEATHSIG).
             let _ = kill(Pid::from_raw(monitor as i32), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(monitor as i32), None);
+        }
+        if let Err(e) = cgroups.remove(&record.id) {
+            failures.push(e.to_string());
         }
         if let Some(net) = &record.network {
             match netlink.index_of(&net.host_ifname).await {
@@ -974,6 +1362,9 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
             Err(aya::programs::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => failures.push(format!("detach from {uplink}: {e}")),
         }
+    }
+    if let Err(e) = cgroups.remove_parents() {
+        failures.push(e.to_string());
     }
     if let Err(e) = portmap::reserve_snat_ports(false) {
         failures.push(format!("release the masquerade ports: {e}"));

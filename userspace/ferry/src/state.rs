@@ -57,7 +57,7 @@ pub struct NetworkRecord {
     pub netns_cookie: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,
     pub name: String,
@@ -79,6 +79,13 @@ pub struct ContainerRecord {
     /// Published ports, as allocated (kept while stopped, like Docker).
     #[serde(default)]
     pub ports: Vec<crate::portmap::PortMapping>,
+    /// The kernel's OOM killer killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub host_config: crate::api::HostConfig,
 }
 
 impl ContainerRecord {
@@ -114,8 +121,19 @@ impl Store {
         self.dir.join(id)
     }
 
+    /// The workload's output, JSON lines (see `logs`).
     pub fn log_path(&self, id: &str) -> PathBuf {
-        self.container_dir(id).join("output.log")
+        self.container_dir(id).join("container.log")
+    }
+
+    /// What the container's monitor itself reports (its own errors).
+    pub fn monitor_log_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("monitor.log")
+    }
+
+    /// The exit status, written by the monitor.
+    pub fn exit_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("exit.json")
     }
 
     /// Creates the container's directory (for its log) before it runs.
@@ -231,6 +249,9 @@ mod tests {
                 netns_cookie: 7,
             }),
             ports: vec![],
+            oom_killed: false,
+            working_dir: String::new(),
+            host_config: Default::default(),
         }
     }
 

@@ -82,6 +82,20 @@ fn nginx_conf(out_dir: &Path, name: &str, port: u16, root: &Path) -> anyhow::Res
     Ok(path)
 }
 
+/// nginx in a ferry container on CPU 0, publishing port 80 as 8080. The
+/// bench directory (config, docroot) is bind-mounted, so nginx serves the
+/// same file from the same filesystem as in every other variant, not
+/// through the container's overlay root.
+fn run_nginx(world: &World, out_dir: &Path, conf: &str) -> anyhow::Result<()> {
+    let dir = out_dir.to_str().context("utf-8 path")?;
+    let volume = format!("{dir}:{dir}");
+    world.ferry_ok(&[
+        "run", "-d", "--name", "nginx", "-p", "8080:80", "-v", &volume, "--", "taskset", "-c", "0",
+        "nginx", "-c", conf,
+    ]);
+    Ok(())
+}
+
 /// A client namespace joined to `host` by a veth: `<prefix>.1` on the host
 /// side, `<prefix>.2` in the client.
 fn client_of(host: &TempNetns, prefix: &str) -> TempNetns {
@@ -126,10 +140,7 @@ fn ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let world = World::new();
     let conf = nginx_conf(out_dir, "ferry", 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
-    world.ferry_ok(&[
-        "run", "-d", "--name", "nginx", "-p", "8080:80", "--", "taskset", "-c", "0", "nginx", "-c",
-        conf,
-    ]);
+    run_nginx(&world, out_dir, conf)?;
     Ok(Target {
         name: "ferry",
         client_ns: world.client_ns_path(),
@@ -238,10 +249,7 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
     let world = World::new();
     let conf = nginx_conf(out_dir, "local", 80, &root)?;
     let conf = conf.to_str().context("utf-8 path")?;
-    world.ferry_ok(&[
-        "run", "-d", "--name", "nginx", "-p", "8080:80", "--", "taskset", "-c", "0", "nginx", "-c",
-        conf,
-    ]);
+    run_nginx(&world, out_dir, conf)?;
     let c = world.container("nginx");
     let host = world.host_ns_path();
     let proxy = proxy.to_str().context("utf-8 path")?;

@@ -4,13 +4,17 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 use ferry::{
-    api::{ContainerJson, DatapathJson, NetStats, RunRequest},
+    api::{ContainerJson, DatapathJson, HostConfig, RunRequest, Stats, WaitResponse},
+    cgroup::{Resources, parse_size},
     client::Client,
     config,
     conntrack::Flow,
     format::render,
+    logs,
 };
+use http_body_util::BodyExt as _;
 use hyper::Method;
+use tokio::io::AsyncWriteExt as _;
 
 #[derive(Parser)]
 #[command(
@@ -29,28 +33,7 @@ struct Args {
 enum Command {
     /// Create and start a container.
     #[command(disable_help_flag = true)]
-    Run {
-        /// Print help (`-h` is the hostname, as in Docker).
-        #[arg(long, action = clap::ArgAction::Help)]
-        help: Option<bool>,
-        /// Run in the background and print the container ID.
-        #[arg(short = 'd', long)]
-        detach: bool,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long, short = 'h')]
-        hostname: Option<String>,
-        /// Environment variable KEY=VALUE (repeatable).
-        #[arg(short = 'e', long = "env")]
-        env: Vec<String>,
-        /// Publish a port: [ip:][hostPort[-end]:]containerPort[-end][/tcp|udp]
-        /// (repeatable).
-        #[arg(short = 'p', long = "publish")]
-        publish: Vec<String>,
-        /// The command and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        cmd: Vec<String>,
-    },
+    Run(Box<RunArgs>),
     /// List containers.
     Ps {
         /// Show exited containers too.
@@ -85,11 +68,37 @@ enum Command {
         #[arg(required = true)]
         containers: Vec<String>,
     },
-    /// Network counters of containers, from the datapath.
+    /// Live CPU, memory, process and network usage of containers.
     Stats {
-        /// Print once and exit (the only mode so far).
+        /// Print once and exit.
         #[arg(long)]
         no_stream: bool,
+        /// Print one sample as JSON (implies --no-stream).
+        #[arg(long)]
+        json: bool,
+        containers: Vec<String>,
+    },
+    /// Print a container's output.
+    Logs {
+        /// Keep printing new output until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines ("all" for everything).
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        container: String,
+    },
+    /// Send a signal to containers' main process.
+    Kill {
+        /// Signal name or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to exit and print their exit codes.
+    Wait {
+        #[arg(required = true)]
         containers: Vec<String>,
     },
     /// Tracked flows (published ports and masquerade).
@@ -102,6 +111,68 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `ferry run`'s flags, as `docker run` takes them.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Print help (`-h` is the hostname, as in Docker).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// Run in the background and print the container ID.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, short = 'h')]
+    hostname: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Publish a port: [ip:][hostPort[-end]:]containerPort[-end][/tcp|udp]
+    /// (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// Memory limit, e.g. 256m.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited swap; default: twice --memory).
+    #[arg(long, allow_hyphen_values = true)]
+    memory_swap: Option<String>,
+    /// Number of CPUs, e.g. 1.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Relative CPU weight (default 1024).
+    #[arg(short = 'c', long)]
+    cpu_shares: Option<u64>,
+    /// CPUs the container may use, e.g. 0-1.
+    #[arg(long)]
+    cpuset_cpus: Option<String>,
+    /// Maximum number of processes.
+    #[arg(long, allow_hyphen_values = true)]
+    pids_limit: Option<i64>,
+    /// bridge (default), host, none or container:<name|id>.
+    #[arg(long, alias = "net")]
+    network: Option<String>,
+    /// Bind mount HOST_PATH:CONTAINER_PATH[:ro] (repeatable).
+    #[arg(short = 'v', long = "volume")]
+    volumes: Vec<String>,
+    /// Run this root filesystem directory instead of an overlay of the
+    /// host's root.
+    #[arg(long)]
+    rootfs: Option<String>,
+    /// Mount the container's root read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// The command and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -141,31 +212,70 @@ const NO_BODY: Option<&()> = None;
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.host);
     match args.command {
-        Command::Run {
-            detach,
-            name,
-            hostname,
-            env,
-            publish,
-            cmd,
-            ..
-        } => {
-            if !detach {
-                anyhow::bail!(
-                    "attached mode is not available yet: use ferry run -d, then ferry inspect"
-                );
-            }
+        Command::Run(args) => {
+            let RunArgs {
+                detach,
+                rm,
+                name,
+                hostname,
+                env,
+                publish,
+                workdir,
+                memory,
+                memory_swap,
+                cpus,
+                cpu_shares,
+                cpuset_cpus,
+                pids_limit,
+                network,
+                volumes,
+                rootfs,
+                read_only,
+                cmd,
+                ..
+            } = *args;
+            let memory = memory
+                .map(|m| parse_size(&m).map_err(|e| anyhow::anyhow!("--memory: {e}")))
+                .transpose()?
+                .unwrap_or(0);
+            let memory_swap = match memory_swap.as_deref() {
+                None => 0,
+                Some("-1") => -1,
+                Some(v) => parse_size(v).map_err(|e| anyhow::anyhow!("--memory-swap: {e}"))? as i64,
+            };
             let req = RunRequest {
                 name,
                 hostname,
                 env,
                 publish,
                 cmd,
+                working_dir: workdir.unwrap_or_default(),
+                host_config: HostConfig {
+                    resources: Resources {
+                        memory,
+                        memory_swap,
+                        nano_cpus: cpus.map_or(0, |c| (c * 1e9).round() as u64),
+                        cpu_shares: cpu_shares.unwrap_or(0),
+                        cpuset_cpus: cpuset_cpus.unwrap_or_default(),
+                        pids_limit: pids_limit.unwrap_or(0),
+                    },
+                    binds: volumes,
+                    readonly_rootfs: read_only,
+                    // Attached, the client removes the container once it
+                    // has the exit code; detached, ferryd does.
+                    auto_remove: rm && detach,
+                    network_mode: network.unwrap_or_default(),
+                    rootfs: rootfs.unwrap_or_default(),
+                },
             };
             let c: ContainerJson = client
                 .call(Method::POST, "/containers/run", Some(&req))
                 .await?;
-            println!("{}", c.id);
+            if detach {
+                println!("{}", c.id);
+            } else {
+                return attached(&client, &c.id, rm).await;
+            }
         }
         Command::Ps { all, quiet } => {
             let list: Vec<ContainerJson> = client
@@ -183,6 +293,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 for c in &list {
                     let status = if c.state.running {
                         "running".to_owned()
+                    } else if c.state.oom_killed {
+                        format!("oom({})", c.state.exit_code)
                     } else {
                         format!("exited({})", c.state.exit_code)
                     };
@@ -256,30 +368,40 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .await;
         }
         Command::Stats {
-            no_stream: _,
+            no_stream,
+            json,
             containers,
+        } => return stats(&client, containers, no_stream || json, json).await,
+        Command::Logs {
+            follow,
+            tail,
+            container,
         } => {
-            let names = if containers.is_empty() {
-                let list: Vec<ContainerJson> = client
-                    .call(Method::GET, "/containers/json", NO_BODY)
-                    .await?;
-                list.into_iter().map(|c| c.name).collect()
-            } else {
-                containers
-            };
-            println!(
-                "{:<20}{:>12}{:>14}{:>12}{:>14}",
-                "NAME", "RX PACKETS", "RX BYTES", "TX PACKETS", "TX BYTES"
-            );
-            for name in names {
-                let s: NetStats = client
-                    .call(Method::GET, &format!("/containers/{name}/stats"), NO_BODY)
-                    .await?;
-                println!(
-                    "{:<20}{:>12}{:>14}{:>12}{:>14}",
-                    name, s.rx_packets, s.rx_bytes, s.tx_packets, s.tx_bytes
-                );
+            print_logs(&client, &container, follow, &tail).await?;
+        }
+        Command::Kill { signal, containers } => {
+            return each(&containers, |c| {
+                let path = format!("/containers/{c}/kill?signal={signal}");
+                let client = &client;
+                async move { client.call::<()>(Method::POST, &path, NO_BODY).await }
+            })
+            .await;
+        }
+        Command::Wait { containers } => {
+            let mut code = ExitCode::SUCCESS;
+            for c in &containers {
+                match client
+                    .call::<WaitResponse>(Method::POST, &format!("/containers/{c}/wait"), NO_BODY)
+                    .await
+                {
+                    Ok(w) => println!("{}", w.status_code),
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
             }
+            return Ok(code);
         }
         Command::Conntrack { action } => match action {
             ConntrackAction::List { json } => {
@@ -341,4 +463,176 @@ where
         }
     }
     Ok(code)
+}
+
+/// `ferry run` without -d: prints the workload's output as it comes,
+/// forwards ^C and SIGTERM to it, and exits with its exit code.
+async fn attached(client: &Client, id: &str, rm: bool) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let output = print_logs(client, id, true, "all");
+    tokio::pin!(output);
+    loop {
+        let forwarded = tokio::select! {
+            done = &mut output => {
+                done?;
+                break;
+            }
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        // The container may be gone already; its exit code tells.
+        let _ = client
+            .call::<()>(
+                Method::POST,
+                &format!("/containers/{id}/kill?signal={forwarded}"),
+                NO_BODY,
+            )
+            .await;
+    }
+    let status: WaitResponse = client
+        .call(Method::POST, &format!("/containers/{id}/wait"), NO_BODY)
+        .await?;
+    if rm {
+        client
+            .call::<()>(Method::DELETE, &format!("/containers/{id}"), NO_BODY)
+            .await?;
+    }
+    Ok(ExitCode::from(status.status_code.clamp(0, 255) as u8))
+}
+
+/// Copies a container's log to stdout and stderr, stream by stream.
+async fn print_logs(client: &Client, id: &str, follow: bool, tail: &str) -> anyhow::Result<()> {
+    let mut body = client
+        .stream(
+            Method::GET,
+            &format!("/containers/{id}/logs?follow={follow}&tail={tail}"),
+            NO_BODY,
+        )
+        .await?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some((stream, payload)) = logs::take_frame(&mut buf) {
+            match stream {
+                Some(logs::Stream::Stderr) => {
+                    stderr.write_all(&payload).await?;
+                    stderr.flush().await?;
+                }
+                _ => {
+                    stdout.write_all(&payload).await?;
+                    stdout.flush().await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ferry stats`: one table of usage; CPU % is the CPU time used between
+/// two samples over the time between them (100% = one CPU busy).
+async fn stats(
+    client: &Client,
+    containers: Vec<String>,
+    once: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let names = if containers.is_empty() {
+        let list: Vec<ContainerJson> = client
+            .call(Method::GET, "/containers/json", NO_BODY)
+            .await?;
+        list.into_iter().map(|c| c.name).collect()
+    } else {
+        containers
+    };
+    let sample = || async {
+        let mut out = Vec::new();
+        for name in &names {
+            let s: Stats = client
+                .call(Method::GET, &format!("/containers/{name}/stats"), NO_BODY)
+                .await?;
+            out.push(s);
+        }
+        Ok::<_, anyhow::Error>(out)
+    };
+    let mut before = sample().await?;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(if once {
+            500
+        } else {
+            1000
+        }))
+        .await;
+        let after = sample().await?;
+        let cpu_percent = |a: &Stats, b: &Stats| {
+            let elapsed = b.read_ns.saturating_sub(a.read_ns).max(1);
+            b.usage.cpu_ns.saturating_sub(a.usage.cpu_ns) as f64 * 100.0 / elapsed as f64
+        };
+        if json {
+            let rows: Vec<serde_json::Value> = names
+                .iter()
+                .zip(before.iter().zip(&after))
+                .map(|(name, (a, b))| {
+                    let mut row = serde_json::to_value(b)?;
+                    row["Name"] = name.clone().into();
+                    row["CpuPercent"] = cpu_percent(a, b).into();
+                    Ok(row)
+                })
+                .collect::<Result<_, serde_json::Error>>()?;
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !once {
+            // Clear the screen and go home, as docker stats does.
+            print!("\x1b[2J\x1b[H");
+        }
+        println!(
+            "{:<20}{:>8}{:>22}{:>7}{:>24}{:>12}",
+            "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "NET I/O (RX / TX)", "THROTTLED"
+        );
+        for ((name, a), b) in names.iter().zip(&before).zip(&after) {
+            let cpu = cpu_percent(a, b);
+            let limit = if b.usage.memory_limit == 0 {
+                "-".to_owned()
+            } else {
+                human(b.usage.memory_limit)
+            };
+            println!(
+                "{:<20}{:>7.2}%{:>22}{:>7}{:>24}{:>12}",
+                name,
+                cpu,
+                format!("{} / {}", human(b.usage.memory), limit),
+                b.usage.pids,
+                format!("{} / {}", human(b.rx_bytes), human(b.tx_bytes)),
+                b.usage.nr_throttled
+            );
+        }
+        if once {
+            return Ok(ExitCode::SUCCESS);
+        }
+        before = after;
+    }
+}
+
+/// Bytes in binary units, as docker stats prints them.
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.2}{}", UNITS[unit])
+    }
 }

@@ -35,6 +35,10 @@ struct Args {
     /// process below it; default: the cgroup2 mount).
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Where containers' cgroups go, relative to each cgroup hierarchy (for
+    /// cgroup v2, relative to the --cgroup directory).
+    #[arg(long, default_value = config::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: String,
     /// Conntrack idle timeout, NAME=SECONDS (repeatable): tcp_established
     /// (21600), tcp_syn (60), tcp_closing (10), udp (60), icmp (30).
     #[arg(long = "ct-timeout")]
@@ -107,6 +111,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         socket: args.socket,
         uplinks: args.uplinks,
         cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
+        cgroup_parent: args.cgroup_parent,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
