@@ -490,3 +490,60 @@ fn network_modes_none_host_and_another_containers() {
         stderr(&out)
     );
 }
+
+#[test]
+fn exec_runs_inside_the_running_container() {
+    let world = World::new();
+    let c = world.run_with(
+        "target",
+        &["--hostname", "inner", "-e", "FROM_RUN=1", "-w", "/srv"],
+        &["sh", "-c", "echo made > /tmp/inside; sleep infinity"],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        world
+            .ferry(&["exec", "target", "test", "-e", "/tmp/inside"])
+            .status
+            .success()
+    }));
+    let out = world.ferry(&[
+        "exec",
+        "-e",
+        "FROM_EXEC=2",
+        "target",
+        "sh",
+        "-c",
+        "cat /tmp/inside; hostname; pwd; echo $FROM_RUN$FROM_EXEC; \
+         cat /proc/1/comm; grep memory /proc/self/cgroup; echo oops >&2; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..4], ["made", "inner", "/srv", "12"], "{text}");
+    assert_eq!(lines[4], "sh", "not the container's PID namespace: {text}");
+    if Path::new("/sys/fs/cgroup/memory")
+        .join(&world.name)
+        .exists()
+    {
+        assert!(
+            lines[5].contains(&c.id),
+            "not in the container's cgroup: {text}"
+        );
+    }
+    assert_eq!(stderr(&out), "oops\n");
+
+    let missing = world.ferry(&["exec", "target", "no-such-command"]);
+    assert_eq!(missing.status.code(), Some(127), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("not found"),
+        "{}",
+        stderr(&missing)
+    );
+
+    world.ferry_ok(&["rm", "-f", "target"]);
+    let gone = world.ferry(&["exec", "target", "true"]);
+    assert!(
+        stderr(&gone).contains("no such container"),
+        "{}",
+        stderr(&gone)
+    );
+}

@@ -66,6 +66,19 @@ pub struct HostConfig {
     pub rootfs: String,
 }
 
+/// `POST /containers/{id}/exec`: a command to run in a running container.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ExecRequest {
+    pub cmd: Vec<String>,
+    /// Added to the container's environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Default: the container's working directory.
+    #[serde(default)]
+    pub working_dir: String,
+}
+
 /// One host binding of a published port (Docker's `PortBinding`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase")]
@@ -335,6 +348,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/logs", get(logs))
+        .route("/containers/{id}/exec", post(exec))
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
@@ -453,5 +467,17 @@ async fn logs(
     tokio::spawn(crate::logs::follow(
         path, exited, tail, q.follow, streams, tx,
     ));
+    Ok(axum::body::Body::from_stream(rx).into_response())
+}
+
+/// Runs a command in the container; its output in the multiplexed framing,
+/// ended by an exit frame (see `logs::EXIT_STREAM`).
+async fn exec(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    body: Result<Json<ExecRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let rx = d.exec(&id, req).await?;
     Ok(axum::body::Body::from_stream(rx).into_response())
 }

@@ -378,19 +378,24 @@ fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     match prepare_workload(spec, fds) {
-        Ok(()) => {}
-        Err(reason) => return reason,
+        Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname),
+        Err(reason) => reason,
     }
-    let Some(program) = spec.cmd.first() else {
+}
+
+/// execs `cmd` with the container's environment; only returns on error,
+/// with the reason.
+fn exec_command(cmd: &[String], env: &[String], hostname: &str) -> String {
+    let Some(program) = cmd.first() else {
         return "empty command".to_owned();
     };
     let to_c = |s: &str| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
-    let mut env = spec.env.clone();
+    let mut env = env.to_vec();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
-    env.push(format!("HOSTNAME={}", spec.hostname));
-    let args: Result<Vec<CString>, String> = spec.cmd.iter().map(|s| to_c(s)).collect();
+    env.push(format!("HOSTNAME={hostname}"));
+    let args: Result<Vec<CString>, String> = cmd.iter().map(|s| to_c(s)).collect();
     let env: Result<Vec<CString>, String> = env.iter().map(|s| to_c(s)).collect();
     let (args, env, program) = match (args, env, to_c(program)) {
         (Ok(a), Ok(e), Ok(p)) => (a, e, p),
@@ -406,8 +411,93 @@ fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
         unsafe { std::env::set_var("PATH", path) };
     }
     match execvpe(&program, &args, &env) {
-        Err(nix::Error::ENOENT) => format!("{}: executable file not found in $PATH", spec.cmd[0]),
-        Err(e) => format!("{}: {e}", spec.cmd[0]),
+        Err(nix::Error::ENOENT) => format!("{program:?}: executable file not found in $PATH"),
+        Err(e) => format!("{program:?}: {e}"),
+    }
+}
+
+/// The hidden first argument that turns `ferryd` into an exec helper.
+pub const EXEC_ARG: &str = "__exec";
+
+/// A command to run in a running container (`ferry exec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// The container's PID 1, whose namespaces are entered.
+    pub pid: u32,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: PathBuf,
+    pub hostname: String,
+}
+
+/// Entry point of the exec helper (`ferryd __exec SPEC`): joins the
+/// container's cgroups and namespaces, forks the command into its PID
+/// namespace with the workload's privileges, and exits with its status
+/// (126 if it could not be started, 127 if it was not found, as Docker).
+pub fn exec_main(spec: &str) -> ! {
+    let code = match serde_json::from_str::<ExecSpec>(spec)
+        .map_err(|e| format!("bad exec spec: {e}"))
+        .and_then(|spec| run_exec(&spec))
+    {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("ferry exec: {err}");
+            126
+        }
+    };
+    std::process::exit(code)
+}
+
+fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
+    // Open every namespace before entering any: /proc changes with the
+    // mount namespace.
+    let namespaces = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ]
+    .into_iter()
+    .map(|(name, flag)| {
+        let path = format!("/proc/{}/ns/{name}", spec.pid);
+        File::open(&path)
+            .map(|f| (f, flag))
+            .map_err(|e| format!("{path}: {e}"))
+    })
+    .collect::<Result<Vec<_>, _>>()?;
+    for procs in &spec.cgroup_procs {
+        std::fs::write(procs, "0")
+            .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+    }
+    for (ns, flag) in &namespaces {
+        nix::sched::setns(ns, *flag).map_err(|e| format!("entering {flag:?}: {e}"))?;
+    }
+    drop(namespaces);
+    // SAFETY: the helper is single-threaded (a fresh exec of ferryd that
+    // has started no runtime), so the child may run arbitrary code.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's state.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            let reason = match std::env::set_current_dir(&spec.workdir)
+                .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
+                .and_then(|()| drop_privileges())
+            {
+                Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname),
+                Err(reason) => reason,
+            };
+            eprintln!("ferry exec: {reason}");
+            let code = if reason.contains("not found") {
+                127
+            } else {
+                126
+            };
+            // SAFETY: _exit is the correct way out of a forked child.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => Ok(wait_exit_code(child)),
     }
 }
 

@@ -31,14 +31,15 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiError, DatapathJson, RunRequest, Stats, WaitResponse},
+    api::{self, ApiError, DatapathJson, ExecRequest, RunRequest, Stats, WaitResponse},
     cgroup::{CgroupError, Cgroups},
     config::Config,
     conntrack::{Conntrack, Flow, Timeouts},
-    container::{self, ExitRecord, InitSpec, MonitorNet},
+    container::{self, ExecSpec, ExitRecord, InitSpec, MonitorNet},
     datapath::{self, Datapath},
     ipam::{Ipam, IpamError},
     link::{Mac, Netlink},
+    logs::{self, Stream},
     netns::{self, NetNsGuard},
     portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
     preflight,
@@ -593,6 +594,79 @@ impl Daemon {
         };
         kill(Pid::from_raw(pid as i32), signal)
             .map_err(|e| ApiError::Internal(format!("cannot signal {reference}: {e}")))
+    }
+
+    /// Starts a command in a running container (see `container::exec_main`).
+    /// Its output comes as frames, then one exit frame.
+    pub async fn exec(
+        &self,
+        reference: &str,
+        req: ExecRequest,
+    ) -> Result<futures::channel::mpsc::Receiver<logs::Chunk>, ApiError> {
+        if req.cmd.first().is_none_or(String::is_empty) {
+            return Err(ApiError::BadRequest(
+                "no command given: ferry exec CONTAINER CMD [ARGS...]".into(),
+            ));
+        }
+        let spec = {
+            let inner = self.inner.lock().await;
+            let record = inner.find(reference)?;
+            let Some(pid) = record.pid.filter(|_| record.status == Status::Running) else {
+                return Err(ApiError::Conflict(format!(
+                    "container {reference} is not running"
+                )));
+            };
+            let workdir = match (req.working_dir.as_str(), record.working_dir.as_str()) {
+                ("", "") => PathBuf::from("/"),
+                ("", own) => PathBuf::from(own),
+                (dir, _) if dir.starts_with('/') => PathBuf::from(dir),
+                (dir, _) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "the working directory {dir:?} is invalid: it needs to be an absolute path"
+                    )));
+                }
+            };
+            ExecSpec {
+                pid,
+                cgroup_procs: inner.cgroups.procs_files(&record.id),
+                cmd: req.cmd,
+                env: record.env.iter().cloned().chain(req.env).collect(),
+                workdir,
+                hostname: record.hostname.clone(),
+            }
+        };
+        let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
+        let spec = serde_json::to_string(&spec).map_err(|e| internal(&e))?;
+        let mut child = tokio::process::Command::new("/proc/self/exe")
+            .arg(container::EXEC_ARG)
+            .arg(spec)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| internal(&format!("cannot start the exec helper: {e}")))?;
+        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(internal(&"the exec helper has no output pipes"));
+        };
+        let (mut tx, rx) = futures::channel::mpsc::channel(64);
+        tokio::spawn(async move {
+            use futures::SinkExt as _;
+            let out = tokio::spawn(logs::copy_frames(stdout, Stream::Stdout, tx.clone()));
+            let err = tokio::spawn(logs::copy_frames(stderr, Stream::Stderr, tx.clone()));
+            let _ = out.await;
+            let _ = err.await;
+            let code = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    status
+                        .code()
+                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+                }
+                Err(_) => 126,
+            };
+            let _ = tx.send(Ok(logs::exit_frame(code))).await;
+        });
+        Ok(rx)
     }
 
     /// The container's log file and, while it runs, a receiver that says

@@ -14,7 +14,7 @@ use std::{
 
 use futures::{SinkExt as _, channel::mpsc};
 use tokio::{
-    io::{AsyncBufRead, AsyncBufReadExt as _},
+    io::{AsyncBufRead, AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _},
     sync::watch,
 };
 
@@ -34,14 +34,6 @@ impl Stream {
         match self {
             Self::Stdout => "stdout",
             Self::Stderr => "stderr",
-        }
-    }
-
-    pub fn from_byte(b: u8) -> Option<Self> {
-        match b {
-            1 => Some(Self::Stdout),
-            2 => Some(Self::Stderr),
-            _ => None,
         }
     }
 }
@@ -116,18 +108,31 @@ impl Writer {
     }
 }
 
+/// The frame stream byte of the exit status that ends `ferry exec`'s
+/// output (payload: the decimal exit code). Never in a container's log.
+pub const EXIT_STREAM: u8 = 3;
+
 /// One frame of the multiplexed stream.
 pub fn frame(stream: Stream, payload: &[u8]) -> Vec<u8> {
+    raw_frame(stream as u8, payload)
+}
+
+/// The frame that carries an exit code.
+pub fn exit_frame(code: i32) -> Vec<u8> {
+    raw_frame(EXIT_STREAM, code.to_string().as_bytes())
+}
+
+fn raw_frame(stream: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + payload.len());
-    out.push(stream as u8);
+    out.push(stream);
     out.extend_from_slice(&[0, 0, 0]);
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
     out
 }
 
-/// Splits the first complete frame off `buf`: its stream and payload.
-pub fn take_frame(buf: &mut Vec<u8>) -> Option<(Option<Stream>, Vec<u8>)> {
+/// Splits the first complete frame off `buf`: its stream byte and payload.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
     let header: [u8; 8] = buf.get(..8)?.try_into().ok()?;
     let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
     if buf.len() < 8 + len {
@@ -135,7 +140,7 @@ pub fn take_frame(buf: &mut Vec<u8>) -> Option<(Option<Stream>, Vec<u8>)> {
     }
     let payload = buf[8..8 + len].to_vec();
     buf.drain(..8 + len);
-    Some((Stream::from_byte(header[0]), payload))
+    Some((header[0], payload))
 }
 
 /// What `follow` sends: frames, or the error that ended the stream.
@@ -218,6 +223,25 @@ pub async fn follow(
     }
 }
 
+/// Sends what `from` produces as frames of `stream` until it closes.
+pub async fn copy_frames<R: AsyncRead + Unpin>(
+    mut from: R,
+    stream: Stream,
+    mut tx: mpsc::Sender<Chunk>,
+) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if tx.send(Ok(frame(stream, &buf[..n]))).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Reads the complete lines available now; a partly written last line
 /// stays in `pending` for the next call.
 async fn read_complete<R: AsyncBufRead + Unpin>(
@@ -278,11 +302,14 @@ mod tests {
     fn frames_round_trip() {
         let mut buf = frame(Stream::Stderr, b"hello");
         buf.extend(frame(Stream::Stdout, b""));
+        buf.extend(exit_frame(-3));
         buf.extend_from_slice(&[1, 0, 0]);
         let (s, p) = take_frame(&mut buf).expect("first frame");
-        assert_eq!((s, p.as_slice()), (Some(Stream::Stderr), &b"hello"[..]));
+        assert_eq!((s, p.as_slice()), (2, &b"hello"[..]));
         let (s, p) = take_frame(&mut buf).expect("second frame");
-        assert_eq!((s, p.len()), (Some(Stream::Stdout), 0));
+        assert_eq!((s, p.len()), (1, 0));
+        let (s, p) = take_frame(&mut buf).expect("exit frame");
+        assert_eq!((s, p.as_slice()), (EXIT_STREAM, &b"-3"[..]));
         assert!(take_frame(&mut buf).is_none());
         assert_eq!(buf.len(), 3);
     }

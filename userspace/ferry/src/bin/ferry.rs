@@ -2,9 +2,10 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry::{
-    api::{ContainerJson, DatapathJson, HostConfig, RunRequest, Stats, WaitResponse},
+    api::{ContainerJson, DatapathJson, ExecRequest, HostConfig, RunRequest, Stats, WaitResponse},
     cgroup::{Resources, parse_size},
     client::Client,
     config,
@@ -87,6 +88,19 @@ enum Command {
         #[arg(short = 'n', long, default_value = "all")]
         tail: String,
         container: String,
+    },
+    /// Run a command in a running container; exits with its exit code.
+    Exec {
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        container: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
     },
     /// Send a signal to containers' main process.
     Kill {
@@ -379,6 +393,29 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             print_logs(&client, &container, follow, &tail).await?;
         }
+        Command::Exec {
+            env,
+            workdir,
+            container,
+            cmd,
+        } => {
+            let req = ExecRequest {
+                cmd,
+                env,
+                working_dir: workdir.unwrap_or_default(),
+            };
+            let body = client
+                .stream(
+                    Method::POST,
+                    &format!("/containers/{container}/exec"),
+                    Some(&req),
+                )
+                .await?;
+            let code = print_frames(body)
+                .await?
+                .context("the exec ended without an exit status")?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
         Command::Kill { signal, containers } => {
             return each(&containers, |c| {
                 let path = format!("/containers/{c}/kill?signal={signal}");
@@ -504,13 +541,20 @@ async fn attached(client: &Client, id: &str, rm: bool) -> anyhow::Result<ExitCod
 
 /// Copies a container's log to stdout and stderr, stream by stream.
 async fn print_logs(client: &Client, id: &str, follow: bool, tail: &str) -> anyhow::Result<()> {
-    let mut body = client
+    let body = client
         .stream(
             Method::GET,
             &format!("/containers/{id}/logs?follow={follow}&tail={tail}"),
             NO_BODY,
         )
         .await?;
+    print_frames(body).await.map(|_| ())
+}
+
+/// Writes multiplexed frames to stdout and stderr; returns the exit code
+/// if the stream carried one (exec).
+async fn print_frames(mut body: hyper::body::Incoming) -> anyhow::Result<Option<i32>> {
+    let mut exit = None;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut buf = Vec::new();
@@ -522,7 +566,14 @@ async fn print_logs(client: &Client, id: &str, follow: bool, tail: &str) -> anyh
         buf.extend_from_slice(&data);
         while let Some((stream, payload)) = logs::take_frame(&mut buf) {
             match stream {
-                Some(logs::Stream::Stderr) => {
+                logs::EXIT_STREAM => {
+                    exit = Some(
+                        String::from_utf8_lossy(&payload)
+                            .parse()
+                            .context("bad exit status from ferryd")?,
+                    );
+                }
+                s if s == logs::Stream::Stderr as u8 => {
                     stderr.write_all(&payload).await?;
                     stderr.flush().await?;
                 }
@@ -533,7 +584,7 @@ async fn print_logs(client: &Client, id: &str, follow: bool, tail: &str) -> anyh
             }
         }
     }
-    Ok(())
+    Ok(exit)
 }
 
 /// `ferry stats`: one table of usage; CPU % is the CPU time used between

@@ -77,6 +77,10 @@ fn main() -> ExitCode {
     {
         container::init_main();
     }
+    let mut argv = std::env::args();
+    if argv.nth(1).is_some_and(|a| a == container::EXEC_ARG) {
+        container::exec_main(&argv.next().unwrap_or_default());
+    }
     let args = Args::parse();
     let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
