@@ -547,3 +547,32 @@ fn exec_runs_inside_the_running_container() {
         stderr(&gone)
     );
 }
+
+#[test]
+fn the_host_python_serves_http_from_a_container_without_an_image() {
+    let world = World::new();
+    world.run_with(
+        "web",
+        &["-p", "8080:80", "-w", "/srv/site"],
+        &[
+            "sh",
+            "-c",
+            "echo from-the-overlay > index.html; exec python3 -m http.server 80",
+        ],
+    );
+    let url = format!(
+        "http://{}:8080/index.html",
+        ferry_integration::HOST_UPLINK_IP
+    );
+    let served = wait_until(Duration::from_secs(15), || {
+        let out = ferry_integration::output(
+            &mut world.in_client("curl", &["-sS", "--max-time", "2", &url]),
+        );
+        stdout(&out) == "from-the-overlay\n"
+    });
+    assert!(
+        served,
+        "no answer from python3 -m http.server: {}",
+        world.ferry_ok(&["logs", "web"])
+    );
+}
