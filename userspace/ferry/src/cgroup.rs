@@ -251,7 +251,8 @@ impl Cgroups {
             _ => {
                 return Err(CgroupError::Unsupported(
                     "neither cgroup v2 with memory, cpu, cpuset and pids nor v1 memory, cpu \
-                     and pids hierarchies are mounted"
+                     and pids hierarchies are mounted here (`ip netns exec` mounts a new /sys \
+                     without them: enter a network namespace with `nsenter --net=` instead)"
                         .into(),
                 ));
             }

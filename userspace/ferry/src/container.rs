@@ -378,16 +378,28 @@ fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     match prepare_workload(spec, fds) {
-        Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname),
+        Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname).reason,
         Err(reason) => reason,
     }
 }
 
-/// execs `cmd` with the container's environment; only returns on error,
-/// with the reason.
-fn exec_command(cmd: &[String], env: &[String], hostname: &str) -> String {
-    let Some(program) = cmd.first() else {
-        return "empty command".to_owned();
+/// Why a command could not be exec'd, with the exit code a shell (and
+/// Docker) gives that: 127 not found, 126 found but not runnable.
+struct ExecFailure {
+    code: i32,
+    reason: String,
+}
+
+impl From<String> for ExecFailure {
+    fn from(reason: String) -> Self {
+        Self { code: 126, reason }
+    }
+}
+
+/// execs `cmd` with the container's environment; only returns on error.
+fn exec_command(cmd: &[String], env: &[String], hostname: &str) -> ExecFailure {
+    let Some(name) = cmd.first() else {
+        return "empty command".to_owned().into();
     };
     let to_c = |s: &str| CString::new(s).map_err(|_| format!("NUL byte in {s:?}"));
     let mut env = env.to_vec();
@@ -397,9 +409,9 @@ fn exec_command(cmd: &[String], env: &[String], hostname: &str) -> String {
     env.push(format!("HOSTNAME={hostname}"));
     let args: Result<Vec<CString>, String> = cmd.iter().map(|s| to_c(s)).collect();
     let env: Result<Vec<CString>, String> = env.iter().map(|s| to_c(s)).collect();
-    let (args, env, program) = match (args, env, to_c(program)) {
+    let (args, env, program) = match (args, env, to_c(name)) {
         (Ok(a), Ok(e), Ok(p)) => (a, e, p),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e,
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into(),
     };
     // execvpe searches PATH of the *caller's* environment: use the
     // container's.
@@ -411,8 +423,11 @@ fn exec_command(cmd: &[String], env: &[String], hostname: &str) -> String {
         unsafe { std::env::set_var("PATH", path) };
     }
     match execvpe(&program, &args, &env) {
-        Err(nix::Error::ENOENT) => format!("{program:?}: executable file not found in $PATH"),
-        Err(e) => format!("{program:?}: {e}"),
+        Err(nix::Error::ENOENT) => ExecFailure {
+            code: 127,
+            reason: format!("{name}: executable file not found in $PATH"),
+        },
+        Err(e) => format!("{name}: {e}").into(),
     }
 }
 
@@ -481,21 +496,16 @@ fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
         ForkResult::Child => {
             // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's state.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-            let reason = match std::env::set_current_dir(&spec.workdir)
+            let failure = match std::env::set_current_dir(&spec.workdir)
                 .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
                 .and_then(|()| drop_privileges())
             {
                 Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname),
-                Err(reason) => reason,
+                Err(reason) => reason.into(),
             };
-            eprintln!("ferry exec: {reason}");
-            let code = if reason.contains("not found") {
-                127
-            } else {
-                126
-            };
+            eprintln!("ferry exec: {}", failure.reason);
             // SAFETY: _exit is the correct way out of a forked child.
-            unsafe { libc::_exit(code) }
+            unsafe { libc::_exit(failure.code) }
         }
         ForkResult::Parent { child } => Ok(wait_exit_code(child)),
     }
