@@ -139,6 +139,23 @@ pub struct FerrySettings {
     pub host_veth_ifindex: u32,
     pub host_veth_mac: String,
     pub monitor_pid: u32,
+    /// The datapath programs on the host veth, e.g. `from_container (tc ingress)`.
+    #[serde(default)]
+    pub programs: Vec<String>,
+    /// The container's datapath counters.
+    #[serde(default)]
+    pub counters: NetCounters,
+}
+
+/// Packets and bytes a container sent (tx) and received (rx), counted by
+/// the datapath.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 /// `ferry inspect` / `GET /containers/{id}/json`.
@@ -178,11 +195,15 @@ impl From<&ContainerRecord> for ContainerJson {
                         host_veth: n.host_ifname.clone(),
                         host_veth_ifindex: n.host_ifindex,
                         host_veth_mac: mac_to_string(&n.host_mac),
-                        monitor_pid: r.monitor_pid.unwrap_or(0),
+                        ..FerrySettings::default()
                     },
                 )
             }
             None => (NetworkSettings::default(), FerrySettings::default()),
+        };
+        let ferry = FerrySettings {
+            monitor_pid: r.monitor_pid.unwrap_or(0),
+            ..ferry
         };
         Self {
             id: r.id.clone(),
@@ -231,10 +252,8 @@ fn port_bindings(ports: &[PortMapping]) -> BTreeMap<String, Vec<PortBinding>> {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Stats {
-    pub rx_packets: u64,
-    pub rx_bytes: u64,
-    pub tx_packets: u64,
-    pub tx_bytes: u64,
+    #[serde(flatten)]
+    pub net: NetCounters,
     #[serde(flatten)]
     pub usage: crate::cgroup::Usage,
     pub read_ns: u64,
@@ -256,8 +275,35 @@ pub struct DatapathJson {
     pub pin_dir: String,
     pub endpoints: usize,
     pub programs: Vec<String>,
+    /// Where each program is attached.
+    pub attachments: Vec<AttachmentJson>,
+    /// Fill level of every map.
+    pub maps: Vec<MapJson>,
     /// Drop counters by reason name.
     pub drops: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AttachmentJson {
+    /// Interface, or cgroup directory for the socket hooks.
+    pub target: String,
+    pub program: String,
+    /// `tc ingress`, `tc egress`, `xdp`, `cgroup`.
+    pub hook: String,
+    /// For XDP, as the kernel reports it: `native`, `generic`, ...
+    #[serde(default)]
+    pub mode: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MapJson {
+    pub name: String,
+    #[serde(rename = "Type")]
+    pub kind: String,
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -313,6 +359,12 @@ struct ListQuery {
 #[derive(Debug, Deserialize)]
 struct StopQuery {
     t: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ConntrackQuery {
+    container: Option<String>,
+    proto: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -381,7 +433,7 @@ async fn inspect(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<String>,
 ) -> Result<Json<ContainerJson>, ApiError> {
-    Ok(Json(ContainerJson::from(&d.inspect(&id).await?)))
+    Ok(Json(d.inspect_json(&id).await?))
 }
 
 async fn stop(
@@ -415,8 +467,12 @@ async fn datapath(State(d): State<Arc<Daemon>>) -> Result<Json<DatapathJson>, Ap
 
 async fn conntrack(
     State(d): State<Arc<Daemon>>,
+    Query(q): Query<ConntrackQuery>,
 ) -> Result<Json<Vec<crate::conntrack::Flow>>, ApiError> {
-    Ok(Json(d.conntrack().await?))
+    Ok(Json(
+        d.conntrack(q.container.as_deref(), q.proto.as_deref())
+            .await?,
+    ))
 }
 
 async fn conntrack_flush(

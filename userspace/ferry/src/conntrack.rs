@@ -138,6 +138,18 @@ pub struct Flow {
     pub translated: String,
     pub state: String,
     pub idle_seconds: u64,
+    /// Seconds until the GC forgets the flow if it stays idle.
+    pub expires_in_seconds: u64,
+}
+
+impl Flow {
+    /// Whether `ip` is one of the flow's addresses (either side or the
+    /// translation).
+    pub fn involves(&self, ip: Ipv4Addr) -> bool {
+        [&self.src, &self.dst, &self.translated]
+            .iter()
+            .any(|a| a.split(':').next() == Some(ip.to_string().as_str()))
+    }
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -190,7 +202,7 @@ impl Conntrack {
             .filter(|(_, e)| is_originator(e.kind))
             .map(|(k, e)| {
                 let responder = all.get(&pair_key(k, e));
-                let (state, _) = state(k.proto, Some(e), responder, timeouts);
+                let (state, timeout) = state(k.proto, Some(e), responder, timeouts);
                 let last = responder.map_or(e.last_seen_ns, |r| r.last_seen_ns.max(e.last_seen_ns));
                 Flow {
                     proto: proto_name(k.proto).to_owned(),
@@ -200,6 +212,9 @@ impl Conntrack {
                     translated: endpoint(e.nat_addr, e.nat_port),
                     state: state.to_owned(),
                     idle_seconds: now.saturating_sub(last) / 1_000_000_000,
+                    expires_in_seconds: timeout
+                        .as_secs()
+                        .saturating_sub(now.saturating_sub(last) / 1_000_000_000),
                 }
             })
             .collect();

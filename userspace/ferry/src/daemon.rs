@@ -31,7 +31,10 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    api::{self, ApiError, DatapathJson, ExecRequest, RunRequest, Stats, WaitResponse},
+    api::{
+        self, ApiError, AttachmentJson, ContainerJson, DatapathJson, ExecRequest, MapJson,
+        NetCounters, RunRequest, Stats, WaitResponse,
+    },
     cgroup::{CgroupError, Cgroups},
     config::Config,
     conntrack::{Conntrack, Flow, Timeouts},
@@ -542,17 +545,27 @@ impl Daemon {
             }),
             ..Stats::default()
         };
-        if let Some(net) = &record.network {
-            let s = inner
-                .datapath
-                .endpoint_stats(net.ip)
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            stats.rx_packets = s.rx_packets;
-            stats.rx_bytes = s.rx_bytes;
-            stats.tx_packets = s.tx_packets;
-            stats.tx_bytes = s.tx_bytes;
-        }
+        stats.net = inner.counters(&record)?;
         Ok(stats)
+    }
+
+    /// `ferry inspect`: the record, plus the datapath programs on the
+    /// container's veth and its counters.
+    pub async fn inspect_json(&self, reference: &str) -> Result<ContainerJson, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let record = inner.find(reference)?.clone();
+        let mut json = ContainerJson::from(&record);
+        if let Some(net) = &record.network {
+            json.ferry.programs = inner
+                .datapath
+                .attachments()
+                .into_iter()
+                .filter(|a| a.target == net.host_ifname)
+                .map(|a| format!("{} ({})", a.program, a.hook))
+                .collect();
+        }
+        json.ferry.counters = inner.counters(&record)?;
+        Ok(json)
     }
 
     /// Blocks until the container has exited; its exit code.
@@ -687,10 +700,43 @@ impl Daemon {
         let mut inner = self.inner.lock().await;
         let internal = |e: datapath::DatapathError| ApiError::Internal(e.to_string());
         let drops = inner.datapath.drops().map_err(internal)?;
+        let mut attachments = Vec::new();
+        for a in inner.datapath.attachments() {
+            let mode = if a.hook == "xdp" {
+                inner
+                    .netlink
+                    .xdp_mode(&a.target)
+                    .await
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
+                    .unwrap_or("detached")
+            } else {
+                ""
+            };
+            attachments.push(AttachmentJson {
+                target: a.target,
+                program: a.program.to_owned(),
+                hook: a.hook.to_owned(),
+                mode: mode.to_owned(),
+            });
+        }
+        let maps = inner
+            .datapath
+            .map_fill()
+            .map_err(internal)?
+            .into_iter()
+            .map(|m| MapJson {
+                name: m.name.to_owned(),
+                kind: m.kind,
+                entries: m.entries,
+                capacity: m.capacity,
+            })
+            .collect();
         Ok(DatapathJson {
             pin_dir: inner.datapath.pin_dir().display().to_string(),
             endpoints: inner.datapath.endpoint_count().map_err(internal)?,
             programs: datapath::PROGRAMS.iter().map(|p| (*p).to_owned()).collect(),
+            attachments,
+            maps,
             drops: drops
                 .into_iter()
                 .map(|(reason, n): (DropReason, u64)| (reason.name().to_owned(), n))
@@ -720,13 +766,41 @@ impl Daemon {
         Ok(())
     }
 
-    /// Every tracked flow, decoded.
-    pub async fn conntrack(&self) -> Result<Vec<Flow>, ApiError> {
+    /// Tracked flows, decoded; only those of one container (by name or
+    /// ID) and one protocol if given.
+    pub async fn conntrack(
+        &self,
+        container: Option<&str>,
+        proto: Option<&str>,
+    ) -> Result<Vec<Flow>, ApiError> {
+        if let Some(p) = proto
+            && !["tcp", "udp", "icmp"].contains(&p)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "unknown protocol {p:?}: tcp, udp or icmp"
+            )));
+        }
+        let ip = match container {
+            Some(c) => {
+                let inner = self.inner.lock().await;
+                let record = inner.find(c)?;
+                match &record.network {
+                    Some(net) => Some(net.ip),
+                    None => return Ok(Vec::new()),
+                }
+            }
+            None => None,
+        };
         let ct = Conntrack::open(&self.ct_pin).map_err(|e| ApiError::Internal(e.to_string()))?;
         let timeouts = self.ct_timeouts;
-        tokio::task::spawn_blocking(move || ct.list(&timeouts))
+        let flows = tokio::task::spawn_blocking(move || ct.list(&timeouts))
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(flows
+            .into_iter()
+            .filter(|f| ip.is_none_or(|ip| f.involves(ip)))
+            .filter(|f| proto.is_none_or(|p| f.proto == p))
+            .collect())
     }
 
     /// Forgets every tracked flow; returns how many entries went.
@@ -790,6 +864,23 @@ impl Inner {
                 "no such container: {reference}"
             ))),
         }
+    }
+
+    /// A container's datapath counters (zero without a bridge network).
+    fn counters(&mut self, record: &ContainerRecord) -> Result<NetCounters, ApiError> {
+        let Some(net) = &record.network else {
+            return Ok(NetCounters::default());
+        };
+        let s = self
+            .datapath
+            .endpoint_stats(net.ip)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        Ok(NetCounters {
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+        })
     }
 
     /// Records a container's exit and frees what it held: the status the

@@ -137,6 +137,28 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// Attachments made by this process, kept but never detached on drop.
     links: HashMap<(String, &'static str), ManuallyDrop<SchedClassifierLink>>,
+    /// Interfaces with `xdp_prefilter`, and the socket hooks' cgroup.
+    xdp: Vec<String>,
+    cgroup: Option<PathBuf>,
+}
+
+/// One program attachment: where, what, and which hook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// An interface name, or a cgroup directory for the socket hooks.
+    pub target: String,
+    pub program: &'static str,
+    pub hook: &'static str,
+}
+
+/// How full a map is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: &'static str,
+    pub kind: String,
+    /// Keys present; for arrays (always full) the capacity.
+    pub entries: usize,
+    pub capacity: u32,
 }
 
 impl Datapath {
@@ -199,6 +221,8 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             links: HashMap::new(),
+            xdp: Vec::new(),
+            cgroup: None,
         })
     }
 
@@ -235,7 +259,11 @@ impl Datapath {
                 .map_err(|e| error_chain(&e))?;
             let link = prog.take_link(id).map_err(|e| e.to_string())?;
             FdLink::try_from(link).map_err(|e| e.to_string())
-        })
+        })?;
+        if !self.xdp.iter().any(|i| i == ifname) {
+            self.xdp.push(ifname.to_owned());
+        }
+        Ok(())
     }
 
     /// Attaches program `name` through a BPF link pinned at `pin`: the
@@ -349,7 +377,75 @@ impl Datapath {
                 FdLink::try_from(link).map_err(|e| e.to_string())
             })?;
         }
+        self.cgroup = Some(cgroup.to_owned());
         Ok(())
+    }
+
+    /// Every attachment this ferryd made or took over, sorted by target.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let mut out: Vec<Attachment> = self
+            .links
+            .keys()
+            .map(|(ifname, program)| Attachment {
+                target: ifname.clone(),
+                program,
+                hook: if *program == PROG_TO_CONTAINER {
+                    "tc egress"
+                } else {
+                    "tc ingress"
+                },
+            })
+            .chain(self.xdp.iter().map(|ifname| Attachment {
+                target: ifname.clone(),
+                program: PROG_XDP_PREFILTER,
+                hook: "xdp",
+            }))
+            .chain(self.cgroup.iter().flat_map(|cgroup| {
+                let target = cgroup.display().to_string();
+                SOCK_PROGRAMS.iter().map(move |program| Attachment {
+                    target: target.clone(),
+                    program,
+                    hook: "cgroup",
+                })
+            }))
+            .collect();
+        out.sort_by(|a, b| (&a.target, a.program).cmp(&(&b.target, b.program)));
+        out
+    }
+
+    /// Entries against capacity for every map, from the pinned maps.
+    pub fn map_fill(&self) -> Result<Vec<MapFill>, DatapathError> {
+        MAPS.iter()
+            .map(|&name| {
+                let info =
+                    aya::maps::MapInfo::from_pin(self.pin_dir.join(name)).map_err(map_err(name))?;
+                let kind = info.map_type().map_err(map_err(name))?;
+                let capacity = info.max_entries();
+                let entries = match kind {
+                    aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray => {
+                        capacity as usize
+                    }
+                    _ => {
+                        let fd = info.fd().map_err(map_err(name))?;
+                        count_keys(fd.as_fd(), info.key_size(), capacity).map_err(|e| {
+                            DatapathError::Map {
+                                map: name,
+                                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                                    call: "bpf_map_get_next_key",
+                                    io_error: e,
+                                }),
+                            }
+                        })?
+                    }
+                };
+                Ok(MapFill {
+                    name,
+                    kind: format!("{kind:?}"),
+                    entries,
+                    capacity,
+                })
+            })
+            .collect()
     }
 
     /// Lets the socket hooks act in the namespace with this cookie.
@@ -541,6 +637,41 @@ fn bpf_cmd<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     } else {
         Ok(rc)
     }
+}
+
+/// Counts a map's keys with BPF_MAP_GET_NEXT_KEY (at most `capacity` + 1
+/// steps, however the map changes meanwhile).
+fn count_keys(map: BorrowedFd<'_>, key_size: u32, capacity: u32) -> io::Result<usize> {
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    #[repr(C)]
+    struct NextKey {
+        map_fd: u32,
+        pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut count = 0;
+    let mut first = true;
+    while count <= capacity as usize {
+        let attr = NextKey {
+            map_fd: map.as_raw_fd() as u32,
+            pad: 0,
+            key: if first { 0 } else { key.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+        };
+        match bpf_cmd(BPF_MAP_GET_NEXT_KEY, &attr) {
+            Ok(_) => {
+                count += 1;
+                first = false;
+                std::mem::swap(&mut key, &mut next);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(count)
 }
 
 /// Atomically swaps the program of the BPF link pinned at `pin` for

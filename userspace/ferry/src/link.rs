@@ -144,6 +144,43 @@ impl Netlink {
     }
 
     /// The MAC of interface `index`.
+    /// How an XDP program is attached to `name`, as the kernel reports it:
+    /// `native`, `generic` (skb mode), `offload`, `multi`; `None` if none.
+    pub async fn xdp_mode(&self, name: &str) -> Result<Option<&'static str>, LinkError> {
+        use netlink_packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        let msg = match links.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                return Ok(None);
+            }
+            Err(source) => {
+                return Err(LinkError::Request {
+                    op: "look up",
+                    target: name.to_owned(),
+                    source,
+                });
+            }
+        };
+        let mode = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
+                LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+                LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("generic"),
+                LinkXdp::Attached(XdpAttached::Hardware) => Some("offload"),
+                LinkXdp::Attached(XdpAttached::Multiple) => Some("multi"),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Ok(mode)
+    }
+
     pub async fn mac_of(&self, index: u32) -> Result<Option<Mac>, LinkError> {
         self.link_attribute(index, |a| match a {
             LinkAttribute::Address(bytes) => bytes.try_into().ok(),

@@ -191,8 +191,14 @@ struct RunArgs {
 
 #[derive(Subcommand)]
 enum ConntrackAction {
-    /// List flows with their translation, state and idle time.
+    /// List flows with their translation, state, idle time and expiry.
     List {
+        /// Only flows of this container.
+        #[arg(long)]
+        container: Option<String>,
+        /// Only tcp, udp or icmp flows.
+        #[arg(long)]
+        proto: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -441,19 +447,43 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
         Command::Conntrack { action } => match action {
-            ConntrackAction::List { json } => {
-                let flows: Vec<Flow> = client.call(Method::GET, "/conntrack", NO_BODY).await?;
+            ConntrackAction::List {
+                container,
+                proto,
+                json,
+            } => {
+                let mut query = Vec::new();
+                if let Some(c) = container {
+                    query.push(format!("container={c}"));
+                }
+                if let Some(p) = proto {
+                    query.push(format!("proto={p}"));
+                }
+                let flows: Vec<Flow> = client
+                    .call(
+                        Method::GET,
+                        &format!("/conntrack?{}", query.join("&")),
+                        NO_BODY,
+                    )
+                    .await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&flows)?);
                 } else {
                     println!(
-                        "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}IDLE",
-                        "PROTO", "NAT", "SOURCE", "DESTINATION", "TRANSLATED", "STATE"
+                        "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<7}EXPIRES",
+                        "PROTO", "NAT", "SOURCE", "DESTINATION", "TRANSLATED", "STATE", "IDLE"
                     );
                     for f in &flows {
                         println!(
-                            "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{}s",
-                            f.proto, f.nat, f.src, f.dst, f.translated, f.state, f.idle_seconds
+                            "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<7}{}s",
+                            f.proto,
+                            f.nat,
+                            f.src,
+                            f.dst,
+                            f.translated,
+                            f.state,
+                            format!("{}s", f.idle_seconds),
+                            f.expires_in_seconds
                         );
                     }
                 }
@@ -470,11 +500,27 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 println!("pinned under: {}", d.pin_dir);
-                println!("programs:     {}", d.programs.join(", "));
                 println!("endpoints:    {}", d.endpoints);
-                println!("drops:");
+                println!("\nattached programs:");
+                for a in &d.attachments {
+                    let hook = if a.mode.is_empty() {
+                        a.hook.clone()
+                    } else {
+                        format!("{} ({})", a.hook, a.mode)
+                    };
+                    println!("  {:<34}{:<20}{hook}", a.target, a.program);
+                }
+                println!("\nmaps:");
+                for m in &d.maps {
+                    let fill = m.entries as f64 * 100.0 / f64::from(m.capacity.max(1));
+                    println!(
+                        "  {:<14}{:<14}{:>9} / {:<9}{fill:>6.1}%",
+                        m.name, m.kind, m.entries, m.capacity
+                    );
+                }
+                println!("\ndrops by reason:");
                 for (reason, n) in &d.drops {
-                    println!("  {reason:<18}{n}");
+                    println!("  {reason:<22}{n}");
                 }
             }
         }
@@ -661,7 +707,7 @@ async fn stats(
                 cpu,
                 format!("{} / {}", human(b.usage.memory), limit),
                 b.usage.pids,
-                format!("{} / {}", human(b.rx_bytes), human(b.tx_bytes)),
+                format!("{} / {}", human(b.net.rx_bytes), human(b.net.tx_bytes)),
                 b.usage.nr_throttled
             );
         }
