@@ -411,18 +411,24 @@ impl World {
     /// parent per v1 hierarchy (or one under the world's cgroup2 dir), and
     /// whatever is below.
     pub fn container_cgroups(&self) -> Vec<PathBuf> {
-        let mut parents: Vec<PathBuf> = ["memory", "cpu", "cpuacct", "cpuset", "pids"]
-            .iter()
-            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.name))
-            .collect();
-        parents.push(self.cgroup.join(&self.name));
-        parents
+        self.cgroup_parents()
             .iter()
             .filter_map(|p| std::fs::read_dir(p).ok())
             .flat_map(|entries| entries.flatten())
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .map(|e| e.path())
             .collect()
+    }
+
+    /// Where this world's ferryd puts containers' cgroups (`--cgroup-parent`
+    /// in each v1 hierarchy, and under the world's cgroup2 directory).
+    fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let mut parents: Vec<PathBuf> = ["memory", "cpu", "cpuacct", "cpuset", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&self.name))
+            .collect();
+        parents.push(self.cgroup.join(&self.name));
+        parents
     }
 
     /// A file of a container's cgroup: the v1 `controller` hierarchy's, or
@@ -592,6 +598,10 @@ impl Drop for World {
             .status();
         // The namespaces go when `host` and `client` drop, after this.
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // In case reset could not run: the containers' cgroup parents.
+        for parent in self.cgroup_parents() {
+            let _ = std::fs::remove_dir(parent);
+        }
         // A cgroup can only be removed once its last process has exited.
         wait_until(Duration::from_secs(5), || {
             std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists()

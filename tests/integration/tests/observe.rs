@@ -173,3 +173,123 @@ fn conntrack_lists_a_containers_flows_with_their_translation() {
     let bad = world.ferry(&["conntrack", "list", "--proto", "sctp"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown protocol"));
 }
+
+/// One sample: metric name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Samples of a Prometheus text page, checked line by line against the
+/// format: `# HELP`/`# TYPE` before each family, `name{k="v",...} value`.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split(' ');
+            let name = words.next().expect("TYPE name");
+            assert!(valid_name(name), "bad name in {line:?}");
+            let kind = words.next().expect("TYPE kind");
+            assert!(["counter", "gauge"].contains(&kind), "{line:?}");
+            typed.insert(name.to_owned());
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value: {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').unwrap_or_else(|| panic!("{line:?}"));
+                let labels = body
+                    .split("\",")
+                    .map(|pair| {
+                        let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (series, Vec::new()),
+        };
+        assert!(valid_name(name), "bad name in {line:?}");
+        assert!(typed.contains(name), "sample before its # TYPE: {line:?}");
+        samples.push((name.to_owned(), labels, value));
+    }
+    samples
+}
+
+fn value_of(samples: &[Sample], name: &str, label: (&str, &str)) -> f64 {
+    samples
+        .iter()
+        .find(|(n, labels, _)| {
+            n == name && labels.iter().any(|(k, v)| k == label.0 && v == label.1)
+        })
+        .map(|(_, _, v)| *v)
+        .unwrap_or_else(|| panic!("no {name} with {label:?}"))
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text_and_match_the_counters() {
+    // A bare port serves on loopback (of the world's own host namespace).
+    let world = World::with_ferryd_args(&["--metrics", "9323"]);
+    let c = world.run("measured", &["sleep", "infinity"]);
+    assert!(ping(&world.host_ns_path(), &c.ip, 3, &[]));
+    let (rx, tx) = counters(&world, &c);
+    let out = world
+        .in_host(
+            "curl",
+            &["-sS", "--max-time", "5", "http://127.0.0.1:9323/metrics"],
+        )
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let samples = parse_prometheus(&text);
+    let by_container = ("container", "measured");
+    assert_eq!(
+        value_of(&samples, "ferry_container_rx_packets_total", by_container),
+        rx as f64
+    );
+    assert_eq!(
+        value_of(&samples, "ferry_container_tx_packets_total", by_container),
+        tx as f64
+    );
+    assert!(value_of(&samples, "ferry_container_pids", by_container) >= 1.0);
+    let d = datapath(&world);
+    for reason in ["outside_spoofed", "spoofed_ip", "malformed"] {
+        assert_eq!(
+            value_of(&samples, "ferry_drops_total", ("reason", reason)),
+            d["Drops"][reason].as_f64().expect("drop count"),
+            "{reason}"
+        );
+    }
+    assert!(value_of(&samples, "ferry_map_capacity", ("map", "ct")) > 0.0);
+    assert_eq!(
+        value_of(&samples, "ferry_map_entries", ("map", "endpoints")),
+        1.0
+    );
+    assert!(
+        value_of(
+            &samples,
+            "ferry_api_requests_total",
+            ("route", "/containers/{id}/json")
+        ) >= 1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value_of(&samples, "ferry_containers", ("status", "running")),
+        1.0
+    );
+}

@@ -404,6 +404,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&daemon),
+            crate::metrics::count_requests,
+        ))
         .with_state(daemon)
 }
 

@@ -43,6 +43,8 @@ pub struct Config {
     pub ct_timeouts: crate::conntrack::Timeouts,
     /// How often the conntrack GC runs.
     pub ct_gc_interval: std::time::Duration,
+    /// Where to serve Prometheus metrics (`None`: nowhere).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// The cgroup2 mount: /sys/fs/cgroup on a unified host, else the hybrid
@@ -88,6 +90,16 @@ pub fn parse_subnet(value: &str) -> Result<Ipv4Net, ConfigError> {
     Ok(net)
 }
 
+/// `--metrics`: `IP:PORT`, or a bare `PORT` on loopback.
+pub fn parse_metrics_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok((Ipv4Addr::LOCALHOST, port).into());
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is neither a port nor an IP:PORT address"))
+}
+
 /// Resolves a group name (or numeric gid) for the API socket.
 pub fn parse_group(name: &str) -> Result<u32, ConfigError> {
     if let Ok(gid) = name.parse::<u32>() {
@@ -129,6 +141,19 @@ mod tests {
                 "{input}: error does not name the input: {err}"
             );
         }
+    }
+
+    #[test]
+    fn metrics_address_defaults_to_loopback() {
+        assert_eq!(
+            parse_metrics_addr("9323").map(|a| a.to_string()),
+            Ok("127.0.0.1:9323".to_owned())
+        );
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9100").map(|a| a.to_string()),
+            Ok("0.0.0.0:9100".to_owned())
+        );
+        assert!(parse_metrics_addr("reset").is_err());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::{
         self, ApiError, AttachmentJson, ContainerJson, DatapathJson, ExecRequest, MapJson,
         NetCounters, RunRequest, Stats, WaitResponse,
     },
-    cgroup::{CgroupError, Cgroups},
+    cgroup::{CgroupError, Cgroups, Usage},
     config::Config,
     conntrack::{Conntrack, Flow, Timeouts},
     container::{self, ExecSpec, ExitRecord, InitSpec, MonitorNet},
@@ -43,6 +43,7 @@ use crate::{
     ipam::{Ipam, IpamError},
     link::{Mac, Netlink},
     logs::{self, Stream},
+    metrics::{self, ApiCounters, Family},
     netns::{self, NetNsGuard},
     portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
     preflight,
@@ -58,6 +59,7 @@ pub struct Daemon {
     /// The pinned `ct` map, for listing and flushing (own fd, no lock).
     ct_pin: std::path::PathBuf,
     ct_timeouts: Timeouts,
+    api: ApiCounters,
 }
 
 struct Inner {
@@ -89,7 +91,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let _lock = lock(&config.run_dir)?;
     let listener = bind_socket(&config)?;
-    let daemon = match Daemon::start(&config).await {
+    let started = match Daemon::start(&config).await {
+        Ok(d) => match config.metrics_addr {
+            Some(addr) => metrics::serve(Arc::clone(&d), addr).await.map(|()| d),
+            None => Ok(d),
+        },
+        Err(e) => Err(e),
+    };
+    let daemon = match started {
         Ok(d) => d,
         Err(e) => {
             let _ = std::fs::remove_file(&config.socket);
@@ -357,6 +366,7 @@ impl Daemon {
             inner: Mutex::new(inner),
             ct_pin: config.pin_dir.join(datapath::MAP_CT),
             ct_timeouts: config.ct_timeouts,
+            api: ApiCounters::default(),
         });
         spawn_ct_gc(&daemon.ct_pin, config.ct_timeouts, config.ct_gc_interval)?;
         daemon.watch_host_addrs()?;
@@ -746,6 +756,158 @@ impl Daemon {
 }
 
 impl Daemon {
+    pub fn api_counters(&self) -> &ApiCounters {
+        &self.api
+    }
+
+    /// Everything `GET /metrics` shows, in the Prometheus text format.
+    pub async fn metrics_text(&self) -> Result<String, ApiError> {
+        let internal = |e: datapath::DatapathError| ApiError::Internal(e.to_string());
+        let mut inner = self.inner.lock().await;
+        let records: Vec<ContainerRecord> = inner.containers.values().cloned().collect();
+        let mut rows = Vec::new();
+        for r in records {
+            let net = inner.counters(&r)?;
+            let usage = if r.status == Status::Running {
+                inner.cgroups.usage(&r.id)
+            } else {
+                Usage::default()
+            };
+            rows.push((r, net, usage));
+        }
+        let drops = inner.datapath.drops().map_err(internal)?;
+        let maps = inner.datapath.map_fill().map_err(internal)?;
+        drop(inner);
+
+        let mut out = String::new();
+        let mut f = Family::new(
+            &mut out,
+            "ferry_containers",
+            "gauge",
+            "Containers known to ferryd, by status.",
+        );
+        for status in [Status::Running, Status::Exited] {
+            let n = rows.iter().filter(|(r, _, _)| r.status == status).count();
+            f.sample(&[("status", status.as_str())], n);
+        }
+        type Pick = fn(&NetCounters, &Usage) -> u64;
+        let per_container: [(&'static str, &str, &str, Pick); 8] = [
+            (
+                "ferry_container_rx_packets_total",
+                "counter",
+                "Packets the datapath delivered to the container.",
+                |n, _| n.rx_packets,
+            ),
+            (
+                "ferry_container_rx_bytes_total",
+                "counter",
+                "Bytes the datapath delivered to the container.",
+                |n, _| n.rx_bytes,
+            ),
+            (
+                "ferry_container_tx_packets_total",
+                "counter",
+                "Packets the container sent into the datapath.",
+                |n, _| n.tx_packets,
+            ),
+            (
+                "ferry_container_tx_bytes_total",
+                "counter",
+                "Bytes the container sent into the datapath.",
+                |n, _| n.tx_bytes,
+            ),
+            (
+                "ferry_container_cpu_nanoseconds_total",
+                "counter",
+                "CPU time of the container's processes.",
+                |_, u| u.cpu_ns,
+            ),
+            (
+                "ferry_container_cpu_throttled_periods_total",
+                "counter",
+                "CFS periods in which the CPU quota throttled the container.",
+                |_, u| u.nr_throttled,
+            ),
+            (
+                "ferry_container_memory_bytes",
+                "gauge",
+                "Memory in use, reclaimable page cache left out.",
+                |_, u| u.memory,
+            ),
+            (
+                "ferry_container_pids",
+                "gauge",
+                "Processes in the container.",
+                |_, u| u.pids,
+            ),
+        ];
+        for (name, kind, help, pick) in per_container {
+            let mut f = Family::new(&mut out, name, kind, help);
+            for (r, net, usage) in &rows {
+                f.sample(
+                    &[("container", &r.name), ("id", r.short_id())],
+                    pick(net, usage),
+                );
+            }
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_drops_total",
+            "counter",
+            "Packets the datapath dropped, by reason.",
+        );
+        for (reason, n) in &drops {
+            f.sample(&[("reason", reason.name())], n);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_map_entries",
+            "gauge",
+            "Entries in each datapath map (arrays count as full).",
+        );
+        for m in &maps {
+            f.sample(&[("map", m.name)], m.entries);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_map_capacity",
+            "gauge",
+            "Capacity (max_entries) of each datapath map.",
+        );
+        for m in &maps {
+            f.sample(&[("map", m.name)], m.capacity);
+        }
+        let mut f = Family::new(
+            &mut out,
+            "ferry_conntrack_entries",
+            "gauge",
+            "Tracked flow entries (two per flow: one each way).",
+        );
+        f.sample(
+            &[],
+            maps.iter()
+                .find(|m| m.name == datapath::MAP_CT)
+                .map_or(0, |m| m.entries),
+        );
+        let mut f = Family::new(
+            &mut out,
+            "ferry_api_requests_total",
+            "counter",
+            "Requests to ferryd's API, by method, route and status.",
+        );
+        for ((method, route, status), n) in self.api.snapshot() {
+            f.sample(
+                &[
+                    ("method", &method),
+                    ("route", &route),
+                    ("status", &status.to_string()),
+                ],
+                n,
+            );
+        }
+        Ok(out)
+    }
+
     /// Keeps `host_addrs` in sync with the host: a netlink subscription to
     /// IPv4 address changes triggers a resync, so a publish on every
     /// address also covers addresses added later (DHCP, a second IP).

@@ -15,6 +15,7 @@ pub mod format;
 pub mod ipam;
 pub mod link;
 pub mod logs;
+pub mod metrics;
 pub mod netns;
 pub mod portmap;
 pub mod preflight;

@@ -46,6 +46,10 @@ struct Args {
     /// Seconds between conntrack GC runs.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics; a bare PORT
+    /// listens on loopback only (127.0.0.1:PORT).
+    #[arg(long, value_name = "[IP:]PORT", value_parser = config::parse_metrics_addr)]
+    metrics: Option<std::net::SocketAddr>,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -116,6 +120,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         uplinks: args.uplinks,
         cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
         cgroup_parent: args.cgroup_parent,
+        metrics_addr: args.metrics,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
