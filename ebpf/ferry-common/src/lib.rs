@@ -15,6 +15,11 @@ use core::mem::size_of;
 /// a permanent neighbour entry mapping it to the host-side veth's MAC.
 pub const GATEWAY_V4: [u8; 4] = [169, 254, 1, 1];
 
+/// The `config` array's slot that holds the run-time switches.
+pub const CONFIG_FLAGS: u32 = 0;
+/// Switch: the programs log drops and new flows through aya-log.
+pub const CONFIG_DEBUG_LOG: u32 = 1;
+
 /// Capacity of the endpoint map (containers on this host).
 pub const MAX_ENDPOINTS: u32 = 4096;
 

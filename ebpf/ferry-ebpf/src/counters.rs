@@ -9,6 +9,7 @@ use crate::maps::{drops, ep_stats};
 /// Counts a drop (every hook's drops are counted here).
 #[inline(always)]
 pub fn count_drop(reason: DropReason) {
+    crate::debug::drop(reason);
     if let Some(slot) = drops.get_ptr_mut(reason as u32) {
         // SAFETY: a per-CPU array slot is private to this CPU while the
         // program runs (preemption is disabled), and lives as long as the map.

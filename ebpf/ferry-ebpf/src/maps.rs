@@ -8,7 +8,7 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
-    btf_maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use ferry_common::{
@@ -16,6 +16,11 @@ use ferry_common::{
     MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey, PortTarget,
     SockRevKey,
 };
+
+/// Run-time switches written by ferryd: slot `CONFIG_FLAGS` holds the
+/// `CONFIG_*` bits (`ferry debug datapath on|off`).
+#[btf_map]
+pub static config: Array<u32, 1> = Array::new();
 
 /// Local containers by IPv4 address. Written by ferryd only.
 #[btf_map]

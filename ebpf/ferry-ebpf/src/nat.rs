@@ -127,6 +127,7 @@ pub fn snat_new(
         ..CtEntry::default()
     };
     let _ = ct.insert(key, forward, 0);
+    crate::debug::new_flow("snat", key, snat_addr, port);
     frag::record(key.saddr, key.daddr, l4, &forward);
     rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
     send(&fib)

@@ -134,6 +134,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
             ..CtEntry::default()
         },
     );
+    crate::debug::new_flow("dnat", &key, target.ip, target.port);
     deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
 }
 

@@ -2,7 +2,9 @@
 //! attached where, how full the maps are, per-container counters, and the
 //! tracked flows, each checked against traffic the test sent.
 
-use ferry_integration::{CLIENT_IP, Container, HOST_UPLINK_IP, World, ping};
+use std::time::Duration;
+
+use ferry_integration::{CLIENT_IP, Container, HOST_UPLINK_IP, World, ping, wait_until};
 use serde_json::Value;
 
 fn datapath(world: &World) -> Value {
@@ -292,4 +294,52 @@ fn metrics_parse_as_prometheus_text_and_match_the_counters() {
         value_of(&samples, "ferry_containers", ("status", "running")),
         1.0
     );
+}
+
+#[test]
+fn datapath_debug_logging_switches_on_and_off_at_run_time() {
+    let world = World::new();
+    let c = world.run("logged", &["sleep", "infinity"]);
+    // The client routes the container subnet to the host: the prefilter
+    // drops its pings to the container (outside_to_container).
+    world
+        .client
+        .ip(&["route", "add", "10.89.0.0/24", "via", HOST_UPLINK_IP]);
+    let drop_lines = |w: &World| {
+        w.ferryd_log()
+            .lines()
+            .filter(|l| l.contains("drop reason=outside_to_container"))
+            .count()
+    };
+    assert!(!ping(&world.client_ns_path(), &c.ip, 1, &[]));
+    assert_eq!(drop_lines(&world), 0, "logging is off by default");
+
+    assert!(world.ferry_ok(&["debug", "datapath", "on"]).contains("on"));
+    assert!(world.ferry_ok(&["datapath"]).contains("debug log:    on"));
+    assert!(!ping(&world.client_ns_path(), &c.ip, 2, &[]));
+    assert!(
+        wait_until(Duration::from_secs(5), || drop_lines(&world) >= 2),
+        "no datapath log lines:\n{}",
+        world.ferryd_log()
+    );
+    // A new masqueraded flow is logged with its translation.
+    assert!(ping(&c.netns, CLIENT_IP, 1, &[]));
+    assert!(
+        wait_until(Duration::from_secs(5), || world
+            .ferryd_log()
+            .contains(&format!("new snat flow {}:", c.ip))),
+        "{}",
+        world.ferryd_log()
+    );
+
+    world.ferry_ok(&["debug", "datapath", "off"]);
+    let before = drop_lines(&world);
+    assert!(!ping(&world.client_ns_path(), &c.ip, 2, &[]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        drop_lines(&world),
+        before,
+        "lines after logging was switched off"
+    );
+    assert!(world.ferry_ok(&["datapath"]).contains("debug log:    off"));
 }

@@ -273,6 +273,9 @@ pub struct WaitResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct DatapathJson {
     pub pin_dir: String,
+    /// Whether the programs log drops and new flows (`ferry debug datapath`).
+    #[serde(default)]
+    pub debug_log: bool,
     pub endpoints: usize,
     pub programs: Vec<String>,
     /// Where each program is attached.
@@ -368,6 +371,11 @@ struct ConntrackQuery {
 }
 
 #[derive(Debug, Deserialize)]
+struct DebugQuery {
+    on: bool,
+}
+
+#[derive(Debug, Deserialize)]
 struct KillQuery {
     signal: Option<String>,
 }
@@ -403,6 +411,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/exec", post(exec))
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
+        .route("/datapath/debug", post(datapath_debug))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&daemon),
@@ -540,4 +549,13 @@ async fn exec(
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let rx = d.exec(&id, req).await?;
     Ok(axum::body::Body::from_stream(rx).into_response())
+}
+
+async fn datapath_debug(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<DebugQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "DebugLog": d.set_debug_log(q.on).await? }),
+    ))
 }

@@ -369,6 +369,9 @@ impl Daemon {
             api: ApiCounters::default(),
         });
         spawn_ct_gc(&daemon.ct_pin, config.ct_timeouts, config.ct_gc_interval)?;
+        if let Some(logger) = daemon.inner.lock().await.datapath.take_logger() {
+            spawn_log_reader(logger)?;
+        }
         daemon.watch_host_addrs()?;
         daemon.adopt(records).await;
         Ok(daemon)
@@ -742,6 +745,7 @@ impl Daemon {
             })
             .collect();
         Ok(DatapathJson {
+            debug_log: inner.datapath.debug_log().map_err(internal)?,
             pin_dir: inner.datapath.pin_dir().display().to_string(),
             endpoints: inner.datapath.endpoint_count().map_err(internal)?,
             programs: datapath::PROGRAMS.iter().map(|p| (*p).to_owned()).collect(),
@@ -758,6 +762,15 @@ impl Daemon {
 impl Daemon {
     pub fn api_counters(&self) -> &ApiCounters {
         &self.api
+    }
+
+    /// Switches the datapath's debug logging; returns the new state.
+    pub async fn set_debug_log(&self, on: bool) -> Result<bool, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let internal = |e: datapath::DatapathError| ApiError::Internal(e.to_string());
+        inner.datapath.set_debug_log(on).map_err(internal)?;
+        info!(on, "datapath debug logging");
+        inner.datapath.debug_log().map_err(internal)
     }
 
     /// Everything `GET /metrics` shows, in the Prometheus text format.
@@ -973,6 +986,29 @@ impl Daemon {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
+}
+
+/// Drains the programs' aya-log ring buffer into ferryd's log whenever it
+/// has records (only while `ferry debug datapath on`).
+fn spawn_log_reader(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> anyhow::Result<()> {
+    // SAFETY: the AsyncFd owns the logger, whose ring buffer fd therefore
+    // stays open and the same for the AsyncFd's whole life.
+    let mut fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }?;
+    tokio::spawn(async move {
+        loop {
+            match fd.readable_mut().await {
+                Ok(mut guard) => {
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    warn!(%e, "datapath log reader stopped");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// The conntrack GC: every `interval`, one pass on a blocking thread with

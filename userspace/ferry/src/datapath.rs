@@ -36,7 +36,10 @@ use aya::{
     },
     util::nr_cpus,
 };
-use ferry_common::{DropReason, Endpoint, EndpointStats, Ipv4Key, PortKey, PortTarget};
+use ferry_common::{
+    CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, PortKey,
+    PortTarget,
+};
 use tracing::{debug, info};
 
 /// The kernel object built by build.rs from `ebpf/ferry-ebpf`.
@@ -50,7 +53,9 @@ pub const MAP_HOST_ADDRS: &str = "host_addrs";
 pub const MAP_CT: &str = "ct";
 pub const MAP_SOCK_NETNS: &str = "sock_netns";
 pub const MAP_SOCK_REVNAT: &str = "sock_revnat";
-const MAPS: [&str; 8] = [
+pub const MAP_FRAGS: &str = "frags";
+pub const MAP_CONFIG: &str = "config";
+const MAPS: [&str; 10] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -59,6 +64,8 @@ const MAPS: [&str; 8] = [
     MAP_CT,
     MAP_SOCK_NETNS,
     MAP_SOCK_REVNAT,
+    MAP_FRAGS,
+    MAP_CONFIG,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -446,6 +453,39 @@ impl Datapath {
                 })
             })
             .collect()
+    }
+
+    /// The reader of the programs' aya-log ring buffer; the daemon takes it
+    /// once and drains it (see `ferry debug datapath`).
+    pub fn take_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        match aya_log::EbpfLogger::init(&mut self.ebpf) {
+            Ok(logger) => Some(logger),
+            Err(e) => {
+                tracing::warn!(%e, "datapath logging unavailable");
+                None
+            }
+        }
+    }
+
+    /// Switches the programs' debug logging, at once and without a reload.
+    pub fn set_debug_log(&mut self, on: bool) -> Result<(), DatapathError> {
+        let mut map: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.map(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+        let flags = map.get(&CONFIG_FLAGS, 0).map_err(map_err(MAP_CONFIG))?;
+        let flags = if on {
+            flags | CONFIG_DEBUG_LOG
+        } else {
+            flags & !CONFIG_DEBUG_LOG
+        };
+        map.set(CONFIG_FLAGS, flags, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Whether the programs' debug logging is on.
+    pub fn debug_log(&mut self) -> Result<bool, DatapathError> {
+        let map: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.map(MAP_CONFIG)?).map_err(map_err(MAP_CONFIG))?;
+        let flags = map.get(&CONFIG_FLAGS, 0).map_err(map_err(MAP_CONFIG))?;
+        Ok(flags & CONFIG_DEBUG_LOG != 0)
     }
 
     /// Lets the socket hooks act in the namespace with this cookie.

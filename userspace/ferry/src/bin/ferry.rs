@@ -120,6 +120,11 @@ enum Command {
         #[command(subcommand)]
         action: ConntrackAction,
     },
+    /// Switch debug output at run time.
+    Debug {
+        #[command(subcommand)]
+        what: DebugTarget,
+    },
     /// The datapath: pinned objects, endpoints, drops by reason.
     Datapath {
         #[arg(long)]
@@ -187,6 +192,17 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum DebugTarget {
+    /// The eBPF programs log every drop (with its reason) and every new
+    /// translated flow into ferryd's log; off by default, switched without
+    /// reloading anything.
+    Datapath {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -422,6 +438,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .context("the exec ended without an exit status")?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
+        Command::Debug {
+            what: DebugTarget::Datapath { state },
+        } => {
+            let r: serde_json::Value = client
+                .call(
+                    Method::POST,
+                    &format!("/datapath/debug?on={}", state == "on"),
+                    NO_BODY,
+                )
+                .await?;
+            let on = r["DebugLog"].as_bool().unwrap_or(false);
+            println!(
+                "datapath debug logging {} (in ferryd's log)",
+                if on { "on" } else { "off" }
+            );
+        }
         Command::Kill { signal, containers } => {
             return each(&containers, |c| {
                 let path = format!("/containers/{c}/kill?signal={signal}");
@@ -500,6 +532,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {
                 println!("pinned under: {}", d.pin_dir);
+                println!("debug log:    {}", if d.debug_log { "on" } else { "off" });
                 println!("endpoints:    {}", d.endpoints);
                 println!("\nattached programs:");
                 for a in &d.attachments {
