@@ -15,6 +15,13 @@ use core::mem::size_of;
 /// a permanent neighbour entry mapping it to the host-side veth's MAC.
 pub const GATEWAY_V4: [u8; 4] = [169, 254, 1, 1];
 
+/// `ct_stats` slots: entries the datapath created (per CPU), and entries
+/// ferryd removed (GC and flush; written by ferryd in CPU 0's slot). What
+/// neither explains, the LRU evicted: created - removed - live.
+pub const CT_STAT_CREATED: u32 = 0;
+pub const CT_STAT_REMOVED: u32 = 1;
+pub const CT_STATS: u32 = 2;
+
 /// The `config` array's slot that holds the run-time switches.
 pub const CONFIG_FLAGS: u32 = 0;
 /// Switch: the programs log drops and new flows through aya-log.

@@ -1,10 +1,10 @@
 //! Connection tracking: flow keys and entries in the `ct` LRU map.
 
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use ferry_common::{CtEntry, CtKey};
+use ferry_common::{CT_STAT_CREATED, CtEntry, CtKey};
 
 use crate::{
-    maps::ct,
+    maps::{ct, ct_stats},
     parse::{IcmpError, L4},
 };
 
@@ -71,20 +71,41 @@ pub fn lookup_seen(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
 pub fn create(forward: &CtKey, fwd: &CtEntry, reply: &CtKey, rev: &CtEntry) {
     // SAFETY: a plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = ct.insert(
+    insert(
         forward,
-        CtEntry {
+        &CtEntry {
             last_seen_ns: now,
             ..*fwd
         },
-        0,
     );
-    let _ = ct.insert(
+    insert(
         reply,
-        CtEntry {
+        &CtEntry {
             last_seen_ns: now,
             ..*rev
         },
-        0,
     );
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+/// Writes an entry, counting it in `ct_stats` when it is a new one (an
+/// existing key is overwritten uncounted), so that evictions can be told.
+#[inline(always)]
+pub fn insert(key: &CtKey, entry: &CtEntry) {
+    if ct.insert(key, entry, BPF_NOEXIST).is_ok() {
+        count_created();
+    } else {
+        let _ = ct.insert(key, entry, 0);
+    }
+}
+
+/// Counts one entry the datapath created.
+#[inline(always)]
+pub fn count_created() {
+    if let Some(slot) = ct_stats.get_ptr_mut(CT_STAT_CREATED) {
+        // SAFETY: a per-CPU array slot is private to this CPU while the
+        // program runs, and lives as long as the map.
+        unsafe { *slot += 1 };
+    }
 }

@@ -12,10 +12,14 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use ferry_common::{
-    CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT, MAX_ENDPOINTS,
-    MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey, PortTarget,
-    SockRevKey,
+    CT_STATS, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT,
+    MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey,
+    PortTarget, SockRevKey,
 };
+
+/// Conntrack bookkeeping (`CT_STAT_*`), from which evictions follow.
+#[btf_map]
+pub static ct_stats: PerCpuArray<u64, { CT_STATS as usize }> = PerCpuArray::new();
 
 /// Run-time switches written by ferryd: slot `CONFIG_FLAGS` holds the
 /// `CONFIG_*` bits (`ferry debug datapath on|off`).

@@ -126,7 +126,7 @@ pub fn snat_new(
         tcp_flags: l4.tcp_flags,
         ..CtEntry::default()
     };
-    let _ = ct.insert(key, forward, 0);
+    crate::ct::insert(key, &forward);
     crate::debug::new_flow("snat", key, snat_addr, port);
     frag::record(key.saddr, key.daddr, l4, &forward);
     rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
@@ -169,6 +169,7 @@ fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2],
             }
         };
         if ct.insert(&reply_key, reply, BPF_NOEXIST).is_ok() {
+            crate::ct::count_created();
             return Ok(port);
         }
     }

@@ -343,3 +343,48 @@ fn datapath_debug_logging_switches_on_and_off_at_run_time() {
     );
     assert!(world.ferry_ok(&["datapath"]).contains("debug log:    off"));
 }
+
+/// UDP datagrams from `count` fresh sockets (so `count` flows) to the
+/// client's discard port, from inside the container.
+const UDP_FLOWS: &str = "
+import socket, sys
+for _ in range(int(sys.argv[1])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.sendto(b'x', (sys.argv[2], 9))
+    s.close()
+";
+
+#[test]
+fn a_full_conntrack_map_evicts_and_counts_it() {
+    let world = World::with_ferryd_args(&["--ct-max", "64"]);
+    let c = world.run("busy", &["sleep", "infinity"]);
+    let out = world
+        .exec(&c, "python3", &["-c", UDP_FLOWS, "150", CLIENT_IP])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = datapath(&world);
+    let ct = &d["Conntrack"];
+    let n = |k: &str| ct[k].as_u64().unwrap_or_else(|| panic!("{k}: {d}"));
+    assert_eq!(map(&d, "ct")["Capacity"], 64);
+    assert!(n("Entries") <= 64, "{ct}");
+    assert!(n("Created") >= 300, "two entries per flow: {ct}");
+    assert!(n("Evicted") >= n("Created") - 64, "{ct}");
+    // A flush removes the rest; it is not an eviction.
+    let evicted = n("Evicted");
+    let live = n("Entries");
+    world.ferry_ok(&["conntrack", "flush"]);
+    let d = datapath(&world);
+    assert_eq!(d["Conntrack"]["Entries"], 0);
+    assert_eq!(d["Conntrack"]["Evicted"], evicted);
+    assert_eq!(d["Conntrack"]["Removed"], live);
+    assert!(
+        world
+            .ferry_ok(&["datapath"])
+            .contains(&format!("{evicted} evicted"))
+    );
+}

@@ -273,6 +273,7 @@ pub struct WaitResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct DatapathJson {
     pub pin_dir: String,
+    pub conntrack: ConntrackJson,
     /// Whether the programs log drops and new flows (`ferry debug datapath`).
     #[serde(default)]
     pub debug_log: bool,
@@ -284,6 +285,17 @@ pub struct DatapathJson {
     pub maps: Vec<MapJson>,
     /// Drop counters by reason name.
     pub drops: BTreeMap<String, u64>,
+}
+
+/// Conntrack entries now, and since the maps were created: created by the
+/// datapath, removed by ferryd (GC, flush), evicted by the full LRU map.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConntrackJson {
+    pub entries: u64,
+    pub created: u64,
+    pub removed: u64,
+    pub evicted: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

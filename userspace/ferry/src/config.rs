@@ -43,6 +43,8 @@ pub struct Config {
     pub ct_timeouts: crate::conntrack::Timeouts,
     /// How often the conntrack GC runs.
     pub ct_gc_interval: std::time::Duration,
+    /// Capacity of the conntrack map (entries; two per flow).
+    pub ct_max: u32,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics_addr: Option<std::net::SocketAddr>,
 }

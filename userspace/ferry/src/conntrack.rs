@@ -10,9 +10,10 @@
 
 use std::{collections::HashMap, net::Ipv4Addr, path::Path, time::Duration};
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use ferry_common::{
-    CT_DNAT, CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST,
+    CT_DNAT, CT_SNAT, CT_SNAT_REPLY, CT_STAT_CREATED, CT_STAT_REMOVED, CtEntry, CtKey,
+    IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST,
 };
 use serde::{Deserialize, Serialize};
 
@@ -171,10 +172,37 @@ fn now_ns() -> u64 {
     })
 }
 
-/// The pinned `ct` map, opened on its own fd.
+/// The pinned `ct` map (and its `ct_stats` next to it), opened on their
+/// own fds.
 pub struct Conntrack {
     map: BpfHashMap<MapData, CtKey, CtEntry>,
+    stats: PerCpuArray<MapData, u64>,
     path: String,
+}
+
+/// What happened to conntrack entries since the maps were created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtCounts {
+    /// Entries the datapath created.
+    pub created: u64,
+    /// Entries ferryd removed (GC, flush).
+    pub removed: u64,
+}
+
+impl CtCounts {
+    /// Entries the LRU evicted: created, less removed, less still there.
+    pub fn evicted(&self, live: u64) -> u64 {
+        self.created.saturating_sub(self.removed + live)
+    }
+}
+
+/// Reads the `ct_stats` counters, summed over CPUs.
+pub fn counts(stats: &PerCpuArray<impl std::borrow::Borrow<MapData>, u64>) -> CtCounts {
+    let sum = |slot: u32| stats.get(&slot, 0).map_or(0, |v| v.iter().sum());
+    CtCounts {
+        created: sum(CT_STAT_CREATED),
+        removed: sum(CT_STAT_REMOVED),
+    }
 }
 
 impl Conntrack {
@@ -186,7 +214,31 @@ impl Conntrack {
         };
         let data = MapData::from_pin(pin).map_err(|e| fail(e.to_string()))?;
         let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| fail(e.to_string()))?;
-        Ok(Self { map, path })
+        let stats_pin = pin.with_file_name(crate::datapath::MAP_CT_STATS);
+        let data = MapData::from_pin(&stats_pin).map_err(|e| fail(e.to_string()))?;
+        let stats =
+            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| fail(e.to_string()))?;
+        Ok(Self { map, stats, path })
+    }
+
+    /// Adds `n` to the entries ferryd removed (CPU 0's slot: ferryd is the
+    /// only writer of this slot).
+    fn record_removed(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let Ok(values) = self.stats.get(&CT_STAT_REMOVED, 0) else {
+            return;
+        };
+        let mut values: Vec<u64> = values.iter().copied().collect();
+        if let Some(first) = values.first_mut() {
+            *first += n as u64;
+        }
+        if let Ok(values) = PerCpuValues::try_from(values)
+            && let Err(e) = self.stats.set(CT_STAT_REMOVED, values, 0)
+        {
+            tracing::warn!(%e, "cannot count removed conntrack entries");
+        }
     }
 
     fn snapshot(&self) -> HashMap<CtKey, CtEntry> {
@@ -225,7 +277,9 @@ impl Conntrack {
     /// Removes every flow. Returns how many entries went.
     pub fn flush(&mut self) -> usize {
         let keys: Vec<CtKey> = self.map.keys().filter_map(Result::ok).collect();
-        keys.iter().filter(|k| self.map.remove(k).is_ok()).count()
+        let removed = keys.iter().filter(|k| self.map.remove(k).is_ok()).count();
+        self.record_removed(removed);
+        removed
     }
 
     /// Expires idle flows; both directions go together. An entry refreshed
@@ -265,6 +319,7 @@ impl Conntrack {
                 }
             }
         }
+        self.record_removed(removed);
         removed
     }
 

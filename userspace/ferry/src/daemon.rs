@@ -32,8 +32,8 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        self, ApiError, AttachmentJson, ContainerJson, DatapathJson, ExecRequest, MapJson,
-        NetCounters, RunRequest, Stats, WaitResponse,
+        self, ApiError, AttachmentJson, ConntrackJson, ContainerJson, DatapathJson, ExecRequest,
+        MapJson, NetCounters, RunRequest, Stats, WaitResponse,
     },
     cgroup::{CgroupError, Cgroups, Usage},
     config::Config,
@@ -328,7 +328,7 @@ impl Plan {
 
 impl Daemon {
     async fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
-        let datapath = Datapath::load(&config.pin_dir)?;
+        let datapath = Datapath::load_sized(&config.pin_dir, config.ct_max)?;
         let store = Store::new(&config.state_dir)?;
         let netlink = Netlink::current()?;
         let (records, orphans) = store.load_all()?;
@@ -732,7 +732,7 @@ impl Daemon {
                 mode: mode.to_owned(),
             });
         }
-        let maps = inner
+        let maps: Vec<MapJson> = inner
             .datapath
             .map_fill()
             .map_err(internal)?
@@ -744,7 +744,18 @@ impl Daemon {
                 capacity: m.capacity,
             })
             .collect();
+        let counts = inner.datapath.ct_counts().map_err(internal)?;
+        let live = maps
+            .iter()
+            .find(|m: &&MapJson| m.name == datapath::MAP_CT)
+            .map_or(0, |m| m.entries as u64);
         Ok(DatapathJson {
+            conntrack: ConntrackJson {
+                entries: live,
+                created: counts.created,
+                removed: counts.removed,
+                evicted: counts.evicted(live),
+            },
             debug_log: inner.datapath.debug_log().map_err(internal)?,
             pin_dir: inner.datapath.pin_dir().display().to_string(),
             endpoints: inner.datapath.endpoint_count().map_err(internal)?,
@@ -790,6 +801,7 @@ impl Daemon {
         }
         let drops = inner.datapath.drops().map_err(internal)?;
         let maps = inner.datapath.map_fill().map_err(internal)?;
+        let ct_counts = inner.datapath.ct_counts().map_err(internal)?;
         drop(inner);
 
         let mut out = String::new();
@@ -896,12 +908,25 @@ impl Daemon {
             "gauge",
             "Tracked flow entries (two per flow: one each way).",
         );
-        f.sample(
-            &[],
-            maps.iter()
-                .find(|m| m.name == datapath::MAP_CT)
-                .map_or(0, |m| m.entries),
+        let live = maps
+            .iter()
+            .find(|m| m.name == datapath::MAP_CT)
+            .map_or(0, |m| m.entries as u64);
+        f.sample(&[], live);
+        let mut f = Family::new(
+            &mut out,
+            "ferry_conntrack_created_total",
+            "counter",
+            "Conntrack entries the datapath created.",
         );
+        f.sample(&[], ct_counts.created);
+        let mut f = Family::new(
+            &mut out,
+            "ferry_conntrack_evictions_total",
+            "counter",
+            "Conntrack entries the full LRU map evicted (created - removed by ferryd - live).",
+        );
+        f.sample(&[], ct_counts.evicted(live));
         let mut f = Family::new(
             &mut out,
             "ferry_api_requests_total",

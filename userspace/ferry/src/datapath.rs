@@ -37,7 +37,7 @@ use aya::{
     util::nr_cpus,
 };
 use ferry_common::{
-    CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, PortKey,
+    CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT, PortKey,
     PortTarget,
 };
 use tracing::{debug, info};
@@ -55,7 +55,8 @@ pub const MAP_SOCK_NETNS: &str = "sock_netns";
 pub const MAP_SOCK_REVNAT: &str = "sock_revnat";
 pub const MAP_FRAGS: &str = "frags";
 pub const MAP_CONFIG: &str = "config";
-const MAPS: [&str; 10] = [
+pub const MAP_CT_STATS: &str = "ct_stats";
+const MAPS: [&str; 11] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -66,6 +67,7 @@ const MAPS: [&str; 10] = [
     MAP_SOCK_REVNAT,
     MAP_FRAGS,
     MAP_CONFIG,
+    MAP_CT_STATS,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -169,9 +171,15 @@ pub struct MapFill {
 }
 
 impl Datapath {
+    /// Loads the programs with the default map sizes; see [`Self::load_sized`].
+    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+        Self::load_sized(pin_dir, MAX_CT)
+    }
+
     /// Loads the programs, reusing maps already pinned in `pin_dir` (so a
     /// restarted ferryd keeps entries and counters) and pinning everything.
-    pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
+    /// The conntrack map holds `ct_max` entries.
+    pub fn load_sized(pin_dir: &Path, ct_max: u32) -> Result<Self, DatapathError> {
         let progs_dir = pin_dir.join("progs");
         std::fs::create_dir_all(&progs_dir).map_err(|source| DatapathError::PinDir {
             path: progs_dir.clone(),
@@ -182,6 +190,7 @@ impl Datapath {
             .map(|name| (*name, pin_dir.join(name)))
             .collect();
         let mut loader = EbpfLoader::new();
+        loader.map_max_entries(MAP_CT, ct_max);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -478,6 +487,13 @@ impl Datapath {
             flags & !CONFIG_DEBUG_LOG
         };
         map.set(CONFIG_FLAGS, flags, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    /// Conntrack entries created by the datapath and removed by ferryd.
+    pub fn ct_counts(&mut self) -> Result<crate::conntrack::CtCounts, DatapathError> {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(MAP_CT_STATS)?).map_err(map_err(MAP_CT_STATS))?;
+        Ok(crate::conntrack::counts(&stats))
     }
 
     /// Whether the programs' debug logging is on.

@@ -534,6 +534,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("pinned under: {}", d.pin_dir);
                 println!("debug log:    {}", if d.debug_log { "on" } else { "off" });
                 println!("endpoints:    {}", d.endpoints);
+                println!(
+                    "conntrack:    {} entries; {} created, {} removed by GC/flush, {} evicted",
+                    d.conntrack.entries,
+                    d.conntrack.created,
+                    d.conntrack.removed,
+                    d.conntrack.evicted
+                );
                 println!("\nattached programs:");
                 for a in &d.attachments {
                     let hook = if a.mode.is_empty() {

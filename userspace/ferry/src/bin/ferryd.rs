@@ -43,6 +43,10 @@ struct Args {
     /// (21600), tcp_syn (60), tcp_closing (10), udp (60), icmp (30).
     #[arg(long = "ct-timeout")]
     ct_timeouts: Vec<String>,
+    /// Capacity of the conntrack map, in entries (two per flow). When it is
+    /// full the least recently used entries are evicted and counted.
+    #[arg(long, default_value_t = ferry_common::MAX_CT)]
+    ct_max: u32,
     /// Seconds between conntrack GC runs.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
@@ -121,6 +125,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
         cgroup_parent: args.cgroup_parent,
         metrics_addr: args.metrics,
+        ct_max: args.ct_max,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
