@@ -55,8 +55,9 @@ pub struct Endpoint {
 }
 const _: () = assert!(size_of::<Endpoint>() == 20);
 
-/// Per-endpoint traffic counters (a per-CPU map; userspace sums the CPUs).
-/// `tx` is what the container sent, `rx` what was delivered to it.
+/// Traffic counters of a container (`ep_stats`) or of a published port
+/// (`port_stats`), per CPU (userspace sums the CPUs). `tx` is what the
+/// container sent, `rx` what was delivered to it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct EndpointStats {

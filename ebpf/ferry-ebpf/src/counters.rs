@@ -2,9 +2,9 @@
 //! by reason. All maps are per-CPU, so plain adds are race-free.
 
 use aya_ebpf::bindings::TC_ACT_SHOT;
-use ferry_common::{DropReason, Ipv4Key};
+use ferry_common::{DropReason, EndpointStats, Ipv4Key, PortKey};
 
-use crate::maps::{drops, ep_stats};
+use crate::maps::{drops, ep_stats, port_stats};
 
 /// Counts a drop (every hook's drops are counted here).
 #[inline(always)]
@@ -24,17 +24,36 @@ pub fn drop_packet(reason: DropReason) -> i32 {
     TC_ACT_SHOT as i32
 }
 
+/// Which way a counted packet went, seen from the container.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// Delivered to the container (`rx`).
+    In,
+    /// Sent by the container (`tx`).
+    Out,
+}
+
+#[inline(always)]
+fn add(stats: *mut EndpointStats, way: Way, bytes: u32) {
+    // SAFETY: a per-CPU value the caller just looked up: private to this
+    // CPU while the program runs; an entry ferryd removes meanwhile stays
+    // valid memory until the RCU grace period ends.
+    unsafe {
+        if way == Way::In {
+            (*stats).rx_packets += 1;
+            (*stats).rx_bytes += u64::from(bytes);
+        } else {
+            (*stats).tx_packets += 1;
+            (*stats).tx_bytes += u64::from(bytes);
+        }
+    }
+}
+
 /// Counts a packet the container sent.
 #[inline(always)]
 pub fn count_tx(key: &Ipv4Key, bytes: u32) {
     if let Some(stats) = ep_stats.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, see `drop_packet`; the entry is only removed
-        // by ferryd together with the endpoint, and a racing removal leaves
-        // the slot memory valid until the RCU grace period ends.
-        unsafe {
-            (*stats).tx_packets += 1;
-            (*stats).tx_bytes += u64::from(bytes);
-        }
+        add(stats, Way::Out, bytes);
     }
 }
 
@@ -42,10 +61,26 @@ pub fn count_tx(key: &Ipv4Key, bytes: u32) {
 #[inline(always)]
 pub fn count_rx(key: &Ipv4Key, bytes: u32) {
     if let Some(stats) = ep_stats.get_ptr_mut(key) {
-        // SAFETY: as in `count_tx`.
-        unsafe {
-            (*stats).rx_packets += 1;
-            (*stats).rx_bytes += u64::from(bytes);
-        }
+        add(stats, Way::In, bytes);
+    }
+}
+
+/// Counts a packet of the published port `addr`:`port`. A publish on every
+/// address (the common case) is looked up first, then one on `addr`.
+#[inline(always)]
+pub fn count_port(addr: [u8; 4], port: [u8; 2], proto: u8, way: Way, bytes: u32) {
+    let mut key = PortKey {
+        ip: [0; 4],
+        port,
+        proto,
+        pad: 0,
+    };
+    if let Some(stats) = port_stats.get_ptr_mut(&key) {
+        add(stats, way, bytes);
+        return;
+    }
+    key.ip = addr;
+    if let Some(stats) = port_stats.get_ptr_mut(&key) {
+        add(stats, way, bytes);
     }
 }

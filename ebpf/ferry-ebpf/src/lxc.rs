@@ -20,7 +20,7 @@ use ferry_common::{
 };
 
 use crate::{
-    counters::{count_rx, count_tx, drop_packet},
+    counters::{Way, count_port, count_rx, count_tx, drop_packet},
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs},
@@ -170,6 +170,13 @@ fn to_outside(
     let key = ct::key_of(src.ip, dst.ip, &l4);
     match ct::lookup_seen(&key, l4.tcp_flags) {
         Some(entry) if entry.kind == CT_DNAT_REPLY => {
+            count_port(
+                entry.nat_addr,
+                entry.nat_port,
+                l4.proto,
+                Way::Out,
+                ctx.len(),
+            );
             frag::record(src.ip, dst.ip, &l4, &entry);
             uplink::reply_to_client(ctx, &l4, src.ip, &entry)
         }

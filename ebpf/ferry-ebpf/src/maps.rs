@@ -17,6 +17,12 @@ use ferry_common::{
     PortTarget, SockRevKey,
 };
 
+/// Traffic of each published port that crossed the uplink, by its
+/// `portmap` key. Entries are made and removed by ferryd with the publish.
+#[btf_map]
+pub static port_stats: PerCpuHashMap<PortKey, EndpointStats, { MAX_PORTMAPS as usize }> =
+    PerCpuHashMap::new();
+
 /// Conntrack bookkeeping (`CT_STAT_*`), from which evictions follow.
 #[btf_map]
 pub static ct_stats: PerCpuArray<u64, { CT_STATS as usize }> = PerCpuArray::new();

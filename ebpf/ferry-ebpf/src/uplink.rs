@@ -12,7 +12,7 @@ use ferry_common::{
 };
 
 use crate::{
-    counters::{count_rx, drop_packet},
+    counters::{Way, count_port, count_rx, drop_packet},
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs, portmap},
@@ -83,6 +83,9 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
                 // The container went away; the host stack answers (reset).
                 return PASS;
             };
+            if entry.kind == CT_DNAT {
+                count_port(daddr, l4.dport, l4.proto, Way::In, ctx.len());
+            }
             return deliver(
                 ctx,
                 &l4,
@@ -135,6 +138,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         },
     );
     crate::debug::new_flow("dnat", &key, target.ip, target.port);
+    count_port(daddr, l4.dport, l4.proto, Way::In, ctx.len());
     deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
 }
 

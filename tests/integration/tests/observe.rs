@@ -388,3 +388,49 @@ fn a_full_conntrack_map_evicts_and_counts_it() {
             .contains(&format!("{evicted} evicted"))
     );
 }
+
+/// Three datagrams from one socket, each answered, to `host`:`port`.
+const UDP_THREE: &str = "
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+for i in range(3):
+    s.sendto(b'ping%d' % i, (sys.argv[1], int(sys.argv[2])))
+    s.recv(100)
+";
+
+#[test]
+fn published_ports_count_their_traffic_both_ways() {
+    let world = World::new();
+    world.run_with(
+        "echo",
+        &["-p", "5353:53/udp"],
+        &["socat", "UDP-RECVFROM:53,fork", "EXEC:cat"],
+    );
+    let probe = format!("echo up | socat -T 1 - UDP:{HOST_UPLINK_IP}:5353");
+    let echoed = ferry_integration::wait_for_echo(Duration::from_secs(5), 3, || {
+        world.in_client("sh", &["-c", &probe])
+    });
+    assert_eq!(echoed, "up\n");
+    let port = |w: &World| w.inspect("echo")["Ferry"]["PortCounters"]["0.0.0.0:5353/udp"].clone();
+    let before = port(&world);
+    let out = world
+        .in_client("python3", &["-c", UDP_THREE, HOST_UPLINK_IP, "5353"])
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = port(&world);
+    let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        (delta("RxPackets"), delta("TxPackets")),
+        (3, 3),
+        "{before} -> {after}"
+    );
+    // Ethernet, IPv4 and UDP headers around 5 bytes of payload, each way.
+    assert_eq!(delta("RxBytes"), 3 * (14 + 20 + 8 + 5));
+    assert_eq!(delta("TxBytes"), 3 * (14 + 20 + 8 + 5));
+}

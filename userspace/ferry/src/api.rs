@@ -145,6 +145,10 @@ pub struct FerrySettings {
     /// The container's datapath counters.
     #[serde(default)]
     pub counters: NetCounters,
+    /// Traffic through the uplink of each published port, by
+    /// `hostIP:hostPort/proto` (rx: to the container, tx: its replies).
+    #[serde(default)]
+    pub port_counters: BTreeMap<String, NetCounters>,
 }
 
 /// Packets and bytes a container sent (tx) and received (rx), counted by
@@ -156,6 +160,17 @@ pub struct NetCounters {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+}
+
+impl From<ferry_common::EndpointStats> for NetCounters {
+    fn from(s: ferry_common::EndpointStats) -> Self {
+        Self {
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+        }
+    }
 }
 
 /// `ferry inspect` / `GET /containers/{id}/json`.

@@ -578,6 +578,14 @@ impl Daemon {
                 .collect();
         }
         json.ferry.counters = inner.counters(&record)?;
+        json.ferry.port_counters = inner
+            .port_counters(&record)?
+            .into_iter()
+            .map(|(m, c)| {
+                let ip = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
+                (format!("{ip}:{}/{}", m.host_port, m.proto), c)
+            })
+            .collect();
         Ok(json)
     }
 
@@ -790,6 +798,12 @@ impl Daemon {
         let mut inner = self.inner.lock().await;
         let records: Vec<ContainerRecord> = inner.containers.values().cloned().collect();
         let mut rows = Vec::new();
+        let mut ports = Vec::new();
+        for r in &records {
+            for (m, c) in inner.port_counters(r)? {
+                ports.push((r.name.clone(), m, c));
+            }
+        }
         for r in records {
             let net = inner.counters(&r)?;
             let usage = if r.status == Status::Running {
@@ -872,6 +886,46 @@ impl Daemon {
                 f.sample(
                     &[("container", &r.name), ("id", r.short_id())],
                     pick(net, usage),
+                );
+            }
+        }
+        type PickNet = fn(&NetCounters) -> u64;
+        let per_port: [(&'static str, &str, PickNet); 4] = [
+            (
+                "ferry_port_rx_packets_total",
+                "Packets through the uplink to a published port.",
+                |n| n.rx_packets,
+            ),
+            (
+                "ferry_port_rx_bytes_total",
+                "Bytes through the uplink to a published port.",
+                |n| n.rx_bytes,
+            ),
+            (
+                "ferry_port_tx_packets_total",
+                "Reply packets of a published port to the uplink.",
+                |n| n.tx_packets,
+            ),
+            (
+                "ferry_port_tx_bytes_total",
+                "Reply bytes of a published port to the uplink.",
+                |n| n.tx_bytes,
+            ),
+        ];
+        for (name, help, pick) in per_port {
+            let mut f = Family::new(&mut out, name, "counter", help);
+            for (container, m, c) in &ports {
+                let ip = m.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).to_string();
+                let port = m.host_port.to_string();
+                let proto = m.proto.to_string();
+                f.sample(
+                    &[
+                        ("container", container),
+                        ("host_ip", &ip),
+                        ("host_port", &port),
+                        ("proto", &proto),
+                    ],
+                    pick(c),
                 );
             }
         }
@@ -1089,6 +1143,24 @@ impl Inner {
         }
     }
 
+    /// Traffic of each of the container's published ports.
+    fn port_counters(
+        &mut self,
+        record: &ContainerRecord,
+    ) -> Result<Vec<(PortMapping, NetCounters)>, ApiError> {
+        record
+            .ports
+            .iter()
+            .map(|m| {
+                let s = self
+                    .datapath
+                    .port_stats(&port_key(m))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Ok((*m, NetCounters::from(s)))
+            })
+            .collect()
+    }
+
     /// A container's datapath counters (zero without a bridge network).
     fn counters(&mut self, record: &ContainerRecord) -> Result<NetCounters, ApiError> {
         let Some(net) = &record.network else {
@@ -1098,12 +1170,7 @@ impl Inner {
             .datapath
             .endpoint_stats(net.ip)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        Ok(NetCounters {
-            rx_packets: s.rx_packets,
-            rx_bytes: s.rx_bytes,
-            tx_packets: s.tx_packets,
-            tx_bytes: s.tx_bytes,
-        })
+        Ok(NetCounters::from(s))
     }
 
     /// Records a container's exit and frees what it held: the status the

@@ -56,7 +56,8 @@ pub const MAP_SOCK_REVNAT: &str = "sock_revnat";
 pub const MAP_FRAGS: &str = "frags";
 pub const MAP_CONFIG: &str = "config";
 pub const MAP_CT_STATS: &str = "ct_stats";
-const MAPS: [&str; 11] = [
+pub const MAP_PORT_STATS: &str = "port_stats";
+const MAPS: [&str; 12] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -68,6 +69,7 @@ const MAPS: [&str; 11] = [
     MAP_FRAGS,
     MAP_CONFIG,
     MAP_CT_STATS,
+    MAP_PORT_STATS,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -533,17 +535,7 @@ impl Datapath {
     /// Publishes a container to the datapath, with zeroed counters.
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DatapathError> {
         let key = Ipv4Key { ip: ip.octets() };
-        let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
-        let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
-            .map_err(|e| DatapathError::Cpus(e.to_string()))?;
-        let mut stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        // BPF_NOEXIST: re-adding an endpoint (adoption) keeps its counters.
-        match stats.insert(key, zeros, BPF_NOEXIST) {
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-            other => other.map_err(map_err(MAP_EP_STATS))?,
-        }
+        self.add_stats(MAP_EP_STATS, key)?;
         let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
         endpoints
@@ -564,19 +556,7 @@ impl Datapath {
 
     /// A container's counters, summed over CPUs.
     pub fn endpoint_stats(&mut self, ip: Ipv4Addr) -> Result<EndpointStats, DatapathError> {
-        let key = Ipv4Key { ip: ip.octets() };
-        let stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        match stats.get(&key, 0) {
-            Ok(values) => Ok(values
-                .iter()
-                .fold(EndpointStats::default(), |acc, v| acc.merged(*v))),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(EndpointStats::default()),
-            Err(source) => Err(DatapathError::Map {
-                map: MAP_EP_STATS,
-                source,
-            }),
-        }
+        self.read_stats(MAP_EP_STATS, &Ipv4Key { ip: ip.octets() })
     }
 
     /// Drop counters by reason, summed over CPUs.
@@ -621,8 +601,50 @@ impl Datapath {
         Ok((result.return_value, out))
     }
 
+    /// Makes a zeroed per-CPU counter entry for `key` in the stats map
+    /// `name`, keeping one that exists (adoption keeps its counters).
+    fn add_stats<K: aya::Pod>(&mut self, name: &'static str, key: K) -> Result<(), DatapathError> {
+        let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
+        let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
+            .map_err(|e| DatapathError::Cpus(e.to_string()))?;
+        let mut stats: PerCpuHashMap<_, K, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match stats.insert(key, zeros, BPF_NOEXIST) {
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
+            other => other.map_err(map_err(name)),
+        }
+    }
+
+    /// Counters of `key` in the stats map `name`, summed over CPUs.
+    fn read_stats<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        key: &K,
+    ) -> Result<EndpointStats, DatapathError> {
+        let stats: PerCpuHashMap<_, K, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
+        match stats.get(key, 0) {
+            Ok(values) => Ok(values
+                .iter()
+                .fold(EndpointStats::default(), |acc, v| acc.merged(*v))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(EndpointStats::default()),
+            Err(source) => Err(DatapathError::Map { map: name, source }),
+        }
+    }
+
+    /// Traffic of a published port through the uplink (rx: to the
+    /// container, tx: its replies).
+    pub fn port_stats(&mut self, key: &PortKey) -> Result<EndpointStats, DatapathError> {
+        self.read_stats(MAP_PORT_STATS, key)
+    }
+
     /// Publishes a host port: packets for it are DNAT'ed to `target`.
     pub fn add_port(&mut self, key: PortKey, target: PortTarget) -> Result<(), DatapathError> {
+        self.add_stats(MAP_PORT_STATS, key)?;
         let mut ports: BpfHashMap<_, PortKey, PortTarget> =
             BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
         ports.insert(key, target, 0).map_err(map_err(MAP_PORTMAP))
@@ -632,7 +654,10 @@ impl Datapath {
     pub fn remove_port(&mut self, key: &PortKey) -> Result<(), DatapathError> {
         let mut ports: BpfHashMap<_, PortKey, PortTarget> =
             BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
-        ignore_missing(ports.remove(key)).map_err(map_err(MAP_PORTMAP))
+        ignore_missing(ports.remove(key)).map_err(map_err(MAP_PORTMAP))?;
+        let mut stats: PerCpuHashMap<_, PortKey, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(MAP_PORT_STATS)?).map_err(map_err(MAP_PORT_STATS))?;
+        ignore_missing(stats.remove(key)).map_err(map_err(MAP_PORT_STATS))
     }
 
     /// Makes `host_addrs` hold exactly `addrs`.
