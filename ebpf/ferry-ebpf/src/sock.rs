@@ -46,7 +46,7 @@ pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
 /// cgroup/getpeername4: a translated socket's peer reads as the published
 /// address.
 #[cgroup_sock_addr(getpeername4)]
-pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+pub fn sock_peername4(ctx: SockAddrContext) -> i32 {
     restore(&ctx);
     ALLOW
 }

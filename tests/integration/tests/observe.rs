@@ -48,7 +48,7 @@ fn datapath_shows_attachments_by_interface_map_fill_and_xdp_mode() {
         "sock_connect4",
         "sock_sendmsg4",
         "sock_recvmsg4",
-        "sock_getpeername4",
+        "sock_peername4",
     ] {
         assert!(has_attachment(&d, &cgroup, hook, "cgroup"), "{hook}: {d}");
     }
@@ -433,4 +433,88 @@ fn published_ports_count_their_traffic_both_ways() {
     // Ethernet, IPv4 and UDP headers around 5 bytes of payload, each way.
     assert_eq!(delta("RxBytes"), 3 * (14 + 20 + 8 + 5));
     assert_eq!(delta("TxBytes"), 3 * (14 + 20 + 8 + 5));
+}
+
+#[test]
+fn bpftool_finds_every_documented_pin_by_its_name() {
+    let world = World::new();
+    let docs = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/datapath.md"),
+    )
+    .expect("docs/datapath.md");
+    let pins = docs
+        .split("## Pins")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("a Pins section");
+    let maps: Vec<&str> = pins
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+        .filter(|name| !name.contains('/'))
+        .collect();
+    assert!(maps.len() >= 10, "documented maps: {maps:?}");
+    let show = |kind: &str, pin: std::path::PathBuf| -> Value {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", kind, "show", "pinned"])
+            .arg(&pin)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "bpftool {kind} show pinned {}",
+            pin.display()
+        );
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+    };
+    for name in &maps {
+        assert!(
+            name.len() <= 15,
+            "{name} is longer than a kernel object name"
+        );
+        let info = show("map", world.pin_dir.join(name));
+        assert_eq!(info["name"], *name, "{info}");
+    }
+    let d = datapath(&world);
+    for program in d["Programs"].as_array().expect("Programs") {
+        let name = program.as_str().expect("program name");
+        assert!(
+            name.len() <= 15,
+            "{name} is longer than a kernel object name"
+        );
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "{name} is not documented"
+        );
+        let info = show("prog", world.pin_dir.join("progs").join(name));
+        assert_eq!(info["name"], name, "{info}");
+    }
+}
+
+#[test]
+fn a_restart_removes_pins_of_programs_that_no_longer_exist() {
+    let mut world = World::new();
+    world.stop_ferryd();
+    // What an older ferry with a since-renamed program would have left.
+    let old_prog = world.pin_dir.join("progs/sock_getpeername4");
+    let old_link = world.pin_dir.join("links/sock_getpeername4");
+    for (kind, from, to) in [
+        ("prog", world.pin_dir.join("progs/sock_connect4"), &old_prog),
+        ("link", world.pin_dir.join("links/sock_connect4"), &old_link),
+    ] {
+        let out = std::process::Command::new("bpftool")
+            .args([kind, "pin", "pinned"])
+            .arg(&from)
+            .arg(to)
+            .output()
+            .expect("bpftool");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    world.start_ferryd();
+    assert!(!old_prog.exists() && !old_link.exists());
+    assert!(world.ferryd_log().contains("removed a stale pin"));
+    assert!(world.pin_dir.join("links/sock_connect4").exists());
 }

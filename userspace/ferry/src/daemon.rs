@@ -958,6 +958,18 @@ impl Daemon {
         }
         let mut f = Family::new(
             &mut out,
+            "ferry_map_fill_ratio",
+            "gauge",
+            "Entries over capacity of each datapath map (0 to 1).",
+        );
+        for m in &maps {
+            f.sample(
+                &[("map", m.name)],
+                m.entries as f64 / f64::from(m.capacity.max(1)),
+            );
+        }
+        let mut f = Family::new(
+            &mut out,
             "ferry_conntrack_entries",
             "gauge",
             "Tracked flow entries (two per flow: one each way).",

@@ -81,7 +81,7 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_connect4",
     "sock_sendmsg4",
     "sock_recvmsg4",
-    "sock_getpeername4",
+    "sock_peername4",
 ];
 pub const PROGRAMS: [&str; 8] = [
     PROG_FROM_CONTAINER,
@@ -187,6 +187,7 @@ impl Datapath {
             path: progs_dir.clone(),
             source,
         })?;
+        remove_stale_pins(pin_dir);
         let map_paths: Vec<(&str, PathBuf)> = MAPS
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
@@ -718,6 +719,33 @@ fn bpf_cmd<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     } else {
         Ok(rc)
     }
+}
+
+/// Removes program and socket-hook link pins an earlier ferry left under
+/// names this one no longer uses (a renamed program): a stale link pin
+/// would keep its old program attached next to the new one.
+fn remove_stale_pins(pin_dir: &Path) {
+    let stale = |dir: &str, keep: &dyn Fn(&str) -> bool| {
+        let Ok(entries) = std::fs::read_dir(pin_dir.join(dir)) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if keep(&name) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => info!(pin = %entry.path().display(), "removed a stale pin"),
+                Err(e) => {
+                    tracing::warn!(pin = %entry.path().display(), %e, "cannot remove a stale pin")
+                }
+            }
+        }
+    };
+    stale("progs", &|name| PROGRAMS.contains(&name));
+    stale("links", &|name| {
+        !name.starts_with("sock_") || SOCK_PROGRAMS.contains(&name)
+    });
 }
 
 /// Counts a map's keys with BPF_MAP_GET_NEXT_KEY (at most `capacity` + 1
