@@ -42,11 +42,12 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
             .args(cargo_args),
     )?;
     // Benchmarks are not tests, but a one-second round keeps them working.
-    step("test: benchmark smoke run (c2c, 1 s; the numbers are not judged)");
+    step("test: benchmark smoke run (c2c 1 s, start; the numbers are not judged)");
     let exe = std::env::current_exe()?;
     run_cmd(Command::new(exe).args([
         "bench",
         "c2c",
+        "start",
         "--seconds",
         "1",
         "--reps",

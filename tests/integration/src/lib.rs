@@ -328,6 +328,14 @@ impl World {
             self.name.clone(),
         ]
         .into_iter()
+        // The uplink is a veth, where `auto` leaves XDP off: tests want
+        // the prefilter unless they say otherwise.
+        .chain(
+            (!self.extra_args.iter().any(|a| a == "--xdp-prefilter"))
+                .then(|| ["--xdp-prefilter".to_owned(), "on".to_owned()])
+                .into_iter()
+                .flatten(),
+        )
         .chain(self.extra_args.iter().cloned())
         .collect()
     }

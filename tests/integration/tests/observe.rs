@@ -518,3 +518,39 @@ fn a_restart_removes_pins_of_programs_that_no_longer_exist() {
     assert!(world.ferryd_log().contains("removed a stale pin"));
     assert!(world.pin_dir.join("links/sock_connect4").exists());
 }
+
+#[test]
+fn the_xdp_prefilter_stays_off_a_veth_uplink_unless_asked() {
+    // Worlds ask for it: it is on.
+    let mut world = World::new();
+    assert!(has_attachment(
+        &datapath(&world),
+        "uplink0",
+        "xdp_prefilter",
+        "xdp"
+    ));
+    let pin = world.pin_dir.join("links/xdp-uplink0");
+    assert!(pin.exists());
+    // `auto` on a veth uplink detaches what an earlier ferryd attached.
+    world.stop_ferryd();
+    world.extra_args = vec!["--xdp-prefilter".into(), "auto".into()];
+    world.start_ferryd();
+    let d = datapath(&world);
+    assert!(
+        !has_attachment(&d, "uplink0", "xdp_prefilter", "xdp"),
+        "{d}"
+    );
+    assert!(has_attachment(
+        &d,
+        "uplink0",
+        "uplink_ingress",
+        "tc ingress"
+    ));
+    assert!(!pin.exists());
+    let link = world
+        .in_host("ip", &["-d", "link", "show", "uplink0"])
+        .output()
+        .expect("ip link");
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(!link.contains("prog/xdp"), "XDP still attached: {link}");
+}

@@ -351,8 +351,9 @@ impl Daemon {
             reservations: HashMap::new(),
         };
         for uplink in uplinks(config, &inner.netlink).await? {
-            inner.datapath.attach_uplink(&uplink)?;
-            info!(%uplink, "published ports served on this uplink");
+            let xdp = config.xdp_prefilter.applies_to(&uplink);
+            inner.datapath.attach_uplink(&uplink, xdp)?;
+            info!(%uplink, xdp_prefilter = xdp, "published ports served on this uplink");
         }
         inner.refresh_host_addrs().await?;
         inner.datapath.attach_cgroup(&config.cgroup)?;

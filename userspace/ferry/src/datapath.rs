@@ -266,9 +266,21 @@ impl Datapath {
     /// uplink, replacing an earlier ferryd's. The XDP link is pinned under
     /// `<pin>/links/xdp-<ifname>`; the kernel picks native XDP where the
     /// driver has it.
-    pub fn attach_uplink(&mut self, ifname: &str) -> Result<(), DatapathError> {
+    pub fn attach_uplink(&mut self, ifname: &str, xdp: bool) -> Result<(), DatapathError> {
         self.attach_programs(ifname, &[(PROG_UPLINK_INGRESS, TcAttachType::Ingress)])?;
         let pin = self.links_dir()?.join(format!("xdp-{ifname}"));
+        if !xdp {
+            // Unpinning an earlier ferryd's XDP link detaches it.
+            match std::fs::remove_file(&pin) {
+                Ok(()) => info!(ifname, "XDP prefilter detached"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(DatapathError::PinDir { path: pin, source });
+                }
+            }
+            self.xdp.retain(|i| i != ifname);
+            return Ok(());
+        }
         self.attach_link(PROG_XDP_PREFILTER, &pin, |program| {
             let prog: &mut Xdp = program
                 .try_into()

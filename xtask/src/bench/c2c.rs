@@ -8,16 +8,19 @@
 //! Per sample: iperf3 TCP throughput, and 64-byte TCP request/response
 //! latency. Server pinned to CPU 0, client to CPU 1.
 
-use std::{
-    collections::BTreeMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Context as _;
 use ferry_integration::{TempNetns, World, unique_name};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, capture_in, docker::DockerBridge, self_exe, spawn_in, spread};
+use super::{
+    BenchArgs, capture_in,
+    docker::DockerBridge,
+    iperf3_gbits,
+    report::{Chart, Section, Table},
+    self_exe, spawn_in, spread,
+};
 use crate::step;
 
 /// One way to join two endpoints; the fields keep its namespaces alive.
@@ -79,21 +82,6 @@ fn veth_variant() -> Variant {
     }
 }
 
-fn iperf_gbits(v: &Variant, seconds: u32) -> anyhow::Result<f64> {
-    let secs = seconds.to_string();
-    let out = capture_in(
-        &v.client_ns,
-        1,
-        "iperf3",
-        &["-c", &v.server_ip, "-t", &secs, "-J"],
-    )?;
-    let j: Value = serde_json::from_str(&out).context("iperf3 JSON")?;
-    j["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|bps| bps / 1e9)
-        .context("iperf3 reported no throughput")
-}
-
 fn rr(v: &Variant, count: u32) -> anyhow::Result<Value> {
     let exe = self_exe()?;
     let exe = exe.to_str().context("utf-8 path")?;
@@ -106,7 +94,7 @@ fn rr(v: &Variant, count: u32) -> anyhow::Result<Value> {
     serde_json::from_str(out.trim()).context("rr-client JSON")
 }
 
-pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
     step("bench c2c: building ferry, bridge and veth topologies");
     let variants = vec![ferry_variant(), bridge_variant()?, veth_variant()];
     let exe = self_exe()?;
@@ -128,7 +116,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
     for rep in 1..=args.reps {
         for v in &variants {
             step(&format!("bench c2c: round {rep}/{}: {}", args.reps, v.name));
-            let g = iperf_gbits(v, args.seconds)?;
+            let g = iperf3_gbits(&v.client_ns, &v.server_ip, args.seconds, false)?;
             let r = rr(v, args.rr_count)?;
             gbits.entry(v.name).or_default().push(g);
             p50.entry(v.name)
@@ -144,45 +132,75 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
 
     let med =
         |m: &BTreeMap<&str, Vec<f64>>, k: &str| spread(m.get(k).map_or(&[][..], Vec::as_slice));
-    println!(
-        "\nc2c, {} rounds, {} s iperf3 + {} round trips each",
-        args.reps, args.seconds, args.rr_count
-    );
-    println!(
-        "{:<8}{:>24}{:>26}{:>14}",
-        "variant", "TCP Gbit/s med [min-max]", "RR p50 us med [min-max]", "RR p99 us"
+    let mut table = Table::new(
+        format!(
+            "c2c: {} rounds, {} s of iperf3 and {} round trips each",
+            args.reps, args.seconds, args.rr_count
+        ),
+        &[
+            "variant",
+            "TCP Gbit/s med [min-max]",
+            "RR p50 us med [min-max]",
+            "RR p99 us",
+        ],
     );
     for v in &variants {
         let (g, gl, gh) = med(&gbits, v.name);
         let (l, ll, lh) = med(&p50, v.name);
         let (t, _, _) = med(&p99, v.name);
-        println!(
-            "{:<8}{g:>10.2} [{gl:.2}-{gh:.2}]{l:>12.1} [{ll:.1}-{lh:.1}]{t:>14.1}",
-            v.name
-        );
+        table.row(vec![
+            v.name.to_owned(),
+            format!("{g:.2} [{gl:.2}-{gh:.2}]"),
+            format!("{l:.1} [{ll:.1}-{lh:.1}]"),
+            format!("{t:.1}"),
+        ]);
     }
     let (fg, _, _) = med(&gbits, "ferry");
-    let (bg, _, _) = med(&gbits, "bridge");
-    let (vg, _, _) = med(&gbits, "veth");
     let (fl, _, _) = med(&p50, "ferry");
-    let (bl, _, _) = med(&p50, "bridge");
-    let (vl, _, _) = med(&p50, "veth");
-    println!("\nratios (higher is better for ferry):");
-    println!(
-        "  throughput  ferry/bridge {:.2}x   ferry/veth {:.2}x",
-        fg / bg,
-        fg / vg
+    let mut ratios = Table::new(
+        "c2c ratios (above 1.00x favours ferry)",
+        &["vs", "throughput ferry/vs", "latency p50 vs/ferry"],
     );
-    println!(
-        "  latency     bridge/ferry {:.2}x   veth/ferry {:.2}x",
-        bl / fl,
-        vl / fl
-    );
-    let path = out_dir.join("c2c.json");
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&json!({ "scenario": "c2c", "samples": raw }))?,
-    )?;
-    println!("samples: {}", path.display());
-    Ok(())
+    for other in ["bridge", "veth"] {
+        let (g, _, _) = med(&gbits, other);
+        let (l, _, _) = med(&p50, other);
+        ratios.row(vec![
+            other.to_owned(),
+            format!("{:.2}x", fg / g),
+            format!("{:.2}x", l / fl),
+        ]);
+    }
+    let bars = |m: &BTreeMap<&str, Vec<f64>>| -> Vec<(String, f64)> {
+        variants
+            .iter()
+            .map(|v| (v.name.to_owned(), med(m, v.name).0))
+            .collect()
+    };
+    Ok(Section {
+        scenario: "c2c".into(),
+        method: format!(
+            "Two containers on one host: ferry (bpf_redirect_peer between host veths), bridge \
+             (two namespaces on a Linux bridge wired as Docker does) and veth (one veth pair \
+             joining the namespaces, the floor for any veth design). Per round: iperf3 TCP for \
+             {} s and {} 64-byte TCP request/response round trips; server on CPU 0, client on \
+             CPU 1.",
+            args.seconds, args.rr_count
+        ),
+        tables: vec![table, ratios],
+        charts: vec![
+            Chart {
+                file: "c2c-throughput".into(),
+                title: "c2c: TCP throughput (median)".into(),
+                unit: "Gbit/s".into(),
+                groups: vec![("iperf3".into(), bars(&gbits))],
+            },
+            Chart {
+                file: "c2c-latency".into(),
+                title: "c2c: request/response latency (median of rounds)".into(),
+                unit: "microseconds".into(),
+                groups: vec![("p50".into(), bars(&p50)), ("p99".into(), bars(&p99))],
+            },
+        ],
+        samples: json!(raw),
+    })
 }

@@ -25,10 +25,15 @@ use anyhow::{Context as _, bail};
 use ferry_integration::{Background, TempNetns, World, unique_name, wait_until};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, bench_cmd, docker::DockerBridge, spawn, spawn_in, spread, tools};
+use super::{
+    BenchArgs, bench_cmd,
+    docker::DockerBridge,
+    report::{Chart, Section, Table},
+    spawn, spawn_in, spread, tools,
+};
 use crate::{capture, step};
 
-const CONNECTIONS: [u32; 2] = [1, 50];
+const CONNECTIONS: [u32; 3] = [1, 50, 200];
 
 /// (Connection: close?, connections, variant).
 type Cell = (bool, u32, &'static str);
@@ -98,7 +103,7 @@ fn run_nginx(world: &World, out_dir: &Path, conf: &str) -> anyhow::Result<()> {
 
 /// A client namespace joined to `host` by a veth: `<prefix>.1` on the host
 /// side, `<prefix>.2` in the client.
-fn client_of(host: &TempNetns, prefix: &str) -> TempNetns {
+pub(super) fn client_of(host: &TempNetns, prefix: &str) -> TempNetns {
     let client = TempNetns::new(&format!("{}-cl", host.name));
     host.ip(&[
         "link",
@@ -136,13 +141,20 @@ fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     })
 }
 
-fn ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
-    let world = World::new();
-    let conf = nginx_conf(out_dir, "ferry", 80, root)?;
+/// nginx in a ferry container; `xdp` is ferryd's `--xdp-prefilter`
+/// (`auto` leaves it off on this veth uplink).
+fn ferry_target(
+    out_dir: &Path,
+    root: &Path,
+    name: &'static str,
+    xdp: &str,
+) -> anyhow::Result<Target> {
+    let world = World::with_ferryd_args(&["--xdp-prefilter", xdp]);
+    let conf = nginx_conf(out_dir, name, 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
     run_nginx(&world, out_dir, conf)?;
     Ok(Target {
-        name: "ferry",
+        name,
         client_ns: world.client_ns_path(),
         cgroup: None,
         url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
@@ -231,18 +243,29 @@ fn wrk(t: &Target, connections: u32, close: bool, seconds: u32) -> anyhow::Resul
     ))?)
 }
 
-pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     step("bench publish-http: host, ferry and Docker-datapath nginx");
     let root = docroot(out_dir)?;
     let targets = vec![
         host_target(out_dir, &root)?,
-        ferry_target(out_dir, &root)?,
+        ferry_target(out_dir, &root, "ferry", "auto")?,
+        ferry_target(out_dir, &root, "ferry-xdp", "on")?,
         docker_target(out_dir, &root)?,
     ];
-    run_targets("publish-http", &targets, ["host", "docker"], args, out_dir)
+    let method = format!(
+        "nginx (Debian's, one worker on CPU 0) serving one 560-byte page, wrk -t1 on CPU 1 from \
+         a client namespace (the outside): host = nginx in a plain namespace over a veth (the \
+         limit); ferry = nginx in a ferry container published with -p 8080:80, docroot \
+         bind-mounted, tc only (the default on a veth uplink); ferry-xdp = the same with the \
+         XDP prefilter on the uplink; docker = nginx in a namespace on a bridge behind Docker's iptables \
+         DNAT/MASQUERADE/filter rules. {} rounds of {} s per cell, keep-alive and \
+         Connection: close.",
+        args.reps, args.seconds
+    );
+    run_targets("publish-http", method, &targets, ["host", "docker"], args)
 }
 
-pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
+pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     step("bench local-http: direct, ferry localhost and docker-proxy to one container");
     let proxy = tools::docker_proxy()?;
     let root = docroot(out_dir)?;
@@ -288,12 +311,19 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
         target("ferry", "http://127.0.0.1:8080/".into()),
         target("docker-proxy", "http://127.0.0.1:8081/".into()),
     ];
+    let method = format!(
+        "The same nginx in one ferry container, loaded from the host itself: direct = to the \
+         container's address (the limit); ferry = localhost:8080, translated at connect time \
+         by the cgroup socket hooks; docker-proxy = localhost:8081 through Docker's userland \
+         proxy (the real binary from Debian's docker.io). {} rounds of {} s per cell.",
+        args.reps, args.seconds
+    );
     let result = run_targets(
         "local-http",
+        method,
         &targets,
         ["direct", "docker-proxy"],
         args,
-        out_dir,
     );
     drop(docker_proxy);
     result
@@ -303,11 +333,11 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<()> {
 /// two `baselines`.
 fn run_targets(
     scenario: &str,
+    method: String,
     targets: &[Target],
     baselines: [&'static str; 2],
     args: &BenchArgs,
-    out_dir: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Section> {
     for t in targets {
         let ready = wait_until(Duration::from_secs(10), || {
             bench_cmd(
@@ -347,47 +377,74 @@ fn run_targets(
         }
     }
 
-    println!(
-        "\n{scenario}, {} rounds of {} s each (wrk -t1, nginx 1 worker)",
-        args.reps, args.seconds
-    );
-    println!(
-        "{:<11}{:>5}{:>13}{:>26}{:>10}{:>10}{:>17}{:>17}",
-        "mode",
-        "conn",
-        "variant",
-        "req/s med [min-max]",
-        "p50 ms",
-        "p99 ms",
-        format!("vs {}", baselines[0]),
-        format!("vs {}", baselines[1])
+    let mut table = Table::new(
+        format!(
+            "{scenario}: {} rounds of {} s each (wrk -t1, nginx 1 worker)",
+            args.reps, args.seconds
+        ),
+        &[
+            "mode",
+            "conn",
+            "variant",
+            "req/s med [min-max]",
+            "p50 ms",
+            "p99 ms",
+            &format!("vs {}", baselines[0]),
+            &format!("vs {}", baselines[1]),
+        ],
     );
     let empty = Samples::default();
+    let mut rps_groups = Vec::new();
+    let mut p99_groups = Vec::new();
     for close in [false, true] {
+        let mode = if close { "close" } else { "keep-alive" };
         for &conns in &CONNECTIONS {
             let cell = |name: &'static str| cells.get(&(close, conns, name)).unwrap_or(&empty);
             let med = |name| spread(&cell(name).rps).0;
+            let mut rps_bars = Vec::new();
+            let mut p99_bars = Vec::new();
             for t in targets {
                 let (m, lo, hi) = spread(&cell(t.name).rps);
                 let p50 = spread(&cell(t.name).p50).0;
                 let p99 = spread(&cell(t.name).p99).0;
-                println!(
-                    "{:<11}{conns:>5}{:>13}{m:>12.0} [{lo:.0}-{hi:.0}]{p50:>10.3}{p99:>10.3}{:>16.2}x{:>16.2}x",
-                    if close { "close" } else { "keep-alive" },
-                    t.name,
-                    m / med(baselines[0]),
-                    m / med(baselines[1]),
-                );
+                table.row(vec![
+                    mode.to_owned(),
+                    conns.to_string(),
+                    t.name.to_owned(),
+                    format!("{m:.0} [{lo:.0}-{hi:.0}]"),
+                    format!("{p50:.3}"),
+                    format!("{p99:.3}"),
+                    format!("{:.2}x", m / med(baselines[0])),
+                    format!("{:.2}x", m / med(baselines[1])),
+                ]);
+                rps_bars.push((t.name.to_owned(), m));
+                p99_bars.push((t.name.to_owned(), p99));
             }
+            let label = format!("{mode} c={conns}");
+            rps_groups.push((label.clone(), rps_bars));
+            p99_groups.push((label, p99_bars));
         }
     }
-    let path = out_dir.join(format!("{scenario}.json"));
-    std::fs::write(
-        &path,
-        serde_json::to_vec_pretty(&json!({ "scenario": scenario, "samples": raw }))?,
-    )?;
-    println!("samples: {}", path.display());
-    Ok(())
+    Ok(Section {
+        scenario: scenario.to_owned(),
+        method,
+        tables: vec![table],
+        charts: vec![
+            Chart {
+                file: format!("{scenario}-rps"),
+                title: format!("{scenario}: requests per second (median)"),
+                unit: "req/s".into(),
+                groups: rps_groups,
+            },
+            Chart {
+                file: format!("{scenario}-p99"),
+                title: format!("{scenario}: p99 latency (median of rounds)"),
+                unit: "ms".into(),
+                groups: p99_groups,
+            },
+        ],
+        samples: json!(raw),
+    })
 }
 
 #[cfg(test)]

@@ -4,7 +4,10 @@
 
 mod c2c;
 mod docker;
+mod egress;
 mod http;
+mod report;
+mod start;
 mod tools;
 
 use std::{
@@ -20,7 +23,8 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all). Known: c2c, publish-http, local-http.
+    /// Scenarios to run (default: all). Known: c2c, publish-http,
+    /// local-http, egress, start.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -33,7 +37,7 @@ pub struct BenchArgs {
     pub rr_count: u32,
 }
 
-const SCENARIOS: &[&str] = &["c2c", "publish-http", "local-http"];
+const SCENARIOS: &[&str] = &["c2c", "publish-http", "local-http", "egress", "start"];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     require_root("bench")?;
@@ -52,16 +56,21 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let out_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
-    step(&format!("bench: {}", machine_summary()));
+    let machine = machine_summary();
+    step(&format!("bench: {machine}"));
+    let mut report = report::Report::new(machine);
     for s in selected {
-        match s {
-            "c2c" => c2c::run(args, &out_dir)?,
+        let section = match s {
+            "c2c" => c2c::run(args)?,
             "publish-http" => http::publish(args, &out_dir)?,
             "local-http" => http::local(args, &out_dir)?,
+            "egress" => egress::run(args)?,
+            "start" => start::run(args)?,
             _ => unreachable!("checked above"),
-        }
+        };
+        report.add(section);
     }
-    Ok(())
+    report.write(&out_dir)
 }
 
 fn machine_summary() -> String {
@@ -125,6 +134,28 @@ pub fn capture_in(ns: &Path, cpu: u32, program: &str, args: &[&str]) -> anyhow::
 /// namespaces.
 pub fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("current_exe")
+}
+
+/// TCP throughput in Gbit/s of one iperf3 run from the namespace at
+/// `client_ns` (on CPU 1) to the server at `server_ip`; with `reverse` the
+/// server sends (a download).
+pub fn iperf3_gbits(
+    client_ns: &Path,
+    server_ip: &str,
+    seconds: u32,
+    reverse: bool,
+) -> anyhow::Result<f64> {
+    let secs = seconds.to_string();
+    let mut args = vec!["-c", server_ip, "-t", &secs, "-J"];
+    if reverse {
+        args.push("-R");
+    }
+    let out = capture_in(client_ns, 1, "iperf3", &args)?;
+    let j: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    j["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|bps| bps / 1e9)
+        .context("iperf3 reported no throughput")
 }
 
 /// Median, min and max of some samples.

@@ -47,6 +47,10 @@ struct Args {
     /// full the least recently used entries are evicted and counted.
     #[arg(long, default_value_t = ferry_common::MAX_CT)]
     ct_max: u32,
+    /// XDP prefilter on the uplinks: auto attaches it where it does not cost
+    /// GRO and offloads (not on veth or virtio_net uplinks).
+    #[arg(long, value_enum, default_value_t = config::XdpPrefilter::Auto)]
+    xdp_prefilter: config::XdpPrefilter,
     /// Seconds between conntrack GC runs.
     #[arg(long, default_value_t = 10)]
     ct_gc_interval: u64,
@@ -126,6 +130,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cgroup_parent: args.cgroup_parent,
         metrics_addr: args.metrics,
         ct_max: args.ct_max,
+        xdp_prefilter: args.xdp_prefilter,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
