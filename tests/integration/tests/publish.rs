@@ -133,6 +133,57 @@ fn port_ranges_map_pairwise() {
 }
 
 #[test]
+fn thousands_of_published_ports_are_held_and_released() {
+    // More host ports than the usual soft limit of open files: ferryd holds
+    // a socket for each, so it must have raised its limit.
+    let world = World::new();
+    world.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "wide",
+        "-p",
+        "20000-21999:20000-21999",
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    let ports = world.ferry_ok(&["port", "wide"]);
+    assert_eq!(ports.lines().count(), 2000);
+    assert!(ports.contains("21999/tcp -> 0.0.0.0:21999"), "{ports}");
+    let d: serde_json::Value =
+        serde_json::from_str(&world.ferry_ok(&["datapath", "--json"])).expect("datapath JSON");
+    let portmap = d["Maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["Name"] == "portmap"))
+        .expect("portmap");
+    assert_eq!(portmap["Entries"], 2000);
+    world.ferry_ok(&["rm", "-f", "wide"]);
+    let d: serde_json::Value =
+        serde_json::from_str(&world.ferry_ok(&["datapath", "--json"])).expect("datapath JSON");
+    let fill = |name: &str| {
+        d["Maps"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["Name"] == name))
+            .map(|m| m["Entries"].clone())
+    };
+    assert_eq!(fill("portmap"), Some(0.into()));
+    assert_eq!(fill("port_stats"), Some(0.into()));
+    // The host ports are free again.
+    let bound = world
+        .in_host(
+            "python3",
+            &[
+                "-c",
+                "import socket; socket.socket().bind(('0.0.0.0', 21999))",
+            ],
+        )
+        .status()
+        .expect("python3");
+    assert!(bound.success(), "port 21999 still held after rm");
+}
+
+#[test]
 fn a_publish_bound_to_one_host_address_answers_only_there() {
     let world = World::new();
     world

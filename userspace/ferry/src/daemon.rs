@@ -83,6 +83,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     preflight::require_root()?;
     preflight::require_bpf()?;
     preflight::ensure_bpffs(&config.pin_dir)?;
+    match preflight::raise_open_files() {
+        Ok(limit) => tracing::debug!(limit, "open files"),
+        Err(e) => warn!(%e, "cannot raise the open-files limit"),
+    }
     // Refuse a served socket before creating anything.
     socket_in_use(&config.socket)?;
     for dir in [&config.state_dir, &config.run_dir] {

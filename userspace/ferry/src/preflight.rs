@@ -36,6 +36,19 @@ pub fn require_root() -> Result<(), PreflightError> {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: ferryd holds a
+/// socket per published host port, a pidfd per container and map fds, and
+/// the usual soft limit (1024) would cap publishes at about a thousand.
+/// Returns the new limit.
+pub fn raise_open_files() -> std::io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}
+
 /// Creates (and at once closes) a one-entry array map: the cheapest proof
 /// that this process may use BPF at all.
 pub fn require_bpf() -> Result<(), PreflightError> {

@@ -46,19 +46,19 @@ struct Samples {
     p99: Vec<f64>,
 }
 
-struct Target {
-    name: &'static str,
-    client_ns: PathBuf,
+pub(super) struct Target {
+    pub(super) name: &'static str,
+    pub(super) client_ns: PathBuf,
     /// cgroup2 directory wrk runs in (where ferry's socket hooks act).
-    cgroup: Option<PathBuf>,
-    url: String,
-    _servers: Vec<Background>,
-    _world: Option<World>,
-    _netns: Vec<TempNetns>,
+    pub(super) cgroup: Option<PathBuf>,
+    pub(super) url: String,
+    pub(super) _servers: Vec<Background>,
+    pub(super) _world: Option<World>,
+    pub(super) _netns: Vec<TempNetns>,
 }
 
 /// The docroot every variant serves: one small page.
-fn docroot(out_dir: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn docroot(out_dir: &Path) -> anyhow::Result<PathBuf> {
     let root = out_dir.join("www");
     std::fs::create_dir_all(&root)?;
     let page = format!(
@@ -70,7 +70,12 @@ fn docroot(out_dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// An nginx config: one worker, no access log, the shared docroot.
-fn nginx_conf(out_dir: &Path, name: &str, port: u16, root: &Path) -> anyhow::Result<PathBuf> {
+pub(super) fn nginx_conf(
+    out_dir: &Path,
+    name: &str,
+    port: u16,
+    root: &Path,
+) -> anyhow::Result<PathBuf> {
     let dir = out_dir.join("nginx").join(name);
     std::fs::create_dir_all(&dir)?;
     let d = dir.display();
@@ -91,7 +96,7 @@ fn nginx_conf(out_dir: &Path, name: &str, port: u16, root: &Path) -> anyhow::Res
 /// bench directory (config, docroot) is bind-mounted, so nginx serves the
 /// same file from the same filesystem as in every other variant, not
 /// through the container's overlay root.
-fn run_nginx(world: &World, out_dir: &Path, conf: &str) -> anyhow::Result<()> {
+pub(super) fn run_nginx(world: &World, out_dir: &Path, conf: &str) -> anyhow::Result<()> {
     let dir = out_dir.to_str().context("utf-8 path")?;
     let volume = format!("{dir}:{dir}");
     world.ferry_ok(&[
@@ -227,7 +232,12 @@ fn to_ms(v: &str) -> Option<f64> {
     })
 }
 
-fn wrk(t: &Target, connections: u32, close: bool, seconds: u32) -> anyhow::Result<Value> {
+pub(super) fn wrk(
+    t: &Target,
+    connections: u32,
+    close: bool,
+    seconds: u32,
+) -> anyhow::Result<Value> {
     let (c, d) = (format!("-c{connections}"), format!("-d{seconds}s"));
     let mut args = vec!["-t1", c.as_str(), d.as_str(), "--latency"];
     if close {

@@ -6,6 +6,7 @@ mod c2c;
 mod docker;
 mod egress;
 mod http;
+mod port_scale;
 mod report;
 mod start;
 mod tools;
@@ -24,7 +25,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 #[derive(Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all). Known: c2c, publish-http,
-    /// local-http, egress, start.
+    /// local-http, egress, start, port-scale.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -37,7 +38,14 @@ pub struct BenchArgs {
     pub rr_count: u32,
 }
 
-const SCENARIOS: &[&str] = &["c2c", "publish-http", "local-http", "egress", "start"];
+const SCENARIOS: &[&str] = &[
+    "c2c",
+    "publish-http",
+    "local-http",
+    "egress",
+    "start",
+    "port-scale",
+];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     require_root("bench")?;
@@ -66,6 +74,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "local-http" => http::local(args, &out_dir)?,
             "egress" => egress::run(args)?,
             "start" => start::run(args)?,
+            "port-scale" => port_scale::run(args, &out_dir)?,
             _ => unreachable!("checked above"),
         };
         report.add(section);
