@@ -523,6 +523,11 @@ impl World {
         }
     }
 
+    /// `ferry datapath --json`.
+    pub fn datapath(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ferry_ok(&["datapath", "--json"])).expect("datapath JSON")
+    }
+
     /// One `ferry stats --json` row: datapath counters and cgroup usage.
     pub fn stats(&self, name: &str) -> serde_json::Value {
         let out = self.ferry_ok(&["stats", "--json", name]);
@@ -616,6 +621,14 @@ impl Drop for World {
         });
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The entry of map `name` in `ferry datapath --json` output.
+pub fn map_of<'a>(datapath: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    datapath["Maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["Name"] == name))
+        .unwrap_or_else(|| panic!("no map {name} in {datapath}"))
 }
 
 /// Polls `f` until it returns true or `timeout` passes.

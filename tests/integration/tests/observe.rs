@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use ferry_integration::{CLIENT_IP, Container, HOST_UPLINK_IP, World, ping, wait_until};
+use ferry_integration::{CLIENT_IP, Container, HOST_UPLINK_IP, World, check, ping, wait_until};
 use serde_json::Value;
 
 fn datapath(world: &World) -> Value {
-    serde_json::from_str(&world.ferry_ok(&["datapath", "--json"])).expect("datapath JSON")
+    world.datapath()
 }
 
 fn has_attachment(d: &Value, target: &str, program: &str, hook: &str) -> bool {
@@ -19,10 +19,7 @@ fn has_attachment(d: &Value, target: &str, program: &str, hook: &str) -> bool {
 }
 
 fn map<'a>(d: &'a Value, name: &str) -> &'a Value {
-    d["Maps"]
-        .as_array()
-        .and_then(|maps| maps.iter().find(|m| m["Name"] == name))
-        .unwrap_or_else(|| panic!("no map {name} in {d}"))
+    ferry_integration::map_of(d, name)
 }
 
 #[test]
@@ -358,15 +355,7 @@ for _ in range(int(sys.argv[1])):
 fn a_full_conntrack_map_evicts_and_counts_it() {
     let world = World::with_ferryd_args(&["--ct-max", "64"]);
     let c = world.run("busy", &["sleep", "infinity"]);
-    let out = world
-        .exec(&c, "python3", &["-c", UDP_FLOWS, "150", CLIENT_IP])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check(&mut world.exec(&c, "python3", &["-c", UDP_FLOWS, "150", CLIENT_IP]));
     let d = datapath(&world);
     let ct = &d["Conntrack"];
     let n = |k: &str| ct[k].as_u64().unwrap_or_else(|| panic!("{k}: {d}"));
@@ -414,15 +403,7 @@ fn published_ports_count_their_traffic_both_ways() {
     assert_eq!(echoed, "up\n");
     let port = |w: &World| w.inspect("echo")["Ferry"]["PortCounters"]["0.0.0.0:5353/udp"].clone();
     let before = port(&world);
-    let out = world
-        .in_client("python3", &["-c", UDP_THREE, HOST_UPLINK_IP, "5353"])
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    check(&mut world.in_client("python3", &["-c", UDP_THREE, HOST_UPLINK_IP, "5353"]));
     let after = port(&world);
     let delta = |k: &str| after[k].as_u64().unwrap_or(0) - before[k].as_u64().unwrap_or(0);
     assert_eq!(

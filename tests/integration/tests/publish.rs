@@ -5,7 +5,7 @@
 use std::{process::Stdio, time::Duration};
 
 use ferry_integration::{
-    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, output, rulesets, tcp_exchange,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, map_of, output, rulesets, tcp_exchange,
     wait_for_echo, wait_until,
 };
 
@@ -151,36 +151,19 @@ fn thousands_of_published_ports_are_held_and_released() {
     let ports = world.ferry_ok(&["port", "wide"]);
     assert_eq!(ports.lines().count(), 2000);
     assert!(ports.contains("21999/tcp -> 0.0.0.0:21999"), "{ports}");
-    let d: serde_json::Value =
-        serde_json::from_str(&world.ferry_ok(&["datapath", "--json"])).expect("datapath JSON");
-    let portmap = d["Maps"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["Name"] == "portmap"))
-        .expect("portmap");
-    assert_eq!(portmap["Entries"], 2000);
+    assert_eq!(map_of(&world.datapath(), "portmap")["Entries"], 2000);
     world.ferry_ok(&["rm", "-f", "wide"]);
-    let d: serde_json::Value =
-        serde_json::from_str(&world.ferry_ok(&["datapath", "--json"])).expect("datapath JSON");
-    let fill = |name: &str| {
-        d["Maps"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["Name"] == name))
-            .map(|m| m["Entries"].clone())
-    };
-    assert_eq!(fill("portmap"), Some(0.into()));
-    assert_eq!(fill("port_stats"), Some(0.into()));
+    let d = world.datapath();
+    assert_eq!(map_of(&d, "portmap")["Entries"], 0);
+    assert_eq!(map_of(&d, "port_stats")["Entries"], 0);
     // The host ports are free again.
-    let bound = world
-        .in_host(
-            "python3",
-            &[
-                "-c",
-                "import socket; socket.socket().bind(('0.0.0.0', 21999))",
-            ],
-        )
-        .status()
-        .expect("python3");
-    assert!(bound.success(), "port 21999 still held after rm");
+    check(&mut world.in_host(
+        "python3",
+        &[
+            "-c",
+            "import socket; socket.socket().bind(('0.0.0.0', 21999))",
+        ],
+    ));
 }
 
 #[test]

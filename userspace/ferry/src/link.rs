@@ -109,8 +109,11 @@ impl Netlink {
             })
     }
 
-    /// The ifindex of `name`, `None` if there is no such interface.
-    pub async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
+    /// The interface called `name`, `None` if there is none.
+    async fn link_named(
+        &self,
+        name: &str,
+    ) -> Result<Option<netlink_packet_route::link::LinkMessage>, LinkError> {
         let mut links = self
             .handle
             .link()
@@ -118,8 +121,7 @@ impl Netlink {
             .match_name(name.to_owned())
             .execute();
         match links.try_next().await {
-            Ok(Some(msg)) => Ok(Some(msg.header.index)),
-            Ok(None) => Ok(None),
+            Ok(msg) => Ok(msg),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
             Err(source) => Err(LinkError::Request {
                 op: "look up",
@@ -127,6 +129,11 @@ impl Netlink {
                 source,
             }),
         }
+    }
+
+    /// The ifindex of `name`, `None` if there is no such interface.
+    pub async fn index_of(&self, name: &str) -> Result<Option<u32>, LinkError> {
+        Ok(self.link_named(name).await?.map(|msg| msg.header.index))
     }
 
     /// One attribute of interface `index`, picked by `pick`.
@@ -143,30 +150,12 @@ impl Netlink {
         Ok(msg.and_then(|m| m.attributes.into_iter().find_map(pick)))
     }
 
-    /// The MAC of interface `index`.
     /// How an XDP program is attached to `name`, as the kernel reports it:
     /// `native`, `generic` (skb mode), `offload`, `multi`; `None` if none.
     pub async fn xdp_mode(&self, name: &str) -> Result<Option<&'static str>, LinkError> {
-        use netlink_packet_route::link::{LinkAttribute, LinkXdp, XdpAttached};
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        let msg = match links.try_next().await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-                return Ok(None);
-            }
-            Err(source) => {
-                return Err(LinkError::Request {
-                    op: "look up",
-                    target: name.to_owned(),
-                    source,
-                });
-            }
+        use netlink_packet_route::link::{LinkXdp, XdpAttached};
+        let Some(msg) = self.link_named(name).await? else {
+            return Ok(None);
         };
         let mode = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::Xdp(xdp) => xdp.iter().find_map(|x| match x {
@@ -181,6 +170,7 @@ impl Netlink {
         Ok(mode)
     }
 
+    /// The MAC of interface `index`.
     pub async fn mac_of(&self, index: u32) -> Result<Option<Mac>, LinkError> {
         self.link_attribute(index, |a| match a {
             LinkAttribute::Address(bytes) => bytes.try_into().ok(),
