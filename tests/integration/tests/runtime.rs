@@ -345,8 +345,14 @@ fn cpu_limits_are_applied_and_throttle_under_load() {
 #[test]
 fn bad_limits_and_paths_are_refused_and_leave_nothing() {
     let world = World::new();
+    let state = world.dir.join("state").display().to_string();
+    let own_volume = format!("{state}:/x");
+    let own_rootfs = format!("{state}/containers");
     for (flags, expected) in [
         (&["-m", "1m"][..], "minimum memory"),
+        (&["--rootfs", "/"], "the host's root"),
+        (&["--rootfs", &own_rootfs], "ferry's own directory"),
+        (&["-v", &own_volume], "ferry's own directory"),
         (&["-m", "lots"], "--memory"),
         (&["--cpus", "1000"], "--cpus"),
         (&["--cpuset-cpus", "9999"], "--cpuset-cpus"),

@@ -269,6 +269,9 @@ impl Plan {
             })
             .collect::<Result<Vec<_>, rootfs::VolumeError>>()
             .map_err(|e| bad(e.to_string()))?;
+        for b in &binds {
+            inner.refuse_own_dirs("volume source", &b.source)?;
+        }
         req.host_config
             .resources
             .validate()
@@ -283,6 +286,15 @@ impl Plan {
                 if !path.is_dir() {
                     return Err(bad(format!("rootfs {dir}: no such directory")));
                 }
+                // The rootfs is used in place: the host's own root would
+                // make every write of the container a write to the host.
+                if path.canonicalize().is_ok_and(|p| p == Path::new("/")) {
+                    return Err(bad(format!(
+                        "rootfs {dir} is the host's root: leave --rootfs out for a private \
+                         overlay of it"
+                    )));
+                }
+                inner.refuse_own_dirs("rootfs", path)?;
                 Some(path.to_owned())
             }
         };
@@ -1188,6 +1200,27 @@ impl Inner {
             .endpoint_stats(net.ip)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(NetCounters::from(s))
+    }
+
+    /// Refuses a host path (rootfs, volume source) inside ferry's own state
+    /// or run directories: other containers' state, logs and the API socket.
+    fn refuse_own_dirs(&self, what: &str, path: &Path) -> Result<(), ApiError> {
+        let Ok(real) = path.canonicalize() else {
+            return Ok(());
+        };
+        match self
+            .hidden
+            .iter()
+            .filter_map(|d| d.canonicalize().ok())
+            .find(|d| real.starts_with(d))
+        {
+            Some(dir) => Err(ApiError::BadRequest(format!(
+                "{what} {} is inside ferry's own directory {}",
+                path.display(),
+                dir.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Records a container's exit and frees what it held: the status the
