@@ -757,10 +757,9 @@ impl Daemon {
                 mode: mode.to_owned(),
             });
         }
-        let maps: Vec<MapJson> = inner
-            .datapath
-            .map_fill()
-            .map_err(internal)?
+        let fill = inner.datapath.map_fill().map_err(internal)?;
+        let conntrack = conntrack_json(inner.datapath.ct_counts().map_err(internal)?, &fill);
+        let maps = fill
             .into_iter()
             .map(|m| MapJson {
                 name: m.name.to_owned(),
@@ -769,18 +768,8 @@ impl Daemon {
                 capacity: m.capacity,
             })
             .collect();
-        let counts = inner.datapath.ct_counts().map_err(internal)?;
-        let live = maps
-            .iter()
-            .find(|m: &&MapJson| m.name == datapath::MAP_CT)
-            .map_or(0, |m| m.entries as u64);
         Ok(DatapathJson {
-            conntrack: ConntrackJson {
-                entries: live,
-                created: counts.created,
-                removed: counts.removed,
-                evicted: counts.evicted(live),
-            },
+            conntrack,
             debug_log: inner.datapath.debug_log().map_err(internal)?,
             pin_dir: inner.datapath.pin_dir().display().to_string(),
             endpoints: inner.datapath.endpoint_count().map_err(internal)?,
@@ -832,7 +821,7 @@ impl Daemon {
         }
         let drops = inner.datapath.drops().map_err(internal)?;
         let maps = inner.datapath.map_fill().map_err(internal)?;
-        let ct_counts = inner.datapath.ct_counts().map_err(internal)?;
+        let conntrack = conntrack_json(inner.datapath.ct_counts().map_err(internal)?, &maps);
         drop(inner);
 
         let mut out = String::new();
@@ -991,25 +980,21 @@ impl Daemon {
             "gauge",
             "Tracked flow entries (two per flow: one each way).",
         );
-        let live = maps
-            .iter()
-            .find(|m| m.name == datapath::MAP_CT)
-            .map_or(0, |m| m.entries as u64);
-        f.sample(&[], live);
+        f.sample(&[], conntrack.entries);
         let mut f = Family::new(
             &mut out,
             "ferry_conntrack_created_total",
             "counter",
             "Conntrack entries the datapath created.",
         );
-        f.sample(&[], ct_counts.created);
+        f.sample(&[], conntrack.created);
         let mut f = Family::new(
             &mut out,
             "ferry_conntrack_evictions_total",
             "counter",
             "Conntrack entries the full LRU map evicted (created - removed by ferryd - live).",
         );
-        f.sample(&[], ct_counts.evicted(live));
+        f.sample(&[], conntrack.evicted);
         let mut f = Family::new(
             &mut out,
             "ferry_api_requests_total",
@@ -1708,6 +1693,22 @@ impl Inner {
             Err(e) => warn!(id = %record.id, %e, "cannot look up veth"),
         }
         self.ipam.release(net.ip);
+    }
+}
+
+/// Conntrack entries now (the `ct` map's fill, counted once by
+/// `map_fill`) and since the maps were made (`ct_stats`), evictions
+/// included.
+fn conntrack_json(counts: crate::conntrack::CtCounts, fill: &[datapath::MapFill]) -> ConntrackJson {
+    let live = fill
+        .iter()
+        .find(|m| m.name == datapath::MAP_CT)
+        .map_or(0, |m| m.entries as u64);
+    ConntrackJson {
+        entries: live,
+        created: counts.created,
+        removed: counts.removed,
+        evicted: counts.evicted(live),
     }
 }
 
