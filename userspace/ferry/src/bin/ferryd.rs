@@ -89,9 +89,12 @@ fn main() -> ExitCode {
     {
         container::init_main();
     }
-    let mut argv = std::env::args();
+    // args_os: a non-UTF-8 argument (a path) must reach clap's error, not
+    // panic here.
+    let mut argv = std::env::args_os();
     if argv.nth(1).is_some_and(|a| a == container::EXEC_ARG) {
-        container::exec_main(&argv.next().unwrap_or_default());
+        let spec = argv.next().unwrap_or_default();
+        container::exec_main(&spec.to_string_lossy());
     }
     let args = Args::parse();
     let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
