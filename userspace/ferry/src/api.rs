@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State, rejection::JsonRejection},
+    extract::{
+        DefaultBodyLimit, FromRequest, FromRequestParts, Path, State,
+        rejection::{JsonRejection, QueryRejection},
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{delete, get, post},
@@ -20,6 +23,21 @@ use crate::{
 };
 
 pub const API_VERSION: &str = "0.1";
+
+/// Largest request body ferryd reads. A run request with thousands of
+/// publishes, binds and environment entries fits several times over.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// A JSON request body; malformed, mistyped or oversized bodies are refused
+/// with an [`ApiError`] naming the problem.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+struct Body<T>(T);
+
+/// A query string, refused like [`Body`].
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+struct Query<T>(T);
 
 /// `POST /containers/run`: create and start a container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -351,7 +369,12 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
     Unavailable(String),
+    /// A datapath map has no room left.
+    #[error("{0}")]
+    Full(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -362,7 +385,9 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -377,6 +402,31 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         (self.status(), Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::TooLarge(format!(
+                "request body larger than the limit of {}",
+                crate::validate::Bytes(MAX_BODY)
+            ))
+        } else {
+            Self::BadRequest(format!("invalid request body: {}", e.body_text()))
+        }
+    }
+}
+
+impl From<crate::validate::InvalidInput> for ApiError {
+    fn from(e: crate::validate::InvalidInput) -> Self {
+        Self::BadRequest(e.to_string())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::BadRequest(format!("invalid query: {}", e.body_text()))
     }
 }
 
@@ -440,6 +490,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/datapath", get(datapath))
         .route("/datapath/debug", post(datapath_debug))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&daemon),
             crate::metrics::count_requests,
@@ -449,9 +500,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
 
 async fn run(
     State(d): State<Arc<Daemon>>,
-    body: Result<Json<RunRequest>, JsonRejection>,
+    Body(req): Body<RunRequest>,
 ) -> Result<(StatusCode, Json<ContainerJson>), ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let record = d.run(req).await?;
     Ok((StatusCode::CREATED, Json(ContainerJson::from(&record))))
 }
@@ -571,9 +621,8 @@ async fn logs(
 async fn exec(
     State(d): State<Arc<Daemon>>,
     Path(id): Path<String>,
-    body: Result<Json<ExecRequest>, JsonRejection>,
+    Body(req): Body<ExecRequest>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let rx = d.exec(&id, req).await?;
     Ok(axum::body::Body::from_stream(rx).into_response())
 }

@@ -15,11 +15,12 @@ use crate::api::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach ferryd at {path}: {source} (is ferryd running?)")]
+    #[error("cannot reach ferryd at {path}: {source} ({hint})")]
     Connect {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+        hint: &'static str,
     },
     #[error("talking to ferryd: {0}")]
     Http(String),
@@ -92,6 +93,12 @@ impl Client {
                 .await
                 .map_err(|source| ClientError::Connect {
                     path: self.socket.clone(),
+                    hint: match source.kind() {
+                        std::io::ErrorKind::PermissionDenied => {
+                            "only root and members of ferryd's --group may use the API"
+                        }
+                        _ => "is ferryd running?",
+                    },
                     source,
                 })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))

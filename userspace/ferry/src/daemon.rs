@@ -49,6 +49,7 @@ use crate::{
     preflight,
     rootfs::{self, Bind, RootfsSpec},
     state::{ContainerRecord, NetworkRecord, Status, Store, process_start_time},
+    validate,
 };
 
 /// The interface name inside every container.
@@ -251,6 +252,14 @@ impl Plan {
             return Err(bad(
                 "no command given: ferry run [OPTIONS] -- CMD [ARGS...]".into(),
             ));
+        }
+        validate::no_nul("argument", &req.cmd)?;
+        validate::no_nul("working directory", [&req.working_dir])?;
+        validate::no_nul("volume", &req.host_config.binds)?;
+        validate::no_nul("rootfs", [&req.host_config.rootfs])?;
+        validate::env(&req.env)?;
+        if let Some(h) = &req.hostname {
+            validate::hostname(h)?;
         }
         let specs = req
             .publish
@@ -659,6 +668,9 @@ impl Daemon {
                 "no command given: ferry exec CONTAINER CMD [ARGS...]".into(),
             ));
         }
+        validate::no_nul("argument", &req.cmd)?;
+        validate::no_nul("working directory", [&req.working_dir])?;
+        validate::env(&req.env)?;
         let spec = {
             let inner = self.inner.lock().await;
             let record = inner.find(reference)?;

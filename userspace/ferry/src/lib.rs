@@ -21,3 +21,4 @@ pub mod portmap;
 pub mod preflight;
 pub mod rootfs;
 pub mod state;
+pub mod validate;

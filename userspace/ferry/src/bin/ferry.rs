@@ -245,6 +245,21 @@ fn main() -> ExitCode {
 
 const NO_BODY: Option<&()> = None;
 
+/// `-e KEY` takes KEY's value from this environment, and is left out when
+/// KEY is not set (Docker's rule); `-e KEY=VALUE` is passed as is.
+fn resolve_env(entries: Vec<String>) -> Vec<String> {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e)
+            } else {
+                std::env::var_os(&e).map(|v| format!("{e}={}", v.to_string_lossy()))
+            }
+        })
+        .collect()
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.host);
     match args.command {
@@ -282,7 +297,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let req = RunRequest {
                 name,
                 hostname,
-                env,
+                env: resolve_env(env),
                 publish,
                 cmd,
                 working_dir: workdir.unwrap_or_default(),
@@ -423,7 +438,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             let req = ExecRequest {
                 cmd,
-                env,
+                env: resolve_env(env),
                 working_dir: workdir.unwrap_or_default(),
             };
             let body = client
