@@ -623,6 +623,82 @@ impl Drop for World {
     }
 }
 
+/// Every kernel object and file a world's containers can leave behind,
+/// to compare before and after: equal footprints mean nothing leaked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    /// Interfaces in the host namespace.
+    pub links: Vec<String>,
+    /// Routes in the host namespace.
+    pub routes: Vec<String>,
+    /// Entries of the maps that hold per-container or per-port state.
+    pub map_entries: Vec<(String, u64)>,
+    /// Container cgroup directories (below the per-hierarchy parents).
+    pub cgroups: Vec<PathBuf>,
+    /// Container state directories.
+    pub state: Vec<String>,
+    /// Mounts (seen from the host mount namespace) below the world's dir.
+    pub mounts: Vec<String>,
+    /// Files below the pin directory.
+    pub pins: Vec<String>,
+}
+
+impl World {
+    /// What exists now; see [`Footprint`].
+    pub fn footprint(&self) -> Footprint {
+        let names = |text: String| -> Vec<String> {
+            let mut v: Vec<String> = text.lines().map(str::to_owned).collect();
+            v.sort();
+            v
+        };
+        let links = check(&mut self.in_host("ip", &["-o", "link", "show"]))
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
+            .collect();
+        let datapath = self.datapath();
+        let map_entries = [
+            "endpoints",
+            "ep_stats",
+            "portmap",
+            "port_stats",
+            "sock_netns",
+        ]
+        .iter()
+        .map(|m| {
+            let n = map_of(&datapath, m)["Entries"].as_u64().unwrap_or(u64::MAX);
+            ((*m).to_owned(), n)
+        })
+        .collect();
+        let mut cgroups = self.container_cgroups();
+        cgroups.sort();
+        let state = std::fs::read_dir(self.dir.join("state/containers"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&dir))
+            .map(str::to_owned)
+            .collect();
+        let pins = check(Command::new("find").arg(&self.pin_dir));
+        Footprint {
+            links,
+            routes: names(check(&mut self.in_host("ip", &["route", "show"]))),
+            map_entries,
+            cgroups,
+            state: names(state.join("\n")),
+            mounts,
+            pins: names(pins),
+        }
+    }
+}
+
 /// The entry of map `name` in `ferry datapath --json` output.
 pub fn map_of<'a>(datapath: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     datapath["Maps"]

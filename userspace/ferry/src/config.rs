@@ -45,8 +45,8 @@ pub struct Config {
     pub ct_gc_interval: std::time::Duration,
     /// Whether uplinks get the XDP prefilter.
     pub xdp_prefilter: XdpPrefilter,
-    /// Capacity of the conntrack map (entries; two per flow).
-    pub ct_max: u32,
+    /// Capacities of the conntrack, endpoint and port maps.
+    pub map_sizes: crate::datapath::MapSizes,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics_addr: Option<std::net::SocketAddr>,
 }

@@ -353,7 +353,7 @@ impl Plan {
 
 impl Daemon {
     async fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
-        let datapath = Datapath::load_sized(&config.pin_dir, config.ct_max)?;
+        let datapath = Datapath::load_sized(&config.pin_dir, config.map_sizes)?;
         let store = Store::new(&config.state_dir)?;
         let netlink = Netlink::current()?;
         let (records, orphans) = store.load_all()?;
@@ -1411,7 +1411,7 @@ impl Inner {
                     host_mac,
                 },
             )
-            .map_err(|e| internal(&e))?;
+            .map_err(|e| map_full(e, "containers", "--endpoint-max"))?;
         self.datapath
             .attach(&host_ifname)
             .map_err(|e| internal(&e))?;
@@ -1610,7 +1610,7 @@ impl Inner {
                 };
                 self.datapath
                     .add_port(key, target)
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                    .map_err(|e| map_full(e, "published ports", "--port-max"))?;
                 partial.ports.push(key);
                 self.reservations
                     .entry(id.to_owned())
@@ -1766,6 +1766,19 @@ fn resolv_conf(host: &str, host_network: bool) -> String {
 }
 
 /// `SIGTERM`, `TERM` or `15`, as `docker kill -s` takes them.
+/// A datapath map without room for one more of `what` is the user's to
+/// fix (remove some, or give the maps more room); other map errors are
+/// ferry's.
+fn map_full(e: datapath::DatapathError, what: &str, flag: &str) -> ApiError {
+    match e {
+        datapath::DatapathError::Full { .. } => ApiError::Full(format!(
+            "{e}: no room for more {what}; remove some, or stop ferryd, run `ferryd reset` and \
+             start it with a larger {flag}"
+        )),
+        e => ApiError::Internal(e.to_string()),
+    }
+}
+
 fn parse_signal(name: &str) -> Result<Signal, ApiError> {
     let bad = || ApiError::BadRequest(format!("invalid signal: {name}"));
     if let Ok(n) = name.parse::<i32>() {

@@ -37,8 +37,8 @@ use aya::{
     util::nr_cpus,
 };
 use ferry_common::{
-    CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT, PortKey,
-    PortTarget,
+    CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT,
+    MAX_ENDPOINTS, MAX_PORTMAPS, PortKey, PortTarget,
 };
 use tracing::{debug, info};
 
@@ -140,6 +140,30 @@ pub enum DatapathError {
     MissingMap(&'static str),
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
+    /// An insert the kernel refused for lack of room (E2BIG).
+    #[error("the {map} map is full ({capacity} entries)")]
+    Full { map: &'static str, capacity: u32 },
+}
+
+/// Capacities of the maps that grow with use, in entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Conntrack (two entries per flow); an LRU map that evicts when full.
+    pub ct: u32,
+    /// Containers on the datapath (`endpoints` and their counters).
+    pub endpoints: u32,
+    /// Published host ports (`portmap` and their counters).
+    pub ports: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            ct: MAX_CT,
+            endpoints: MAX_ENDPOINTS,
+            ports: MAX_PORTMAPS,
+        }
+    }
 }
 
 /// A loaded datapath. Dropping it keeps every pin and attachment.
@@ -175,13 +199,14 @@ pub struct MapFill {
 impl Datapath {
     /// Loads the programs with the default map sizes; see [`Self::load_sized`].
     pub fn load(pin_dir: &Path) -> Result<Self, DatapathError> {
-        Self::load_sized(pin_dir, MAX_CT)
+        Self::load_sized(pin_dir, MapSizes::default())
     }
 
     /// Loads the programs, reusing maps already pinned in `pin_dir` (so a
     /// restarted ferryd keeps entries and counters) and pinning everything.
-    /// The conntrack map holds `ct_max` entries.
-    pub fn load_sized(pin_dir: &Path, ct_max: u32) -> Result<Self, DatapathError> {
+    /// New maps get `sizes`; pinned ones keep the capacity they were made
+    /// with until `ferryd reset`.
+    pub fn load_sized(pin_dir: &Path, sizes: MapSizes) -> Result<Self, DatapathError> {
         let progs_dir = pin_dir.join("progs");
         std::fs::create_dir_all(&progs_dir).map_err(|source| DatapathError::PinDir {
             path: progs_dir.clone(),
@@ -193,7 +218,11 @@ impl Datapath {
             .map(|name| (*name, pin_dir.join(name)))
             .collect();
         let mut loader = EbpfLoader::new();
-        loader.map_max_entries(MAP_CT, ct_max);
+        loader.map_max_entries(MAP_CT, sizes.ct);
+        loader.map_max_entries(MAP_ENDPOINTS, sizes.endpoints);
+        loader.map_max_entries(MAP_EP_STATS, sizes.endpoints);
+        loader.map_max_entries(MAP_PORTMAP, sizes.ports);
+        loader.map_max_entries(MAP_PORT_STATS, sizes.ports);
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -545,15 +574,44 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))
     }
 
-    /// Publishes a container to the datapath, with zeroed counters.
+    /// Publishes a container to the datapath, with zeroed counters. A full
+    /// map is [`DatapathError::Full`], with nothing left behind.
     pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DatapathError> {
         let key = Ipv4Key { ip: ip.octets() };
-        self.add_stats(MAP_EP_STATS, key)?;
         let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        endpoints
-            .insert(key, endpoint, 0)
-            .map_err(map_err(MAP_ENDPOINTS))
+        let inserted = endpoints.insert(key, endpoint, 0);
+        // The counters are made second: their map has the same capacity,
+        // so the one a user knows by name is the one found full.
+        let added = match inserted {
+            Ok(()) => self.add_stats(MAP_EP_STATS, key),
+            Err(e) => Err(self.insert_error(MAP_ENDPOINTS, e)),
+        };
+        if added.is_err() {
+            let _ = self.remove_endpoint(ip);
+        }
+        added
+    }
+
+    /// What a failed insert into `name` means: the map is full, or the
+    /// kernel's error.
+    fn insert_error(&self, name: &'static str, e: aya::maps::MapError) -> DatapathError {
+        match &e {
+            aya::maps::MapError::SyscallError(s)
+                if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
+            {
+                let capacity = aya::maps::MapInfo::from_pin(self.pin_dir.join(name))
+                    .map_or(0, |info| info.max_entries());
+                DatapathError::Full {
+                    map: name,
+                    capacity,
+                }
+            }
+            _ => DatapathError::Map {
+                map: name,
+                source: e,
+            },
+        }
     }
 
     /// Removes a container from the datapath. Missing entries are fine.
@@ -628,7 +686,8 @@ impl Datapath {
             {
                 Ok(())
             }
-            other => other.map_err(map_err(name)),
+            Err(e) => Err(self.insert_error(name, e)),
+            Ok(()) => Ok(()),
         }
     }
 
@@ -655,12 +714,21 @@ impl Datapath {
         self.read_stats(MAP_PORT_STATS, key)
     }
 
-    /// Publishes a host port: packets for it are DNAT'ed to `target`.
+    /// Publishes a host port: packets for it are DNAT'ed to `target`. A
+    /// full map is [`DatapathError::Full`], with nothing left behind.
     pub fn add_port(&mut self, key: PortKey, target: PortTarget) -> Result<(), DatapathError> {
-        self.add_stats(MAP_PORT_STATS, key)?;
         let mut ports: BpfHashMap<_, PortKey, PortTarget> =
             BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
-        ports.insert(key, target, 0).map_err(map_err(MAP_PORTMAP))
+        let inserted = ports.insert(key, target, 0);
+        // Counters second, as in `add_endpoint`.
+        let added = match inserted {
+            Ok(()) => self.add_stats(MAP_PORT_STATS, key),
+            Err(e) => Err(self.insert_error(MAP_PORTMAP, e)),
+        };
+        if added.is_err() {
+            let _ = self.remove_port(&key);
+        }
+        added
     }
 
     /// Unpublishes a host port. Missing is fine.

@@ -45,8 +45,16 @@ struct Args {
     ct_timeouts: Vec<String>,
     /// Capacity of the conntrack map, in entries (two per flow). When it is
     /// full the least recently used entries are evicted and counted.
-    #[arg(long, default_value_t = ferry_common::MAX_CT)]
+    #[arg(long, default_value_t = ferry_common::MAX_CT, value_parser = clap::value_parser!(u32).range(1..))]
     ct_max: u32,
+    /// Capacity of the endpoint map: containers on the datapath at once.
+    /// A run beyond it is refused with an error saying so.
+    #[arg(long, default_value_t = ferry_common::MAX_ENDPOINTS, value_parser = clap::value_parser!(u32).range(1..))]
+    endpoint_max: u32,
+    /// Capacity of the port map: published host ports (per address and
+    /// protocol) at once. A publish beyond it is refused with an error.
+    #[arg(long, default_value_t = ferry_common::MAX_PORTMAPS, value_parser = clap::value_parser!(u32).range(1..))]
+    port_max: u32,
     /// XDP prefilter on the uplinks: auto attaches it where it does not cost
     /// GRO and offloads (not on veth or virtio_net uplinks).
     #[arg(long, value_enum, default_value_t = config::XdpPrefilter::Auto)]
@@ -132,7 +140,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
         cgroup_parent: args.cgroup_parent,
         metrics_addr: args.metrics,
-        ct_max: args.ct_max,
+        map_sizes: ferry::datapath::MapSizes {
+            ct: args.ct_max,
+            endpoints: args.endpoint_max,
+            ports: args.port_max,
+        },
         xdp_prefilter: args.xdp_prefilter,
     };
     let runtime = tokio::runtime::Runtime::new()?;
