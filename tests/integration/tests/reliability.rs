@@ -1,7 +1,16 @@
 //! Reliability: full maps are errors, not silent drops; a crash of ferryd
 //! breaks no traffic; a restart finds and clears what a crash left behind.
 
-use ferry_integration::World;
+use std::{
+    fs::File,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ferry_integration::{
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, in_netns, output, wait_until,
+};
 
 fn run_fails(world: &World, args: &[&str], says: &[&str]) {
     let out = world.ferry(args);
@@ -40,4 +49,158 @@ fn full_endpoint_and_port_maps_are_clear_errors_that_leave_nothing() {
     // Room again once one is gone.
     world.ferry_ok(&["rm", "-f", "a"]);
     world.run_with("c", &["-p", "8101:80", "-p", "8102:80"], &sleep);
+}
+
+/// Starts `cmd` in the background with its output in `<world dir>/<name>.out`.
+fn traffic(world: &World, name: &str, mut cmd: Command) -> (Background, PathBuf) {
+    let path = world.dir.join(format!("{name}.out"));
+    let file = File::create(&path).expect("output file");
+    cmd.stdout(file.try_clone().expect("fd")).stderr(file);
+    (
+        Background::spawn(cmd).with_grace(Duration::from_secs(2)),
+        path,
+    )
+}
+
+/// Waits for a background command to end by itself; its exit status and output.
+fn finish(mut job: (Background, PathBuf), limit: Duration) -> (bool, String) {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = job.0.child().try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} ran past {limit:?}",
+            job.1.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status.success(),
+        std::fs::read_to_string(&job.1).unwrap_or_default(),
+    )
+}
+
+fn ct_created(world: &World) -> u64 {
+    world.datapath()["Conntrack"]["Created"]
+        .as_u64()
+        .expect("Created")
+}
+
+#[test]
+fn traffic_survives_a_killed_ferryd_and_the_restart_adopts_without_resetting() {
+    let mut world = World::new();
+    let sleep = ["sleep", "infinity"];
+    let web = world.run_with(
+        "web",
+        &["-p", "8080:80"],
+        &["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
+    );
+    let server = world.run("server", &["iperf3", "-s", "-p", "5201"]);
+    let client = world.run("client", &sleep);
+    let talker = world.run("talker", &sleep);
+    let _echo =
+        Background::spawn(world.in_client("socat", &["TCP-LISTEN:9000,reuseaddr,fork", "PIPE"]));
+    let url = format!("http://{HOST_UPLINK_IP}:8080/hostname");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            output(
+                world
+                    .in_client("curl", &["-sf", "-m", "2", &url])
+                    .stdin(Stdio::null()),
+            )
+            .status
+            .success()
+        }),
+        "the published port never answered"
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        let probe = ["10", "iperf3", "-c", &server.ip, "-n", "1M"];
+        output(&mut in_netns(&client.netns, "timeout", &probe))
+            .status
+            .success()
+    }));
+    // Eight seconds of traffic of each kind; ferryd is killed after two and
+    // restarted after four.
+    let wrk = traffic(
+        &world,
+        "wrk",
+        world.in_client("wrk", &["-t1", "-c4", "-d8s", "--timeout", "2s", &url]),
+    );
+    let iperf = traffic(
+        &world,
+        "iperf3",
+        in_netns(
+            &client.netns,
+            "iperf3",
+            &["-c", &server.ip, "-t", "8", "-p", "5201"],
+        ),
+    );
+    // One masqueraded connection, a line every 100 ms, each echoed back.
+    let script = format!(
+        "for i in $(seq 80); do echo line$i; sleep 0.1; done | socat -t 3 - TCP:{CLIENT_IP}:9000"
+    );
+    let long = traffic(
+        &world,
+        "long",
+        in_netns(&talker.netns, "sh", &["-c", &script]),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let attachments = world.datapath()["Attachments"].clone();
+    let created = ct_created(&world);
+    world.kill_ferryd();
+
+    // While ferryd is down, new connections to the published port work.
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        let out = output(
+            world
+                .in_client("curl", &["-sf", "-m", "2", &url])
+                .stdin(Stdio::null()),
+        );
+        assert!(
+            out.status.success(),
+            "a new connection failed while ferryd was down"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    world.start_ferryd();
+    assert_eq!(world.container("web").pid, web.pid, "web was not adopted");
+    assert_eq!(
+        world.datapath()["Attachments"],
+        attachments,
+        "attachments changed across the restart"
+    );
+    assert!(
+        ct_created(&world) >= created,
+        "conntrack counters were reset by the restart"
+    );
+
+    let (ok, out) = finish(wrk, Duration::from_secs(20));
+    assert!(ok, "wrk failed: {out}");
+    assert!(!out.contains("Socket errors"), "connections broke: {out}");
+    assert!(!out.contains("Non-2xx"), "bad answers: {out}");
+    let served = out
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .unwrap_or_default();
+    eprintln!("wrk across the crash: {}", served.trim());
+    let (ok, out) = finish(iperf, Duration::from_secs(20));
+    assert!(
+        ok && out.contains("receiver"),
+        "iperf3 between containers broke: {out}"
+    );
+    let (ok, out) = finish(long, Duration::from_secs(20));
+    let echoed = out.lines().filter(|l| l.starts_with("line")).count();
+    assert!(
+        ok && echoed == 80,
+        "the masqueraded connection broke after {echoed} lines: {out}"
+    );
+    // The long-lived flow is still in conntrack, under the container.
+    let flows = world.ferry_ok(&["conntrack", "list", "--container", "talker"]);
+    assert!(
+        flows.contains(":9000"),
+        "the masqueraded flow is gone: {flows}"
+    );
 }
