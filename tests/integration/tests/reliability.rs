@@ -9,7 +9,7 @@ use std::{
 };
 
 use ferry_integration::{
-    Background, CLIENT_IP, HOST_UPLINK_IP, World, in_netns, output, wait_until,
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, check, in_netns, output, wait_until,
 };
 
 fn run_fails(world: &World, args: &[&str], says: &[&str]) {
@@ -202,5 +202,120 @@ fn traffic_survives_a_killed_ferryd_and_the_restart_adopts_without_resetting() {
     assert!(
         flows.contains(":9000"),
         "the masqueraded flow is gone: {flows}"
+    );
+}
+
+/// `bpftool map update` of a pinned map with zeroed value bytes.
+fn map_insert(world: &World, map: &str, key: &[u8]) {
+    let pin = world.pin_dir.join(map);
+    let info: serde_json::Value = serde_json::from_str(&check(
+        Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&pin),
+    ))
+    .expect("bpftool JSON");
+    let value_size = info["bytes_value"].as_u64().expect("bytes_value") as usize;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x}")).collect::<Vec<_>>();
+    check(
+        Command::new("bpftool")
+            .args(["map", "update", "pinned"])
+            .arg(&pin)
+            .arg("key")
+            .args(hex(key))
+            .arg("value")
+            .args(hex(&vec![0u8; value_size])),
+    );
+}
+
+#[test]
+fn a_restart_clears_what_a_crash_left_behind() {
+    let mut world = World::new();
+    world.run_with(
+        "keep",
+        &["-p", "8201:80"],
+        &["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
+    );
+    let clean = world.footprint();
+    world.kill_ferryd();
+
+    // What a crash between two steps of a run can leave: a veth, cgroups
+    // with a process in them, a container directory without a config,
+    // map entries, a mount in ferry's directories, a pin of an old map.
+    check(&mut world.in_host(
+        "ip",
+        &[
+            "link",
+            "add",
+            "fy0123456789ab",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fyt-peer0",
+        ],
+    ));
+    let stray = Background::spawn({
+        let mut c = Command::new("sleep");
+        c.arg("600");
+        c
+    });
+    let id = "0123456789ab".repeat(5) + "cdef";
+    for keep in world.container_cgroups() {
+        let dir = keep.parent().expect("parent").join(&id);
+        std::fs::create_dir(&dir).expect("leftover cgroup");
+        std::fs::write(dir.join("cgroup.procs"), stray.id().to_string()).expect("join cgroup");
+    }
+    std::fs::create_dir_all(world.dir.join("state/containers").join(&id)).expect("state dir");
+    map_insert(&world, "endpoints", &[10, 89, 0, 99]);
+    map_insert(&world, "portmap", &[0, 0, 0, 0, 0x20, 0x6b, 6, 0]);
+    map_insert(&world, "sock_netns", &77u64.to_ne_bytes());
+    let leak = world.dir.join("state/leak");
+    std::fs::create_dir_all(&leak).expect("mount point");
+    check(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "ferry-leak"])
+            .arg(&leak),
+    );
+    check(
+        Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(world.pin_dir.join("old_map"))
+            .args([
+                "type", "hash", "key", "4", "value", "4", "entries", "1", "name", "old_map",
+            ]),
+    );
+
+    world.start_ferryd();
+    assert_eq!(world.footprint(), clean, "leftovers survived the restart");
+    let log = world.ferryd_log();
+    for says in [
+        "removed the cgroups of no running container",
+        "removed a veth of no running container",
+        "removed a datapath entry of no running container",
+        "unmounted a leftover mount",
+        "removed a stale pin",
+        "removing a container directory without a config",
+    ] {
+        assert!(log.contains(says), "not logged: {says}\n{log}");
+    }
+    let mut stray = stray;
+    assert!(
+        wait_until(Duration::from_secs(5), || stray
+            .child()
+            .try_wait()
+            .ok()
+            .flatten()
+            .is_some()),
+        "the process in the leftover cgroup lives on"
+    );
+    let url = format!("http://{HOST_UPLINK_IP}:8201/hostname");
+    let out = output(
+        world
+            .in_client("curl", &["-sf", "-m", "2", &url])
+            .stdin(Stdio::null()),
+    );
+    assert!(
+        out.status.success(),
+        "the adopted container stopped answering"
     );
 }

@@ -483,6 +483,42 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Container ids that have a directory below a parent, in any hierarchy.
+    pub fn children(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .parents()
+            .iter()
+            .filter_map(|(_, p)| fs::read_dir(p).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// SIGKILLs every process in the container's cgroups (a workload
+    /// whose ferryd died before it recorded the container); the pids.
+    pub fn kill_all(&self, id: &str) -> Vec<u32> {
+        let mut killed = Vec::new();
+        for file in self.procs_files(id) {
+            for pid in read_trimmed(&file)
+                .lines()
+                .filter_map(|l| l.parse::<u32>().ok())
+            {
+                if !killed.contains(&pid) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    killed.push(pid);
+                }
+            }
+        }
+        killed
+    }
+
     /// Removes the (empty) parent directories, for `ferryd reset`.
     pub fn remove_parents(&self) -> Result<(), CgroupError> {
         for (_, parent) in self.parents() {

@@ -52,6 +52,53 @@ use crate::{
     validate,
 };
 
+/// Host-side veths are this prefix and the first 12 hex digits of the id.
+const HOST_VETH_PREFIX: &str = "fy";
+
+/// Whether `name` is one of ferry's host-side veths (by its shape).
+fn is_host_veth(name: &str) -> bool {
+    name.strip_prefix(HOST_VETH_PREFIX)
+        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Mount points (as /proc/self/mountinfo lists them) below one of `dirs`.
+fn mounts_below(dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| dirs.iter().any(|d| p.starts_with(d)))
+        .collect();
+    // Deepest first, so nested mounts go before their parents.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let mut out = String::new();
+    let mut rest = field;
+    while let Some(at) = rest.find('\\') {
+        out.push_str(&rest[..at]);
+        let code = rest
+            .get(at + 1..at + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The interface name inside every container.
 const CONTAINER_IFNAME: &str = "eth0";
 
@@ -359,9 +406,10 @@ impl Daemon {
         let (records, orphans) = store.load_all()?;
         let cgroups = Cgroups::detect(&config.cgroup_parent, &config.cgroup)?;
         info!(version = cgroups.version(), parent = %config.cgroup_parent, "container cgroups");
+        // Their cgroups (and any process left in them) go with the other
+        // leftovers in `reconcile`.
         for id in orphans {
             warn!(%id, "removing a container directory without a config (creation was interrupted)");
-            cgroups.remove(&id)?;
             store.remove(&id)?;
         }
         let mut inner = Inner {
@@ -382,9 +430,8 @@ impl Daemon {
         }
         inner.refresh_host_addrs().await?;
         inner.datapath.attach_cgroup(&config.cgroup)?;
-        inner
-            .datapath
-            .add_netns(netns::current_cookie()?, NETNS_HOST)?;
+        let host_cookie = netns::current_cookie()?;
+        inner.datapath.add_netns(host_cookie, NETNS_HOST)?;
         info!(cgroup = %config.cgroup.display(), "socket hooks attached");
         portmap::reserve_snat_ports(true)
             .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
@@ -400,6 +447,7 @@ impl Daemon {
         }
         daemon.watch_host_addrs()?;
         daemon.adopt(records).await;
+        daemon.inner.lock().await.reconcile(host_cookie).await;
         Ok(daemon)
     }
 
@@ -1370,7 +1418,7 @@ impl Inner {
         })?;
         partial.ip = Some(ip);
         let (mac, host_mac) = macs_for(ip);
-        let host_ifname = format!("fy{}", &id[..12]);
+        let host_ifname = format!("{HOST_VETH_PREFIX}{}", &id[..12]);
 
         // The container's side, configured through a netlink socket opened
         // inside its namespace. IPv6 is off there (and on the host side)
@@ -1640,6 +1688,76 @@ impl Inner {
             }
         }
         ApiError::Conflict(err.to_string())
+    }
+
+    /// Finds what a crash in the middle of a run or a removal can leave
+    /// behind and removes it, logging each: cgroups, host veths and
+    /// datapath entries of no running container, mounts below ferry's own
+    /// directories. (Pins of unknown names went at load; a container
+    /// directory without a config went with its cgroups before adoption.)
+    async fn reconcile(&mut self, host_cookie: u64) {
+        let running: Vec<&ContainerRecord> = self
+            .containers
+            .values()
+            .filter(|r| r.status == Status::Running)
+            .collect();
+        let nets: Vec<&NetworkRecord> = running.iter().filter_map(|r| r.network.as_ref()).collect();
+        let live = datapath::Live {
+            ips: nets.iter().map(|n| n.ip).collect(),
+            ports: running
+                .iter()
+                .flat_map(|r| r.ports.iter().map(port_key))
+                .collect(),
+            netns: nets
+                .iter()
+                .map(|n| n.netns_cookie)
+                .chain([host_cookie])
+                .collect(),
+        };
+        let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
+        let veths: Vec<String> = nets.iter().map(|n| n.host_ifname.clone()).collect();
+        for id in self.cgroups.children() {
+            if ids.contains(&id) {
+                continue;
+            }
+            let killed = self.cgroups.kill_all(&id);
+            match self.cgroups.remove(&id) {
+                Ok(()) => warn!(%id, ?killed, "removed the cgroups of no running container"),
+                Err(e) => warn!(%id, %e, "cannot remove the cgroups of no running container"),
+            }
+        }
+        match self.netlink.links().await {
+            Ok(links) => {
+                for (index, name) in links {
+                    if !is_host_veth(&name) || veths.contains(&name) {
+                        continue;
+                    }
+                    match self.netlink.delete(index).await {
+                        Ok(()) => warn!(veth = %name, "removed a veth of no running container"),
+                        Err(e) => {
+                            warn!(veth = %name, %e, "cannot remove a veth of no running container")
+                        }
+                    }
+                }
+            }
+            Err(e) => warn!(%e, "cannot list interfaces to find leftover veths"),
+        }
+        match self.datapath.prune(&live) {
+            Ok(removed) => {
+                for entry in removed {
+                    warn!(%entry, "removed a datapath entry of no running container");
+                }
+            }
+            Err(e) => warn!(%e, "cannot check the datapath maps for leftover entries"),
+        }
+        for point in mounts_below(&self.hidden) {
+            match nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => {
+                    warn!(mount = %point.display(), "unmounted a leftover mount in ferry's directories")
+                }
+                Err(e) => warn!(mount = %point.display(), %e, "cannot unmount a leftover mount"),
+            }
+        }
     }
 
     /// Holds the ports of a container taken over from an earlier ferryd.
@@ -1918,5 +2036,33 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("reset incomplete:\n  {}", failures.join("\n  "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veths_are_known_by_their_shape() {
+        assert!(is_host_veth("fyd763e2d11f6b"));
+        for other in [
+            "fy",
+            "fyd763e2d11f6",
+            "fyd763e2d11f6bb",
+            "fyxyz3e2d11f6b",
+            "eth0",
+            "uplink0",
+        ] {
+            assert!(!is_host_veth(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/var/lib/a\040b"), "/var/lib/a b");
+        assert_eq!(unescape_mountinfo(r"/x\134y\011"), "/x\\y\t");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/odd\9"), r"/odd\9");
     }
 }

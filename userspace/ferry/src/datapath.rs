@@ -145,6 +145,15 @@ pub enum DatapathError {
     Full { map: &'static str, capacity: u32 },
 }
 
+/// What the datapath's per-container entries may belong to (see
+/// [`Datapath::prune`]).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub ips: Vec<Ipv4Addr>,
+    pub ports: Vec<PortKey>,
+    pub netns: Vec<u64>,
+}
+
 /// Capacities of the maps that grow with use, in entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
@@ -760,6 +769,59 @@ impl Datapath {
         Ok(())
     }
 
+    /// Removes the entries that belong to nothing alive: endpoints and
+    /// their counters for addresses not in `live.ips`, published ports and
+    /// their counters not in `live.ports`, socket-hook namespaces not in
+    /// `live.netns`. What a crash between two steps of a run or a removal
+    /// leaves; returns a line for each entry removed.
+    pub fn prune(&mut self, live: &Live) -> Result<Vec<String>, DatapathError> {
+        let mut removed = Vec::new();
+        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        let mut ips: Vec<Ipv4Key> = endpoints.keys().filter_map(Result::ok).collect();
+        let ep_stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        ips.extend(ep_stats.keys().filter_map(Result::ok));
+        ips.sort_by_key(|k| k.ip);
+        ips.dedup();
+        for key in ips {
+            let ip = Ipv4Addr::from(key.ip);
+            if !live.ips.contains(&ip) {
+                self.remove_endpoint(ip)?;
+                removed.push(format!("endpoint {ip}"));
+            }
+        }
+        let ports: BpfHashMap<_, PortKey, PortTarget> =
+            BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
+        let mut keys: Vec<PortKey> = ports.keys().filter_map(Result::ok).collect();
+        let port_stats: PerCpuHashMap<_, PortKey, EndpointStats> =
+            PerCpuHashMap::try_from(self.map(MAP_PORT_STATS)?).map_err(map_err(MAP_PORT_STATS))?;
+        keys.extend(port_stats.keys().filter_map(Result::ok));
+        keys.sort_by_key(|k| (k.ip, k.port, k.proto));
+        keys.dedup();
+        for key in keys {
+            if !live.ports.contains(&key) {
+                self.remove_port(&key)?;
+                removed.push(format!(
+                    "published port {}:{}/{}",
+                    Ipv4Addr::from(key.ip),
+                    u16::from_be_bytes(key.port),
+                    key.proto
+                ));
+            }
+        }
+        let netns: BpfHashMap<_, u64, u32> =
+            BpfHashMap::try_from(self.map(MAP_SOCK_NETNS)?).map_err(map_err(MAP_SOCK_NETNS))?;
+        let cookies: Vec<u64> = netns.keys().filter_map(Result::ok).collect();
+        for cookie in cookies {
+            if !live.netns.contains(&cookie) {
+                self.remove_netns(cookie)?;
+                removed.push(format!("socket-hook namespace {cookie}"));
+            }
+        }
+        Ok(removed)
+    }
+
     /// Number of endpoints in the map.
     pub fn endpoint_count(&mut self) -> Result<usize, DatapathError> {
         let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
@@ -801,9 +863,9 @@ fn bpf_cmd<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
     }
 }
 
-/// Removes program and socket-hook link pins an earlier ferry left under
-/// names this one no longer uses (a renamed program): a stale link pin
-/// would keep its old program attached next to the new one.
+/// Removes pins an earlier ferry left under names this one no longer uses:
+/// maps, programs and socket-hook links (a stale link pin would keep its
+/// old program attached next to the new one).
 fn remove_stale_pins(pin_dir: &Path) {
     let stale = |dir: &str, keep: &dyn Fn(&str) -> bool| {
         let Ok(entries) = std::fs::read_dir(pin_dir.join(dir)) else {
@@ -822,6 +884,9 @@ fn remove_stale_pins(pin_dir: &Path) {
             }
         }
     };
+    stale("", &|name| {
+        MAPS.contains(&name) || name == "progs" || name == "links"
+    });
     stale("progs", &|name| PROGRAMS.contains(&name));
     stale("links", &|name| {
         !name.starts_with("sock_") || SOCK_PROGRAMS.contains(&name)

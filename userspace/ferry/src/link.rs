@@ -282,6 +282,26 @@ impl Netlink {
         .await
     }
 
+    /// Every interface of this namespace: (ifindex, name).
+    pub async fn links(&self) -> Result<Vec<(u32, String)>, LinkError> {
+        let mut links = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = links
+            .try_next()
+            .await
+            .map_err(Self::fail("list links", "all"))?
+        {
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            });
+            if let Some(name) = name {
+                out.push((msg.header.index, name));
+            }
+        }
+        Ok(out)
+    }
+
     /// Every IPv4 address of this namespace.
     pub async fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, LinkError> {
         let mut addrs = self.handle.address().get().execute();

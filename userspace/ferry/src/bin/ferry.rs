@@ -237,7 +237,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("ferry: {err:#}");
+            eprintln!("ferry: {}", ferry::error_chain(&err));
             ExitCode::FAILURE
         }
     }

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ferryd: {err:#}");
+            eprintln!("ferryd: {}", ferry::error_chain(&err));
             ExitCode::FAILURE
         }
     }
