@@ -6,6 +6,7 @@ mod build;
 mod demo;
 mod rr;
 mod setup;
+mod soak;
 mod test;
 
 use std::process::{Command, ExitCode};
@@ -39,6 +40,8 @@ enum Task {
     },
     /// Benchmarks, side by side in one run: `cargo xtask bench [c2c]`.
     Bench(bench::BenchArgs),
+    /// Container churn with traffic, then a leak check (fails on leaks).
+    Soak(soak::SoakArgs),
     /// Request/response server for benchmarks (runs inside namespaces).
     #[command(hide = true)]
     RrServer { port: u16 },
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Task::Demo => demo::run(),
         Task::Test { cargo_args } => test::run(&cargo_args),
         Task::Bench(b) => bench::run(&b),
+        Task::Soak(s) => soak::run(&s),
         Task::RrServer { port } => rr::serve(port),
         Task::RrClient { addr, port, count } => rr::client(&addr, port, count),
     };

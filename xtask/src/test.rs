@@ -44,7 +44,7 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     // Benchmarks are not tests, but a one-second round keeps them working.
     step("test: benchmark smoke run (c2c 1 s, start; the numbers are not judged)");
     let exe = std::env::current_exe()?;
-    run_cmd(Command::new(exe).args([
+    run_cmd(Command::new(&exe).args([
         "bench",
         "c2c",
         "start",
@@ -54,5 +54,8 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
         "1",
         "--rr-count",
         "200",
-    ]))
+    ]))?;
+    // The soak judges: a short round fails the suite on any leak.
+    step("test: soak (100 containers with traffic, then the leak check)");
+    run_cmd(Command::new(exe).args(["soak", "--containers", "100"]))
 }

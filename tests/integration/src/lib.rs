@@ -407,6 +407,11 @@ impl World {
         }
     }
 
+    /// The running ferryd's pid.
+    pub fn ferryd_pid(&self) -> Option<u32> {
+        self.ferryd.as_ref().map(Child::id)
+    }
+
     /// Kills ferryd with SIGKILL, as a crash would (containers keep running).
     pub fn kill_ferryd(&mut self) {
         if let Some(mut child) = self.ferryd.take() {
