@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod demo;
+mod fuzz;
 mod rr;
 mod setup;
 mod soak;
@@ -42,6 +43,8 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Container churn with traffic, then a leak check (fails on leaks).
     Soak(soak::SoakArgs),
+    /// cargo-fuzz targets (publish specs, API requests) for N seconds each.
+    Fuzz(fuzz::FuzzArgs),
     /// Request/response server for benchmarks (runs inside namespaces).
     #[command(hide = true)]
     RrServer { port: u16 },
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Task::Test { cargo_args } => test::run(&cargo_args),
         Task::Bench(b) => bench::run(&b),
         Task::Soak(s) => soak::run(&s),
+        Task::Fuzz(f) => fuzz::run(&f),
         Task::RrServer { port } => rr::serve(port),
         Task::RrClient { addr, port, count } => rr::client(&addr, port, count),
     };

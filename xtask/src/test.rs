@@ -57,5 +57,7 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
     ]))?;
     // The soak judges: a short round fails the suite on any leak.
     step("test: soak (100 containers with traffic, then the leak check)");
-    run_cmd(Command::new(exe).args(["soak", "--containers", "100"]))
+    run_cmd(Command::new(&exe).args(["soak", "--containers", "100"]))?;
+    step("test: fuzz (each cargo-fuzz target for 20 s)");
+    run_cmd(Command::new(&exe).args(["fuzz", "--seconds", "20"]))
 }

@@ -47,7 +47,7 @@ use crate::{
     netns::{self, NetNsGuard},
     portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
     preflight,
-    rootfs::{self, Bind, RootfsSpec},
+    rootfs::{Bind, RootfsSpec},
     state::{ContainerRecord, NetworkRecord, Status, Store, process_start_time},
     validate,
 };
@@ -241,14 +241,6 @@ fn random_id() -> Result<String, ApiError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Docker's rule for container names.
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && name.len() <= 128
-}
-
 fn macs_for(ip: Ipv4Addr) -> (Mac, Mac) {
     let [a, b, c, d] = ip.octets();
     // Locally administered, derived from the address so they are readable
@@ -295,43 +287,15 @@ impl Plan {
     /// Validates the request; `inner` resolves `container:<name>`.
     fn of(req: &RunRequest, inner: &Inner) -> Result<Self, ApiError> {
         let bad = |m: String| ApiError::BadRequest(m);
-        if req.cmd.is_empty() || req.cmd[0].is_empty() {
-            return Err(bad(
-                "no command given: ferry run [OPTIONS] -- CMD [ARGS...]".into(),
-            ));
-        }
-        validate::no_nul("argument", &req.cmd)?;
-        validate::no_nul("working directory", [&req.working_dir])?;
-        validate::no_nul("volume", &req.host_config.binds)?;
-        validate::no_nul("rootfs", [&req.host_config.rootfs])?;
-        validate::env(&req.env)?;
-        if let Some(h) = &req.hostname {
-            validate::hostname(h)?;
-        }
-        let specs = req
-            .publish
-            .iter()
-            .map(|p| p.parse::<PublishSpec>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        let binds = req
-            .host_config
-            .binds
-            .iter()
-            .map(|b| {
-                let bind = b.parse::<Bind>()?;
-                bind.check_source()?;
-                Ok(bind)
-            })
-            .collect::<Result<Vec<_>, rootfs::VolumeError>>()
-            .map_err(|e| bad(e.to_string()))?;
+        let validate::RunParts {
+            specs,
+            binds,
+            workdir,
+        } = validate::run_request(req)?;
         for b in &binds {
+            b.check_source().map_err(|e| bad(e.to_string()))?;
             inner.refuse_own_dirs("volume source", &b.source)?;
         }
-        req.host_config
-            .resources
-            .validate()
-            .map_err(|e| bad(e.to_string()))?;
         let image = match req.host_config.rootfs.as_str() {
             "" => None,
             dir => {
@@ -352,15 +316,6 @@ impl Plan {
                 }
                 inner.refuse_own_dirs("rootfs", path)?;
                 Some(path.to_owned())
-            }
-        };
-        let workdir = match req.working_dir.as_str() {
-            "" => PathBuf::from("/"),
-            dir if dir.starts_with('/') => PathBuf::from(dir),
-            dir => {
-                return Err(bad(format!(
-                    "the working directory {dir:?} is invalid: it needs to be an absolute path"
-                )));
             }
         };
         let mode = req.host_config.network_mode.as_str();
@@ -499,11 +454,6 @@ impl Daemon {
         let plan = Plan::of(&req, &inner)?;
         let id = random_id()?;
         let name = req.name.clone().unwrap_or_else(|| id[..12].to_owned());
-        if !valid_name(&name) {
-            return Err(ApiError::BadRequest(format!(
-                "invalid container name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-            )));
-        }
         if inner.containers.values().any(|c| c.name == name) {
             return Err(ApiError::Conflict(format!(
                 "the container name {name:?} is already in use"
@@ -711,14 +661,7 @@ impl Daemon {
         reference: &str,
         req: ExecRequest,
     ) -> Result<futures::channel::mpsc::Receiver<logs::Chunk>, ApiError> {
-        if req.cmd.first().is_none_or(String::is_empty) {
-            return Err(ApiError::BadRequest(
-                "no command given: ferry exec CONTAINER CMD [ARGS...]".into(),
-            ));
-        }
-        validate::no_nul("argument", &req.cmd)?;
-        validate::no_nul("working directory", [&req.working_dir])?;
-        validate::env(&req.env)?;
+        validate::exec_request(&req)?;
         let spec = {
             let inner = self.inner.lock().await;
             let record = inner.find(reference)?;

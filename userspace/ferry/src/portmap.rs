@@ -87,6 +87,28 @@ impl fmt::Display for PortMapping {
     }
 }
 
+/// The spec in the one spelling that parses back to it:
+/// `[ip]:[hostPorts]:containerPorts/proto`.
+impl fmt::Display for PublishSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = |(lo, hi): (u16, u16)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        };
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}")?;
+        }
+        f.write_str(":")?;
+        if let HostPorts::Range(lo, hi) = self.host_ports {
+            f.write_str(&range((lo, hi)))?;
+        }
+        write!(f, ":{}/{}", range(self.container_ports), self.proto)
+    }
+}
+
 fn parse_port(s: &str, what: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
         Ok(0) => Err(format!("{what} 0 is not a port")),
@@ -329,6 +351,32 @@ pub fn reserve_snat_ports(reserved: bool) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn specs_print_in_a_spelling_that_parses_back() {
+        for spec in [
+            "80",
+            "8080:80",
+            "127.0.0.1:8080:80/udp",
+            "10.0.0.5::80",
+            "8000-8010:9000-9010",
+            "0.0.0.0:8000-8100:80",
+        ] {
+            let parsed: PublishSpec = spec.parse().expect(spec);
+            let printed = parsed.to_string();
+            assert_eq!(
+                printed.parse::<PublishSpec>(),
+                Ok(parsed),
+                "{spec} -> {printed}"
+            );
+        }
+        assert_eq!(
+            "127.0.0.1:8080:80"
+                .parse::<PublishSpec>()
+                .map(|s| s.to_string()),
+            Ok("127.0.0.1:8080:80/tcp".to_owned())
+        );
+    }
 
     #[test]
     fn reserved_port_list_edits_keep_other_entries() {

@@ -3,9 +3,16 @@
 //! container's root must be something the kernel and the files take as
 //! meant, or the request is refused with the reason.
 
-use std::fmt;
+use std::{fmt, path::PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+use crate::{
+    api::{ExecRequest, RunRequest},
+    cgroup::CgroupError,
+    portmap::{PublishSpec, SpecError},
+    rootfs::{Bind, VolumeError},
+};
+
+#[derive(Debug, thiserror::Error)]
 pub enum InvalidInput {
     #[error("{what} {value:?} contains a NUL byte")]
     Nul { what: &'static str, value: String },
@@ -15,6 +22,96 @@ pub enum InvalidInput {
     Hostname(String),
     #[error("invalid environment entry {0:?}: expected KEY=VALUE with a non-empty KEY")]
     Env(String),
+    #[error("no command given: ferry {0} [OPTIONS] -- CMD [ARGS...]")]
+    NoCommand(&'static str),
+    #[error("invalid container name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
+    Name(String),
+    #[error("the working directory {0:?} is invalid: it needs to be an absolute path")]
+    WorkingDir(String),
+    #[error(transparent)]
+    Publish(#[from] SpecError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Resources(#[from] CgroupError),
+}
+
+/// What a run request says, parsed: publish specs, binds (their host side
+/// not yet looked at) and the working directory.
+#[derive(Debug)]
+pub struct RunParts {
+    pub specs: Vec<PublishSpec>,
+    pub binds: Vec<Bind>,
+    pub workdir: PathBuf,
+}
+
+/// Every check of a run request that needs nothing but the request; the
+/// daemon makes them first, then looks at the host (paths, names in use,
+/// the network to join).
+pub fn run_request(req: &RunRequest) -> Result<RunParts, InvalidInput> {
+    if req.cmd.first().is_none_or(String::is_empty) {
+        return Err(InvalidInput::NoCommand("run"));
+    }
+    no_nul("argument", &req.cmd)?;
+    no_nul("working directory", [&req.working_dir])?;
+    no_nul("volume", &req.host_config.binds)?;
+    no_nul("rootfs", [&req.host_config.rootfs])?;
+    env(&req.env)?;
+    if let Some(h) = &req.hostname {
+        hostname(h)?;
+    }
+    if let Some(n) = &req.name {
+        name(n)?;
+    }
+    let specs = req
+        .publish
+        .iter()
+        .map(|p| p.parse::<PublishSpec>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let binds = req
+        .host_config
+        .binds
+        .iter()
+        .map(|b| b.parse::<Bind>())
+        .collect::<Result<Vec<_>, _>>()?;
+    req.host_config.resources.validate()?;
+    Ok(RunParts {
+        specs,
+        binds,
+        workdir: working_dir(&req.working_dir)?,
+    })
+}
+
+/// The checks of an exec request; like [`run_request`].
+pub fn exec_request(req: &ExecRequest) -> Result<(), InvalidInput> {
+    if req.cmd.first().is_none_or(String::is_empty) {
+        return Err(InvalidInput::NoCommand("exec CONTAINER"));
+    }
+    no_nul("argument", &req.cmd)?;
+    no_nul("working directory", [&req.working_dir])?;
+    env(&req.env)
+}
+
+/// Docker's rule for container names.
+pub fn name(name: &str) -> Result<(), InvalidInput> {
+    let mut chars = name.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 128;
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput::Name(name.to_owned()))
+    }
+}
+
+/// A working directory: empty (the default, `/`) or absolute.
+fn working_dir(dir: &str) -> Result<PathBuf, InvalidInput> {
+    match dir {
+        "" => Ok(PathBuf::from("/")),
+        d if d.starts_with('/') => Ok(PathBuf::from(d)),
+        d => Err(InvalidInput::WorkingDir(d.to_owned())),
+    }
 }
 
 /// Refuses NUL bytes: `execve` and every path the kernel reads end a string
@@ -79,7 +176,7 @@ mod tests {
     #[test]
     fn hostnames() {
         for ok in ["web", "web-1.example", "a", "0abc", &"x".repeat(63)] {
-            assert_eq!(hostname(ok), Ok(()), "{ok}");
+            assert!(hostname(ok).is_ok(), "{ok}");
         }
         for bad in [
             "",
@@ -99,7 +196,7 @@ mod tests {
         let ok: Vec<String> = ["A=1", "A=", "PATH=/bin:/usr/bin", "X==y"]
             .map(String::from)
             .into();
-        assert_eq!(env(&ok), Ok(()));
+        assert!(env(&ok).is_ok());
         for bad in ["A", "=1", "", "A=1\0B=2"] {
             assert!(env(&[bad.to_owned()]).is_err(), "{bad:?} accepted");
         }
@@ -110,6 +207,34 @@ mod tests {
         let args = vec!["sh".to_owned(), "-c\0x".to_owned()];
         let err = no_nul("argument", &args).expect_err("NUL accepted");
         assert_eq!(err.to_string(), "argument \"-c\\0x\" contains a NUL byte");
+    }
+
+    #[test]
+    fn run_requests_are_checked_before_the_host_is_looked_at() {
+        let req = |json: &str| -> RunRequest { serde_json::from_str(json).expect("request") };
+        let parts = run_request(&req(
+            r#"{"Cmd": ["sh"], "Publish": ["8080:80"], "HostConfig": {"Binds": ["/a:/b:ro"]}}"#,
+        ))
+        .expect("a good request");
+        assert_eq!((parts.specs.len(), parts.binds.len()), (1, 1));
+        assert_eq!(parts.workdir, PathBuf::from("/"));
+        for (json, says) in [
+            (r#"{"Cmd": []}"#, "no command given"),
+            (r#"{"Cmd": ["sh"], "Name": "-x"}"#, "invalid container name"),
+            (
+                r#"{"Cmd": ["sh"], "Publish": ["80:80/sctp"]}"#,
+                "invalid publish spec",
+            ),
+            (
+                r#"{"Cmd": ["sh"], "HostConfig": {"Binds": ["/a:/"]}}"#,
+                "invalid volume",
+            ),
+            (r#"{"Cmd": ["sh"], "WorkingDir": "rel"}"#, "absolute path"),
+            (r#"{"Cmd": ["sh"], "HostConfig": {"Memory": 1}}"#, "6MB"),
+        ] {
+            let err = run_request(&req(json)).expect_err(json).to_string();
+            assert!(err.contains(says), "{json}: {err}");
+        }
     }
 
     #[test]
