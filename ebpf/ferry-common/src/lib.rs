@@ -30,6 +30,25 @@ pub const CONFIG_DEBUG_LOG: u32 = 1;
 /// Capacity of the endpoint map (containers on this host).
 pub const MAX_ENDPOINTS: u32 = 4096;
 
+/// Capacity of the network policy map (user-defined networks).
+pub const MAX_NETWORKS: u32 = 1024;
+/// Network policy bit: an internal network reaches nothing outside itself
+/// (no masquerade, no host, no published ports).
+pub const NET_INTERNAL: u32 = 1;
+/// Network policy bit: containers of the network may not talk to each
+/// other (Docker's `com.docker.network.bridge.enable_icc=false`).
+pub const NET_NO_ICC: u32 = 2;
+
+/// Policy of a network (`networks` map, by `Endpoint::net_id`). A network
+/// without an entry (the default one) has no restriction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetPolicy {
+    /// `NET_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<NetPolicy>() == 4);
+
 /// An IPv4 address as a map key: of a container (`endpoints`, `ep_stats`)
 /// or of the host (`host_addrs`).
 #[repr(C)]
@@ -311,6 +330,7 @@ mod pod {
     unsafe impl aya::Pod for super::Ipv4Key {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PortTarget {}
+    unsafe impl aya::Pod for super::NetPolicy {}
     unsafe impl aya::Pod for super::CtKey {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::SockRevKey {}

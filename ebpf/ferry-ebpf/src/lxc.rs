@@ -16,14 +16,14 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CT_DNAT_REPLY, CT_SNAT, CtEntry, CtKey, DropReason, Endpoint, FragKey, GATEWAY_V4,
-    IPPROTO_ICMP, Ipv4Key,
+    IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC,
 };
 
 use crate::{
     counters::{Way, count_port, count_rx, count_tx, drop_packet},
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, ttl_dec},
     ct, frag,
-    maps::{endpoints, host_addrs},
+    maps::{endpoints, host_addrs, networks},
     nat,
     parse::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
@@ -40,7 +40,9 @@ use crate::{
 /// the same network, or back out of this veth with the answer to an ARP
 /// request for the gateway; `TC_ACT_OK` to the host stack for anything else
 /// from the container (the host itself; later: NAT); `TC_ACT_SHOT` for
-/// spoofed, malformed, cross-network or non-IPv4 traffic, counted by reason.
+/// spoofed, malformed or non-IPv4 traffic and for what the network policy
+/// forbids (another network, a peer where icc is off, anything outside an
+/// internal network), counted by reason.
 ///
 /// Anti-spoofing covers IPv4 and ARP alike: the frame must come from the
 /// container's own MAC on its own veth and name its own address.
@@ -102,11 +104,16 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
     let me = sender(ctx, eth, &src)?;
     count_tx(&src, ctx.len());
 
+    let policy = network_flags(me.net_id);
     // SAFETY: as in `sender`.
     let Some(peer) = (unsafe { endpoints.get(&dst) }) else {
+        // An internal network's containers reach only each other.
+        if policy & NET_INTERNAL != 0 {
+            return Err(DropReason::PolicyDenied);
+        }
         return to_outside(ctx, ip, &src, &dst, me.ifindex);
     };
-    if peer.net_id != me.net_id {
+    if peer.net_id != me.net_id || policy & NET_NO_ICC != 0 {
         return Err(DropReason::PolicyDenied);
     }
     // Make the frame look as if the peer's gateway had sent it.
@@ -122,6 +129,14 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
         return Err(DropReason::RedirectFailed);
     }
     Ok(TC_ACT_REDIRECT as i32)
+}
+
+/// The `NET_*` policy bits of a network (none for the default network,
+/// which has no entry).
+#[inline(always)]
+fn network_flags(net_id: u32) -> u32 {
+    // SAFETY: hash map values are valid for the program run; copied out.
+    unsafe { networks.get(&net_id) }.map_or(0, |p| p.flags)
 }
 
 /// A validated packet from a container, not for a local container: to the

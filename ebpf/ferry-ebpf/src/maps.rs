@@ -13,8 +13,8 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CT_STATS, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT,
-    MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_PORTMAPS, MAX_SOCK_REVNAT, PortKey,
-    PortTarget, SockRevKey,
+    MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_NETWORKS, MAX_PORTMAPS,
+    MAX_SOCK_REVNAT, NetPolicy, PortKey, PortTarget, SockRevKey,
 };
 
 /// Traffic of each published port that crossed the uplink, by its
@@ -35,6 +35,11 @@ pub static config: Array<u32, 1> = Array::new();
 /// Local containers by IPv4 address. Written by ferryd only.
 #[btf_map]
 pub static endpoints: HashMap<Ipv4Key, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Policy of each user-defined network by `Endpoint::net_id` (`NET_*`
+/// bits). Written by ferryd only.
+#[btf_map]
+pub static networks: HashMap<u32, NetPolicy, { MAX_NETWORKS as usize }> = HashMap::new();
 
 /// Per-container packet and byte counters. ferryd creates the entry with the
 /// endpoint (and removes it with it); the programs only add to it.

@@ -668,6 +668,7 @@ impl World {
             "portmap",
             "port_stats",
             "sock_netns",
+            "networks",
         ]
         .iter()
         .map(|m| {

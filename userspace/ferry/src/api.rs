@@ -58,6 +58,114 @@ pub struct RunRequest {
     pub working_dir: String,
     #[serde(default)]
     pub host_config: HostConfig,
+    /// The container's address and aliases on its network (user-defined
+    /// networks only; Docker's `EndpointsConfig`).
+    #[serde(default)]
+    pub endpoint: EndpointConfig,
+}
+
+/// `--ip` and `--network-alias`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointConfig {
+    #[serde(default, rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// `POST /networks/create`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkCreate {
+    pub name: String,
+    /// CIDR; empty: a free /24.
+    #[serde(default)]
+    pub subnet: String,
+    #[serde(default)]
+    pub internal: bool,
+    /// Driver options: `com.docker.network.bridge.enable_icc`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `ferry network inspect` / `GET /networks/{id}`, in Docker's shape.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkJson {
+    pub name: String,
+    pub id: String,
+    pub created: u64,
+    pub driver: String,
+    pub internal: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamJson,
+    pub options: BTreeMap<String, String>,
+    /// Running containers on it, by ID.
+    pub containers: BTreeMap<String, NetworkMember>,
+    /// ferry's addition: the datapath's number for the network.
+    pub net_id: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamJson {
+    pub config: Vec<IpamConfigJson>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfigJson {
+    pub subnet: String,
+    pub gateway: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkMember {
+    pub name: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    pub mac_address: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+impl NetworkJson {
+    /// A network and its running `members` (records with an attachment to it).
+    pub fn of(def: &crate::network::NetworkDef, members: &[&ContainerRecord]) -> Self {
+        let gateway = std::net::Ipv4Addr::from(ferry_common::GATEWAY_V4).to_string();
+        Self {
+            name: def.name.clone(),
+            id: def.id.clone(),
+            created: def.created,
+            driver: "ferry".into(),
+            internal: def.internal,
+            ipam: IpamJson {
+                config: vec![IpamConfigJson {
+                    subnet: def.subnet.to_string(),
+                    gateway,
+                }],
+            },
+            options: BTreeMap::from([(crate::network::OPT_ICC.to_owned(), def.icc.to_string())]),
+            containers: members
+                .iter()
+                .filter_map(|r| {
+                    let n = r.network.as_ref()?;
+                    Some((
+                        r.id.clone(),
+                        NetworkMember {
+                            name: r.name.clone(),
+                            ipv4_address: format!("{}/{}", n.ip, def.subnet.prefix_len()),
+                            mac_address: mac_to_string(&n.mac),
+                            aliases: n.aliases.clone(),
+                        },
+                    ))
+                })
+                .collect(),
+            net_id: def.net_id,
+        }
+    }
 }
 
 /// How the container is run: limits, filesystem, network, clean-up
@@ -129,6 +237,10 @@ pub struct ContainerConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EndpointSettings {
+    #[serde(default, rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
     #[serde(rename = "IPAddress")]
     pub ip_address: String,
     #[serde(rename = "IPPrefixLen")]
@@ -211,6 +323,9 @@ impl From<&ContainerRecord> for ContainerJson {
         let (network_settings, ferry) = match &r.network {
             Some(n) => {
                 let endpoint = EndpointSettings {
+                    // Filled in by the daemon, which knows the networks.
+                    network_id: String::new(),
+                    aliases: n.aliases.clone(),
                     ip_address: n.ip.to_string(),
                     ip_prefix_len: 32,
                     gateway: gateway.clone(),
@@ -221,7 +336,7 @@ impl From<&ContainerRecord> for ContainerJson {
                         ip_address: endpoint.ip_address.clone(),
                         gateway,
                         mac_address: endpoint.mac_address.clone(),
-                        networks: BTreeMap::from([("bridge".to_owned(), endpoint)]),
+                        networks: BTreeMap::from([(n.network.clone(), endpoint)]),
                         ports: port_bindings(&r.ports),
                     },
                     FerrySettings {
@@ -424,6 +539,21 @@ impl From<crate::validate::InvalidInput> for ApiError {
     }
 }
 
+impl From<crate::network::NetworkError> for ApiError {
+    fn from(e: crate::network::NetworkError) -> Self {
+        use crate::{ipam::IpamError, network::NetworkError as E};
+        match &e {
+            E::NotFound(_) => Self::NotFound(e.to_string()),
+            E::Exists(_) | E::Overlap { .. } | E::Ipam(IpamError::InUse(_)) => {
+                Self::Conflict(e.to_string())
+            }
+            E::Ipam(IpamError::Exhausted(_)) | E::PoolExhausted => Self::Unavailable(e.to_string()),
+            E::Save { .. } | E::Load { .. } => Self::Internal(e.to_string()),
+            _ => Self::BadRequest(e.to_string()),
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> Self {
         Self::BadRequest(format!("invalid query: {}", e.body_text()))
@@ -490,6 +620,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/datapath", get(datapath))
         .route("/datapath/debug", post(datapath_debug))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
+        .route("/networks", get(network_list))
+        .route("/networks/create", post(network_create))
+        .route("/networks/{id}", get(network_inspect).delete(network_remove))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&daemon),
@@ -634,4 +767,30 @@ async fn datapath_debug(
     Ok(Json(
         serde_json::json!({ "DebugLog": d.set_debug_log(q.on).await? }),
     ))
+}
+
+async fn network_create(
+    State(d): State<Arc<Daemon>>,
+    Body(req): Body<NetworkCreate>,
+) -> Result<(StatusCode, Json<NetworkJson>), ApiError> {
+    Ok((StatusCode::CREATED, Json(d.network_create(req).await?)))
+}
+
+async fn network_list(State(d): State<Arc<Daemon>>) -> Json<Vec<NetworkJson>> {
+    Json(d.network_list().await)
+}
+
+async fn network_inspect(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<Json<NetworkJson>, ApiError> {
+    Ok(Json(d.network_inspect(&id).await?))
+}
+
+async fn network_remove(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    d.network_remove(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -33,18 +33,18 @@ use tracing::{info, warn};
 use crate::{
     api::{
         self, ApiError, AttachmentJson, ConntrackJson, ContainerJson, DatapathJson, ExecRequest,
-        MapJson, NetCounters, RunRequest, Stats, WaitResponse,
+        MapJson, NetCounters, NetworkCreate, NetworkJson, RunRequest, Stats, WaitResponse,
     },
     cgroup::{CgroupError, Cgroups, Usage},
     config::Config,
     conntrack::{Conntrack, Flow, Timeouts},
     container::{self, ExecSpec, ExitRecord, InitSpec, MonitorNet},
     datapath::{self, Datapath},
-    ipam::{Ipam, IpamError},
     link::{Mac, Netlink},
     logs::{self, Stream},
     metrics::{self, ApiCounters, Family},
     netns::{self, NetNsGuard},
+    network::{NetworkDef, NetworkError, Networks},
     portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
     preflight,
     rootfs::{Bind, RootfsSpec},
@@ -117,7 +117,8 @@ struct Inner {
     cgroups: Cgroups,
     /// Host directories a container must not see (ferry's own state).
     hidden: Vec<PathBuf>,
-    ipam: Ipam,
+    /// Networks and their addresses.
+    networks: Networks,
     datapath: Datapath,
     store: Store,
     netlink: Netlink,
@@ -273,8 +274,12 @@ struct Plan {
 
 /// `--network`.
 enum NetPlan {
-    /// ferry's datapath (the default).
-    Bridge,
+    /// ferry's datapath, on the default or a user-defined network.
+    Bridge {
+        network: NetworkDef,
+        ip: Option<Ipv4Addr>,
+        aliases: Vec<String>,
+    },
     /// Only loopback.
     None,
     /// The host's network namespace.
@@ -320,7 +325,6 @@ impl Plan {
         };
         let mode = req.host_config.network_mode.as_str();
         let network = match mode {
-            "" | "bridge" | "default" => NetPlan::Bridge,
             "none" => NetPlan::None,
             "host" => NetPlan::Host,
             _ => match mode.strip_prefix("container:") {
@@ -335,10 +339,45 @@ impl Plan {
                         }
                     }
                 }
-                None => return Err(ApiError::NotFound(format!("network {mode} not found"))),
+                None => {
+                    let name = match mode {
+                        "" | "default" => crate::network::DEFAULT_NETWORK,
+                        name => name,
+                    };
+                    let network = inner.networks.find(name)?.clone();
+                    let ep = &req.endpoint;
+                    let ip = match ep.ipv4_address.as_str() {
+                        "" => None,
+                        a => Some(
+                            a.parse::<Ipv4Addr>()
+                                .map_err(|_| bad(format!("invalid IPv4 address {a:?} for --ip")))?,
+                        ),
+                    };
+                    if network.is_default() && (ip.is_some() || !ep.aliases.is_empty()) {
+                        return Err(NetworkError::DefaultOnly {
+                            what: if ip.is_some() {
+                                "a user-specified IP address"
+                            } else {
+                                "a network-scoped alias"
+                            },
+                        }
+                        .into());
+                    }
+                    if network.internal && !specs.is_empty() {
+                        return Err(bad(format!(
+                            "conflicting options: port publishing and the internal network {}",
+                            network.name
+                        )));
+                    }
+                    NetPlan::Bridge {
+                        network,
+                        ip,
+                        aliases: ep.aliases.clone(),
+                    }
+                }
             },
         };
-        if !specs.is_empty() && !matches!(network, NetPlan::Bridge) {
+        if !specs.is_empty() && !matches!(network, NetPlan::Bridge { .. }) {
             return Err(bad(format!(
                 "conflicting options: port publishing and the {mode} network mode"
             )));
@@ -372,7 +411,7 @@ impl Daemon {
             exits: HashMap::new(),
             cgroups,
             hidden: vec![config.state_dir.clone(), config.run_dir.clone()],
-            ipam: Ipam::new(config.subnet),
+            networks: Networks::load(&config.state_dir, config.subnet)?,
             datapath,
             store,
             netlink,
@@ -384,6 +423,15 @@ impl Daemon {
             info!(%uplink, xdp_prefilter = xdp, "published ports served on this uplink");
         }
         inner.refresh_host_addrs().await?;
+        for def in inner
+            .networks
+            .list()
+            .filter(|d| !d.is_default())
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            inner.datapath.set_network(def.net_id, def.flags())?;
+        }
         inner.datapath.attach_cgroup(&config.cgroup)?;
         let host_cookie = netns::current_cookie()?;
         inner.datapath.add_netns(host_cookie, NETNS_HOST)?;
@@ -414,7 +462,7 @@ impl Daemon {
         for record in records {
             if record.status == Status::Running && record.monitor_alive().is_some() {
                 if let Some(net) = &record.network {
-                    if let Err(e) = inner.ipam.reserve(net.ip) {
+                    if let Err(e) = inner.networks.reserve(&net.network, net.ip) {
                         warn!(id = %record.id, %e, "address conflict while adopting");
                     }
                     if let Err(e) = inner.datapath.attach(&net.host_ifname) {
@@ -600,6 +648,11 @@ impl Daemon {
                 .filter(|a| a.target == net.host_ifname)
                 .map(|a| format!("{} ({})", a.program, a.hook))
                 .collect();
+        }
+        for (name, endpoint) in &mut json.network_settings.networks {
+            if let Ok(def) = inner.networks.find(name) {
+                endpoint.network_id.clone_from(&def.id);
+            }
         }
         json.ferry.counters = inner.counters(&record)?;
         json.ferry.port_counters = inner
@@ -1082,6 +1135,73 @@ impl Daemon {
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
     }
+
+    /// `ferry network create`: the network, its policy in the datapath.
+    pub async fn network_create(&self, req: NetworkCreate) -> Result<NetworkJson, ApiError> {
+        let mut inner = self.inner.lock().await;
+        let host_addrs = inner
+            .netlink
+            .ipv4_addresses()
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spec = crate::network::CreateSpec {
+            name: &req.name,
+            subnet: &req.subnet,
+            internal: req.internal,
+            options: &req.options,
+        };
+        let def = inner
+            .networks
+            .create(&spec, random_id()?, now(), &host_addrs)?;
+        if let Err(e) = inner.datapath.set_network(def.net_id, def.flags()) {
+            let _ = inner.networks.remove(&def.name);
+            return Err(match e {
+                datapath::DatapathError::Full { .. } => ApiError::Full(e.to_string()),
+                e => ApiError::Internal(e.to_string()),
+            });
+        }
+        info!(network = %def.name, subnet = %def.subnet, net_id = def.net_id, internal = def.internal, icc = def.icc, "network created");
+        Ok(NetworkJson::of(&def, &[]))
+    }
+
+    pub async fn network_list(&self) -> Vec<NetworkJson> {
+        let inner = self.inner.lock().await;
+        inner
+            .networks
+            .list()
+            .map(|def| NetworkJson::of(def, &inner.members(&def.name)))
+            .collect()
+    }
+
+    pub async fn network_inspect(&self, reference: &str) -> Result<NetworkJson, ApiError> {
+        let inner = self.inner.lock().await;
+        let def = inner.networks.find(reference)?;
+        Ok(NetworkJson::of(def, &inner.members(&def.name)))
+    }
+
+    /// `ferry network rm`: refused while a running container is on it.
+    pub async fn network_remove(&self, reference: &str) -> Result<(), ApiError> {
+        let mut inner = self.inner.lock().await;
+        let def = inner.networks.find(reference)?.clone();
+        let members: Vec<String> = inner
+            .members(&def.name)
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
+        if !members.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "network {} is in use by container(s) {}",
+                def.name,
+                members.join(", ")
+            )));
+        }
+        inner.networks.remove(&def.name)?;
+        if let Err(e) = inner.datapath.remove_network(def.net_id) {
+            warn!(network = %def.name, %e, "cannot remove the network's policy");
+        }
+        info!(network = %def.name, "network removed");
+        Ok(())
+    }
 }
 
 /// Drains the programs' aya-log ring buffer into ferryd's log whenever it
@@ -1287,8 +1407,15 @@ impl Inner {
         let monitor_start_time = process_start_time(monitor.pid);
 
         let (network, ports) = match &plan.network {
-            NetPlan::Bridge => {
-                let net = self.wire_bridge(id, monitor.pid, partial).await?;
+            NetPlan::Bridge {
+                network,
+                ip,
+                aliases,
+            } => {
+                let mut net = self
+                    .wire_bridge(id, monitor.pid, network, *ip, partial)
+                    .await?;
+                net.aliases.clone_from(aliases);
                 let ports = self.publish(id, net.ip, &plan.specs, partial).await?;
                 (Some(net), ports)
             }
@@ -1352,13 +1479,12 @@ impl Inner {
         &mut self,
         id: &str,
         monitor_pid: u32,
+        network: &NetworkDef,
+        requested: Option<Ipv4Addr>,
         partial: &mut Partial,
     ) -> Result<NetworkRecord, ApiError> {
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
-        let ip = self.ipam.allocate().map_err(|e| match e {
-            IpamError::Exhausted(_) => ApiError::Unavailable(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        let ip = self.networks.allocate(&network.name, requested)?;
         partial.ip = Some(ip);
         let (mac, host_mac) = macs_for(ip);
         let host_ifname = format!("{HOST_VETH_PREFIX}{}", &id[..12]);
@@ -1397,7 +1523,7 @@ impl Inner {
                 ip,
                 Endpoint {
                     ifindex: host_ifindex,
-                    net_id: 0,
+                    net_id: network.net_id,
                     mac,
                     host_mac,
                 },
@@ -1452,6 +1578,8 @@ impl Inner {
             host_ifindex,
             host_mac,
             netns_cookie,
+            network: network.name.clone(),
+            aliases: Vec::new(),
         })
     }
 
@@ -1552,7 +1680,7 @@ impl Inner {
             if let Err(e) = self.datapath.remove_endpoint(ip) {
                 warn!(%id, %e, "rollback: cannot remove endpoint");
             }
-            self.ipam.release(ip);
+            self.networks.release(ip);
         }
         if partial.dir
             && let Err(e) = self.store.remove(id)
@@ -1656,6 +1784,12 @@ impl Inner {
                 .map(|n| n.netns_cookie)
                 .chain([host_cookie])
                 .collect(),
+            networks: self
+                .networks
+                .list()
+                .filter(|d| !d.is_default())
+                .map(|d| d.net_id)
+                .collect(),
         };
         let ids: Vec<String> = running.iter().map(|r| r.id.clone()).collect();
         let veths: Vec<String> = nets.iter().map(|n| n.host_ifname.clone()).collect();
@@ -1701,6 +1835,17 @@ impl Inner {
                 Err(e) => warn!(mount = %point.display(), %e, "cannot unmount a leftover mount"),
             }
         }
+    }
+
+    /// Running containers attached to `network`.
+    fn members(&self, network: &str) -> Vec<&ContainerRecord> {
+        self.containers
+            .values()
+            .filter(|r| {
+                r.status == Status::Running
+                    && r.network.as_ref().is_some_and(|n| n.network == network)
+            })
+            .collect()
     }
 
     /// Holds the ports of a container taken over from an earlier ferryd.
@@ -1765,7 +1910,7 @@ impl Inner {
             Ok(None) => {}
             Err(e) => warn!(id = %record.id, %e, "cannot look up veth"),
         }
-        self.ipam.release(net.ip);
+        self.networks.release(net.ip);
     }
 }
 

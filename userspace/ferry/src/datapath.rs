@@ -38,7 +38,7 @@ use aya::{
 };
 use ferry_common::{
     CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT,
-    MAX_ENDPOINTS, MAX_PORTMAPS, PortKey, PortTarget,
+    MAX_ENDPOINTS, MAX_PORTMAPS, NetPolicy, PortKey, PortTarget,
 };
 use tracing::{debug, info};
 
@@ -57,7 +57,8 @@ pub const MAP_FRAGS: &str = "frags";
 pub const MAP_CONFIG: &str = "config";
 pub const MAP_CT_STATS: &str = "ct_stats";
 pub const MAP_PORT_STATS: &str = "port_stats";
-const MAPS: [&str; 12] = [
+pub const MAP_NETWORKS: &str = "networks";
+const MAPS: [&str; 13] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -70,6 +71,7 @@ const MAPS: [&str; 12] = [
     MAP_CONFIG,
     MAP_CT_STATS,
     MAP_PORT_STATS,
+    MAP_NETWORKS,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
@@ -152,6 +154,8 @@ pub struct Live {
     pub ips: Vec<Ipv4Addr>,
     pub ports: Vec<PortKey>,
     pub netns: Vec<u64>,
+    /// `net_id`s of the user-defined networks.
+    pub networks: Vec<u32>,
 }
 
 /// Capacities of the maps that grow with use, in entries.
@@ -564,6 +568,21 @@ impl Datapath {
         map.insert(cookie, kind, 0).map_err(map_err(MAP_SOCK_NETNS))
     }
 
+    /// Sets a user-defined network's policy (`NET_*` bits).
+    pub fn set_network(&mut self, net_id: u32, flags: u32) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, u32, NetPolicy> =
+            BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
+        let inserted = map.insert(net_id, NetPolicy { flags }, 0);
+        inserted.map_err(|e| self.insert_error(MAP_NETWORKS, e))
+    }
+
+    /// Forgets a network's policy. Missing is fine.
+    pub fn remove_network(&mut self, net_id: u32) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, u32, NetPolicy> =
+            BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
+        ignore_missing(map.remove(&net_id)).map_err(map_err(MAP_NETWORKS))
+    }
+
     /// Stops the socket hooks acting in that namespace. Missing is fine.
     pub fn remove_netns(&mut self, cookie: u64) -> Result<(), DatapathError> {
         let mut map: BpfHashMap<_, u64, u32> =
@@ -808,6 +827,15 @@ impl Datapath {
                     u16::from_be_bytes(key.port),
                     key.proto
                 ));
+            }
+        }
+        let policies: BpfHashMap<_, u32, NetPolicy> =
+            BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
+        let net_ids: Vec<u32> = policies.keys().filter_map(Result::ok).collect();
+        for net_id in net_ids {
+            if !live.networks.contains(&net_id) {
+                self.remove_network(net_id)?;
+                removed.push(format!("network policy {net_id}"));
             }
         }
         let netns: BpfHashMap<_, u64, u32> =

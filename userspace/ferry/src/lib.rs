@@ -17,6 +17,7 @@ pub mod link;
 pub mod logs;
 pub mod metrics;
 pub mod netns;
+pub mod network;
 pub mod portmap;
 pub mod preflight;
 pub mod rootfs;

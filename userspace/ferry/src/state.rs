@@ -55,6 +55,16 @@ pub struct NetworkRecord {
     /// Cookie of the container's network namespace (socket hooks).
     #[serde(default)]
     pub netns_cookie: u64,
+    /// The network's name.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Other names of the container on that network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+fn default_network() -> String {
+    crate::network::DEFAULT_NETWORK.to_owned()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +257,8 @@ mod tests {
                 host_ifindex: 9,
                 host_mac: [2, 0x46, 10, 88, 0, 2],
                 netns_cookie: 7,
+                network: "bridge".into(),
+                aliases: vec![],
             }),
             ports: vec![],
             oom_killed: false,

@@ -16,7 +16,9 @@ use ferry::{
     },
     preflight,
 };
-use ferry_common::{DropReason, Endpoint, GATEWAY_V4, PortKey, PortTarget};
+use ferry_common::{
+    DropReason, Endpoint, GATEWAY_V4, NET_INTERNAL, NET_NO_ICC, PortKey, PortTarget,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -267,6 +269,41 @@ fn from_container_policy_cross_network() {
     );
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(dp.drops(DropReason::PolicyDenied), 1);
+}
+
+/// Expects, with A and B on network 3: with icc off (`NET_NO_ICC`) A's
+/// packet to B is SHOT as `policy_denied`; with the network internal
+/// (`NET_INTERNAL`, icc on) A reaches B but neither the outside nor a host
+/// address; with no policy entry, B again.
+#[test]
+fn from_container_policy_icc_and_internal() {
+    let mut dp = Loaded::new();
+    let host = Ipv4Addr::new(10, 200, 0, 1);
+    dp.datapath.set_host_addrs(&[host]).expect("host addrs");
+    for (ip, ep) in [(A_IP, A), (B_IP, B)] {
+        dp.datapath
+            .add_endpoint(ip, Endpoint { net_id: 3, ..ep })
+            .expect("endpoint");
+    }
+    let to = |dst| ipv4_frame(A.mac, A.host_mac, A_IP, dst, 0);
+    dp.datapath.set_network(3, NET_NO_ICC).expect("policy");
+    assert_eq!(dp.run(PROG_FROM_CONTAINER, &to(B_IP)).0, TC_ACT_SHOT);
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 1);
+
+    dp.datapath.set_network(3, NET_INTERNAL).expect("policy");
+    assert_eq!(dp.run(PROG_FROM_CONTAINER, &to(B_IP)).0, TC_ACT_REDIRECT);
+    for dst in [Ipv4Addr::new(198, 51, 100, 1), host] {
+        assert_eq!(
+            dp.run(PROG_FROM_CONTAINER, &to(dst)).0,
+            TC_ACT_SHOT,
+            "{dst}"
+        );
+    }
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 3);
+
+    dp.datapath.remove_network(3).expect("no policy");
+    assert_eq!(dp.run(PROG_FROM_CONTAINER, &to(B_IP)).0, TC_ACT_REDIRECT);
+    assert_eq!(dp.run(PROG_FROM_CONTAINER, &to(host)).0, TC_ACT_OK);
 }
 
 /// Expects: a request for the gateway comes back as the reply (REDIRECT out

@@ -5,7 +5,10 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry::{
-    api::{ContainerJson, DatapathJson, ExecRequest, HostConfig, RunRequest, Stats, WaitResponse},
+    api::{
+        ContainerJson, DatapathJson, EndpointConfig, ExecRequest, HostConfig, NetworkCreate,
+        NetworkJson, RunRequest, Stats, WaitResponse,
+    },
     cgroup::{Resources, parse_size},
     client::Client,
     config,
@@ -130,6 +133,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// User-defined networks.
+    Network {
+        #[command(subcommand)]
+        action: NetworkAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum NetworkAction {
+    /// Create a network.
+    Create {
+        /// IPv4 CIDR (default: a free /24 from 10.90.0.0/15).
+        #[arg(long)]
+        subnet: Option<String>,
+        /// No masquerade, no published ports: its containers reach only
+        /// each other.
+        #[arg(long)]
+        internal: bool,
+        /// Driver option KEY=VALUE: com.docker.network.bridge.enable_icc=false
+        /// blocks traffic between the network's containers.
+        #[arg(short = 'o', long = "opt")]
+        opts: Vec<String>,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print networks' details as JSON.
+    Inspect {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks (refused while a running container is on one).
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
 }
 
 /// `ferry run`'s flags, as `docker run` takes them.
@@ -176,9 +220,16 @@ struct RunArgs {
     /// Maximum number of processes.
     #[arg(long, allow_hyphen_values = true)]
     pids_limit: Option<i64>,
-    /// bridge (default), host, none or container:<name|id>.
+    /// bridge (default), a user-defined network, host, none or
+    /// container:<name|id>.
     #[arg(long, alias = "net")]
     network: Option<String>,
+    /// The container's IPv4 address (user-defined networks only).
+    #[arg(long)]
+    ip: Option<String>,
+    /// Another name of the container on its network (repeatable).
+    #[arg(long = "network-alias")]
+    network_aliases: Vec<String>,
     /// Bind mount HOST_PATH:CONTAINER_PATH[:ro] (repeatable).
     #[arg(short = 'v', long = "volume")]
     volumes: Vec<String>,
@@ -245,6 +296,106 @@ fn main() -> ExitCode {
 
 const NO_BODY: Option<&()> = None;
 
+/// `ferry network ...`.
+async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<ExitCode> {
+    match action {
+        NetworkAction::Create {
+            subnet,
+            internal,
+            opts,
+            name,
+        } => {
+            let options = opts
+                .iter()
+                .map(|o| {
+                    o.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .ok_or_else(|| anyhow::anyhow!("invalid option {o:?}: expected KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let req = NetworkCreate {
+                name,
+                subnet: subnet.unwrap_or_default(),
+                internal,
+                options,
+            };
+            let net: NetworkJson = client
+                .call(Method::POST, "/networks/create", Some(&req))
+                .await?;
+            println!("{}", net.id);
+        }
+        NetworkAction::Ls { quiet } => {
+            let list: Vec<NetworkJson> = client.call(Method::GET, "/networks", NO_BODY).await?;
+            if quiet {
+                for n in &list {
+                    println!("{}", n.name);
+                }
+            } else {
+                println!(
+                    "{:<14}{:<20}{:<8}{:<20}{:<10}{:<6}CONTAINERS",
+                    "NETWORK ID", "NAME", "DRIVER", "SUBNET", "INTERNAL", "ICC"
+                );
+                for n in &list {
+                    let subnet = n.ipam.config.first().map_or("", |c| c.subnet.as_str());
+                    let icc = n
+                        .options
+                        .get(ferry::network::OPT_ICC)
+                        .map_or("true", String::as_str);
+                    println!(
+                        "{:<14}{:<20}{:<8}{:<20}{:<10}{:<6}{}",
+                        &n.id[..12],
+                        n.name,
+                        n.driver,
+                        subnet,
+                        n.internal,
+                        icc,
+                        n.containers.len()
+                    );
+                }
+            }
+        }
+        NetworkAction::Inspect { networks } => {
+            let mut out = Vec::new();
+            let mut missing = false;
+            for n in networks {
+                match client
+                    .call::<NetworkJson>(Method::GET, &format!("/networks/{n}"), NO_BODY)
+                    .await
+                {
+                    Ok(net) => out.push(net),
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        missing = true;
+                    }
+                }
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            if missing {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        NetworkAction::Rm { networks } => {
+            let mut failed = false;
+            for n in networks {
+                match client
+                    .call::<()>(Method::DELETE, &format!("/networks/{n}"), NO_BODY)
+                    .await
+                {
+                    Ok(()) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `-e KEY` takes KEY's value from this environment, and is left out when
 /// KEY is not set (Docker's rule); `-e KEY=VALUE` is passed as is.
 fn resolve_env(entries: Vec<String>) -> Vec<String> {
@@ -279,6 +430,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 cpuset_cpus,
                 pids_limit,
                 network,
+                ip,
+                network_aliases,
                 volumes,
                 rootfs,
                 read_only,
@@ -317,6 +470,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     auto_remove: rm && detach,
                     network_mode: network.unwrap_or_default(),
                     rootfs: rootfs.unwrap_or_default(),
+                },
+                endpoint: EndpointConfig {
+                    ipv4_address: ip.unwrap_or_default(),
+                    aliases: network_aliases,
                 },
             };
             let c: ContainerJson = client
@@ -493,6 +650,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             return Ok(code);
         }
+        Command::Network { action } => return network(&client, action).await,
         Command::Conntrack { action } => match action {
             ConntrackAction::List {
                 container,

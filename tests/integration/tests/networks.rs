@@ -1,0 +1,263 @@
+//! User-defined networks: created, listed, inspected and removed with clear
+//! errors; traffic inside a network, none across (dropped and counted);
+//! internal networks without egress or published ports; icc=false.
+
+use std::{process::Stdio, time::Duration};
+
+use ferry_integration::{Background, CLIENT_IP, Container, World, output, ping, wait_until};
+use serde_json::Value;
+
+fn fails(world: &World, args: &[&str], says: &str) {
+    let out = world.ferry(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(err.contains(says), "{args:?}: {says:?} missing from: {err}");
+}
+
+fn network(world: &World, name: &str) -> Value {
+    let out = world.ferry_ok(&["network", "inspect", name]);
+    let mut all: Vec<Value> = serde_json::from_str(&out).expect("network JSON");
+    all.pop().expect("one network")
+}
+
+fn on(world: &World, name: &str, net: &str, extra: &[&str]) -> Container {
+    let mut flags = vec!["--network", net];
+    flags.extend_from_slice(extra);
+    world.run_with(name, &flags, &["sleep", "infinity"])
+}
+
+/// Whether `from` gets an answer to one ping to `to`.
+fn reaches(from: &Container, to: &str) -> bool {
+    ping(&from.netns, to, 1, &["-W", "1"])
+}
+
+#[test]
+fn networks_are_managed_with_clear_errors_that_leave_nothing() {
+    let world = World::new();
+    world.ferry_ok(&["network", "create", "--subnet", "10.91.5.0/24", "front"]);
+    world.ferry_ok(&["network", "create", "back"]);
+    let names = world.ferry_ok(&["network", "ls", "-q"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        ["back", "bridge", "front"]
+    );
+    let front = network(&world, "front");
+    assert_eq!(front["IPAM"]["Config"][0]["Subnet"], "10.91.5.0/24");
+    assert_eq!(front["Driver"], "ferry");
+    assert_eq!(
+        network(&world, "back")["IPAM"]["Config"][0]["Subnet"],
+        "10.90.0.0/24"
+    );
+
+    let before = world.footprint();
+    for (args, says) in [
+        (vec!["network", "create", "front"], "already exists"),
+        (vec!["network", "create", "host"], "predefined"),
+        (
+            vec!["network", "create", "--subnet", "10.91.5.128/25", "x"],
+            "overlaps 10.91.5.0/24 of network front",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.200.0.0/24", "x"],
+            "holds the host address 10.200.0.1",
+        ),
+        (
+            vec!["network", "create", "--subnet", "10.91.6.0/33", "x"],
+            "invalid subnet",
+        ),
+        (
+            vec!["network", "create", "-o", "mtu=9000", "x"],
+            "unsupported network option",
+        ),
+        (vec!["network", "rm", "nope"], "network nope not found"),
+        (vec!["network", "rm", "bridge"], "predefined"),
+        (
+            vec!["run", "-d", "--network", "nope", "--", "true"],
+            "network nope not found",
+        ),
+        (
+            vec![
+                "run",
+                "-d",
+                "--network",
+                "front",
+                "--ip",
+                "10.91.6.9",
+                "--",
+                "true",
+            ],
+            "outside 10.91.5.0/24",
+        ),
+        (
+            vec!["run", "-d", "--ip", "10.89.0.9", "--", "true"],
+            "user-defined networks only",
+        ),
+    ] {
+        fails(&world, &args, says);
+    }
+    assert_eq!(world.footprint(), before, "failures left something behind");
+
+    let web = on(
+        &world,
+        "web",
+        "front",
+        &["--ip", "10.91.5.77", "--network-alias", "www"],
+    );
+    assert_eq!(web.ip, "10.91.5.77");
+    fails(
+        &world,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "front",
+            "--ip",
+            "10.91.5.77",
+            "--",
+            "true",
+        ],
+        "10.91.5.77 is already in use",
+    );
+    let ep = &world.inspect("web")["NetworkSettings"]["Networks"]["front"];
+    assert_eq!(ep["NetworkID"], front["Id"]);
+    assert_eq!(ep["Aliases"][0], "www");
+    let members = &network(&world, "front")["Containers"];
+    assert_eq!(members[web.id.as_str()]["Name"], "web");
+    fails(
+        &world,
+        &["network", "rm", "front"],
+        "in use by container(s) web",
+    );
+    world.ferry_ok(&["rm", "-f", "web"]);
+    world.ferry_ok(&["network", "rm", "front", "back"]);
+    assert_eq!(world.ferry_ok(&["network", "ls", "-q"]).trim(), "bridge");
+}
+
+#[test]
+fn containers_talk_within_a_network_and_not_across() {
+    let world = World::new();
+    world.ferry_ok(&["network", "create", "blue"]);
+    world.ferry_ok(&["network", "create", "green"]);
+    let b1 = on(&world, "b1", "blue", &[]);
+    let b2 = on(&world, "b2", "blue", &[]);
+    let g1 = on(&world, "g1", "green", &[]);
+    let g2 = on(&world, "g2", "green", &[]);
+    let d = world.run("d", &["sleep", "infinity"]);
+    assert!(
+        reaches(&b1, &b2.ip) && reaches(&g2, &g1.ip),
+        "no traffic inside a network"
+    );
+    let denied = world.drops("policy_denied");
+    for (from, to) in [(&b1, &g1), (&g2, &b2), (&d, &b1), (&b2, &d)] {
+        assert!(
+            !reaches(from, &to.ip),
+            "{} reached {} across networks",
+            from.name,
+            to.name
+        );
+    }
+    assert!(
+        world.drops("policy_denied") >= denied + 4,
+        "cross-network drops not counted"
+    );
+    // Every network still reaches the outside (masquerade) and the host.
+    assert!(reaches(&b1, CLIENT_IP) && reaches(&g1, CLIENT_IP));
+}
+
+#[test]
+fn an_internal_network_reaches_only_itself() {
+    let world = World::new();
+    world.ferry_ok(&["network", "create", "--internal", "vault"]);
+    let a = on(&world, "a", "vault", &[]);
+    let b = on(&world, "b", "vault", &[]);
+    assert!(reaches(&a, &b.ip));
+    let denied = world.drops("policy_denied");
+    assert!(
+        !reaches(&a, CLIENT_IP),
+        "an internal network reached the outside"
+    );
+    assert!(
+        !reaches(&a, ferry_integration::HOST_UPLINK_IP),
+        "an internal network reached the host"
+    );
+    assert!(world.drops("policy_denied") >= denied + 2);
+    fails(
+        &world,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "vault",
+            "-p",
+            "8300:80",
+            "--",
+            "true",
+        ],
+        "port publishing and the internal network vault",
+    );
+}
+
+#[test]
+fn icc_false_blocks_traffic_between_a_networks_containers() {
+    let world = World::new();
+    world.ferry_ok(&[
+        "network",
+        "create",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "solo",
+    ]);
+    assert_eq!(
+        network(&world, "solo")["Options"]["com.docker.network.bridge.enable_icc"],
+        "false"
+    );
+    let a = on(&world, "a", "solo", &[]);
+    let b = on(&world, "b", "solo", &[]);
+    let denied = world.drops("policy_denied");
+    assert!(!reaches(&a, &b.ip), "icc=false did not block");
+    assert!(world.drops("policy_denied") > denied);
+    // Still a normal network towards the outside.
+    let _server = Background::spawn(
+        world.in_client("socat", &["TCP-LISTEN:9100,reuseaddr", "SYSTEM:echo out"]),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        let out = output(
+            world
+                .exec(
+                    &a,
+                    "socat",
+                    &["-T", "2", "-", &format!("TCP:{CLIENT_IP}:9100")],
+                )
+                .stdin(Stdio::null()),
+        );
+        String::from_utf8_lossy(&out.stdout).contains("out")
+    }));
+}
+
+#[test]
+fn networks_and_their_policy_survive_a_restart() {
+    let mut world = World::new();
+    world.ferry_ok(&["network", "create", "--internal", "keep"]);
+    let a = on(&world, "a", "keep", &[]);
+    let b = on(&world, "b", "keep", &[]);
+    world.kill_ferryd();
+    world.start_ferryd();
+    assert_eq!(world.ferry_ok(&["network", "ls", "-q"]).lines().count(), 2);
+    assert!(reaches(&a, &b.ip));
+    assert!(!reaches(&a, CLIENT_IP), "the internal policy was lost");
+    // The address stays taken across the restart.
+    fails(
+        &world,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "keep",
+            "--ip",
+            &a.ip,
+            "--",
+            "true",
+        ],
+        "already in use",
+    );
+}
