@@ -261,3 +261,133 @@ fn networks_and_their_policy_survive_a_restart() {
         "already in use",
     );
 }
+
+/// A resolver for the outside network: example.com is 192.0.2.44, every
+/// other name NXDOMAIN.
+const FAKE_RESOLVER: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+while True:
+    q, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]].decode().lower())
+        i += 1 + q[i]
+    question = q[12:i + 5]
+    qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+    if ".".join(labels) == "example.com":
+        answers = b"" if qtype != 1 else b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton("192.0.2.44")
+        head = struct.pack("!HHHHHH", struct.unpack("!H", q[:2])[0], 0x8180, 1, 1 if answers else 0, 0, 0)
+    else:
+        answers = b""
+        head = struct.pack("!HHHHHH", struct.unpack("!H", q[:2])[0], 0x8183, 1, 0, 0, 0)
+    s.sendto(head + question + answers, peer)
+"#;
+
+/// `ferry exec`: the command in all of the container's namespaces (its
+/// own /etc files included; `World::exec` joins only the network).
+fn ferry_exec(world: &World, c: &Container, cmd: &[&str]) -> std::process::Output {
+    let mut args = vec!["exec", c.name.as_str()];
+    args.extend_from_slice(cmd);
+    world.ferry(&args)
+}
+
+/// The address `name` resolves to inside container `c` (its resolver,
+/// through glibc), or `None`.
+fn resolve(world: &World, c: &Container, name: &str) -> Option<String> {
+    let script = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))";
+    let out = ferry_exec(world, c, &["python3", "-c", script, name]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[test]
+fn the_embedded_dns_answers_the_networks_names_and_forwards_the_rest() {
+    let upstream = format!("{CLIENT_IP}:53");
+    let world = World::with_ferryd_args(&["--dns-upstream", &upstream]);
+    let _resolver =
+        Background::spawn(world.in_client("python3", &["-c", FAKE_RESOLVER, CLIENT_IP]));
+    for net in [&["blue"][..], &["green"], &["--internal", "vault"]] {
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(net);
+        world.ferry_ok(&args);
+    }
+    let web = on(&world, "web", "blue", &["--network-alias", "www"]);
+    let client = on(
+        &world,
+        "client",
+        "blue",
+        &["--add-host", "printer:10.1.2.3"],
+    );
+    let other = on(&world, "other", "green", &[]);
+    let safe = on(&world, "safe", "vault", &[]);
+
+    let conf =
+        String::from_utf8_lossy(&ferry_exec(&world, &client, &["cat", "/etc/resolv.conf"]).stdout)
+            .into_owned();
+    assert!(
+        conf.contains("nameserver 127.0.0.11"),
+        "resolv.conf: {conf}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || resolve(&world, &client, "web")
+            .as_deref()
+            == Some(web.ip.as_str())),
+        "web did not resolve"
+    );
+    assert_eq!(
+        resolve(&world, &client, "WWW").as_deref(),
+        Some(web.ip.as_str())
+    );
+    assert_eq!(
+        resolve(&world, &client, &web.id[..12]).as_deref(),
+        Some(web.ip.as_str())
+    );
+    assert_eq!(
+        resolve(&world, &client, "printer").as_deref(),
+        Some("10.1.2.3")
+    );
+    assert_eq!(
+        resolve(&world, &client, "example.com").as_deref(),
+        Some("192.0.2.44")
+    );
+    // Another network's containers are not names here (the upstream says
+    // NXDOMAIN), and the reverse.
+    assert_eq!(resolve(&world, &client, "other"), None);
+    assert_eq!(resolve(&world, &other, "web"), None);
+    // An internal network resolves its own names only.
+    assert_eq!(
+        resolve(&world, &safe, "safe").as_deref(),
+        Some(safe.ip.as_str())
+    );
+    assert_eq!(resolve(&world, &safe, "example.com"), None);
+    // A removed container's name goes with it.
+    world.ferry_ok(&["rm", "-f", "web"]);
+    assert_eq!(resolve(&world, &client, "web"), None);
+}
+
+#[test]
+fn dns_flags_shape_the_containers_resolver_files() {
+    let world = World::new();
+    let c = world.run_with(
+        "plain",
+        &["--dns", CLIENT_IP, "--add-host", "db.local:10.9.8.7"],
+        &["sleep", "infinity"],
+    );
+    let cat =
+        |f: &str| String::from_utf8_lossy(&ferry_exec(&world, &c, &["cat", f]).stdout).into_owned();
+    assert_eq!(cat("/etc/resolv.conf"), format!("nameserver {CLIENT_IP}\n"));
+    assert!(cat("/etc/hosts").contains("10.9.8.7\tdb.local\n"));
+    fails(
+        &world,
+        &["run", "-d", "--dns", "resolver", "--", "true"],
+        "invalid --dns",
+    );
+    fails(
+        &world,
+        &["run", "-d", "--add-host", "nocolon", "--", "true"],
+        "invalid --add-host",
+    );
+}

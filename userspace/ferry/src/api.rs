@@ -190,6 +190,13 @@ pub struct HostConfig {
     /// overlay of the host's root.
     #[serde(default)]
     pub rootfs: String,
+    /// `--dns`: resolvers for the container (on a user-defined network,
+    /// the ones its embedded DNS forwards to).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--add-host NAME:IP` lines for the container's /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<String>,
 }
 
 /// `POST /containers/{id}/exec`: a command to run in a running container.

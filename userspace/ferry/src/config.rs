@@ -47,6 +47,9 @@ pub struct Config {
     pub xdp_prefilter: XdpPrefilter,
     /// Capacities of the conntrack, endpoint and port maps.
     pub map_sizes: crate::datapath::MapSizes,
+    /// Resolvers the embedded DNS forwards to (empty: the host's
+    /// /etc/resolv.conf nameservers).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics_addr: Option<std::net::SocketAddr>,
 }

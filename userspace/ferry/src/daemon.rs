@@ -40,6 +40,7 @@ use crate::{
     conntrack::{Conntrack, Flow, Timeouts},
     container::{self, ExecSpec, ExitRecord, InitSpec, MonitorNet},
     datapath::{self, Datapath},
+    dns,
     link::{Mac, Netlink},
     logs::{self, Stream},
     metrics::{self, ApiCounters, Family},
@@ -124,6 +125,12 @@ struct Inner {
     netlink: Netlink,
     /// Host ports held for each running container's publishes.
     reservations: HashMap<String, Vec<Reservation>>,
+    /// Names on each user-defined network, for the embedded DNS.
+    dns_table: dns::Table,
+    /// Each DNS-serving container's server task.
+    dns_tasks: HashMap<String, tokio::task::AbortHandle>,
+    /// Where names that are not containers' are asked by default.
+    dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 /// Everything that must exist before ferryd serves, checked in the order a
@@ -261,6 +268,8 @@ struct Partial {
     cgroup: bool,
     ports: Vec<PortKey>,
     netns_cookie: Option<u64>,
+    /// Names registered for the embedded DNS: (network, address).
+    dns: Option<(String, Ipv4Addr)>,
 }
 
 /// A run request, checked before anything is created.
@@ -416,6 +425,9 @@ impl Daemon {
             store,
             netlink,
             reservations: HashMap::new(),
+            dns_table: dns::Table::default(),
+            dns_tasks: HashMap::new(),
+            dns_upstreams: config.dns_upstreams.clone(),
         };
         for uplink in uplinks(config, &inner.netlink).await? {
             let xdp = config.xdp_prefilter.applies_to(&uplink);
@@ -467,6 +479,17 @@ impl Daemon {
                     }
                     if let Err(e) = inner.datapath.attach(&net.host_ifname) {
                         warn!(id = %record.id, %e, "cannot re-attach the datapath");
+                    }
+                    if let Some(pid) = record.pid
+                        && let Err(e) = inner.start_dns(
+                            &record.id,
+                            &record.name,
+                            net,
+                            pid,
+                            &record.host_config.dns,
+                        )
+                    {
+                        warn!(id = %record.id, %e, "cannot serve the container's DNS");
                     }
                 }
                 inner.adopt_ports(&record);
@@ -1416,6 +1439,11 @@ impl Inner {
                     .wire_bridge(id, monitor.pid, network, *ip, partial)
                     .await?;
                 net.aliases.clone_from(aliases);
+                if !network.is_default() {
+                    self.start_dns(id, name, &net, monitor.pid, &req.host_config.dns)
+                        .map_err(|e| internal(&format!("cannot serve the container's DNS: {e}")))?;
+                    partial.dns = Some((net.network.clone(), net.ip));
+                }
                 let ports = self.publish(id, net.ip, &plan.specs, partial).await?;
                 (Some(net), ports)
             }
@@ -1605,7 +1633,7 @@ impl Inner {
             std::fs::create_dir_all(d)?;
         }
         let host_network = matches!(plan.network, NetPlan::Host);
-        let hosts = if host_network {
+        let mut hosts = if host_network {
             std::fs::read_to_string("/etc/hosts").unwrap_or_default()
         } else {
             let mut hosts =
@@ -1615,10 +1643,23 @@ impl Inner {
             }
             hosts
         };
-        let resolv = resolv_conf(
-            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-            host_network,
-        );
+        for entry in &req.host_config.extra_hosts {
+            if let Ok((name, addr)) = validate::extra_host(entry) {
+                hosts.push_str(&format!("{addr}\t{name}\n"));
+            }
+        }
+        let dns = &req.host_config.dns;
+        let resolv = match &plan.network {
+            // The embedded DNS, which forwards to --dns if given.
+            NetPlan::Bridge { network, .. } if !network.is_default() => {
+                format!("nameserver {}\noptions ndots:0\n", dns::DNS_ADDR)
+            }
+            _ if !dns.is_empty() => dns.iter().map(|d| format!("nameserver {d}\n")).collect(),
+            _ => resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+                host_network,
+            ),
+        };
         let mut files = Vec::new();
         for (file, contents) in [
             ("hosts", hosts),
@@ -1675,6 +1716,9 @@ impl Inner {
             && let Err(e) = self.netlink.delete(index).await
         {
             warn!(%id, %e, "rollback: cannot delete veth");
+        }
+        if let Some((network, ip)) = &partial.dns {
+            self.stop_dns(id, network, *ip);
         }
         if let Some(ip) = partial.ip {
             if let Err(e) = self.datapath.remove_endpoint(ip) {
@@ -1837,6 +1881,68 @@ impl Inner {
         }
     }
 
+    /// Registers the container's names (name, aliases, short ID) on its
+    /// user-defined network and serves 127.0.0.11:53 in the namespace of
+    /// `pid`. Nothing for the default network (as Docker's).
+    fn start_dns(
+        &mut self,
+        id: &str,
+        name: &str,
+        net: &NetworkRecord,
+        pid: u32,
+        dns: &[String],
+    ) -> Result<(), String> {
+        let def = self
+            .networks
+            .find(&net.network)
+            .map_err(|e| e.to_string())?;
+        if def.is_default() {
+            return Ok(());
+        }
+        let forward = !def.internal;
+        let netns = netns::of_pid(pid).map_err(|e| e.to_string())?;
+        let socket = dns::bind_in(netns).map_err(|e| format!("binding 127.0.0.11:53: {e}"))?;
+        let upstreams = if dns.is_empty() {
+            self.default_upstreams()
+        } else {
+            dns.iter()
+                .filter_map(|d| d.parse::<Ipv4Addr>().ok())
+                .map(|ip| std::net::SocketAddr::from((ip, 53)))
+                .collect()
+        };
+        let mut names = vec![name.to_owned(), id[..12].to_owned()];
+        names.extend(net.aliases.iter().cloned());
+        self.dns_table.add(&net.network, &names, net.ip);
+        let task = tokio::spawn(dns::serve(
+            socket,
+            self.dns_table.clone(),
+            net.network.clone(),
+            upstreams,
+            forward,
+        ));
+        if let Some(old) = self.dns_tasks.insert(id.to_owned(), task.abort_handle()) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops serving the container's DNS and forgets its names.
+    fn stop_dns(&mut self, id: &str, network: &str, ip: Ipv4Addr) {
+        if let Some(task) = self.dns_tasks.remove(id) {
+            task.abort();
+        }
+        self.dns_table.remove(network, ip);
+    }
+
+    /// `--dns-upstream`, else the host's resolv.conf nameservers.
+    fn default_upstreams(&self) -> Vec<std::net::SocketAddr> {
+        if self.dns_upstreams.is_empty() {
+            dns::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        } else {
+            self.dns_upstreams.clone()
+        }
+    }
+
     /// Running containers attached to `network`.
     fn members(&self, network: &str) -> Vec<&ContainerRecord> {
         self.containers
@@ -1891,6 +1997,7 @@ impl Inner {
         let Some(net) = record.network.take() else {
             return;
         };
+        self.stop_dns(&record.id, &net.network, net.ip);
         if let Err(e) = self.datapath.remove_endpoint(net.ip) {
             warn!(id = %record.id, %e, "cannot remove endpoint");
         }

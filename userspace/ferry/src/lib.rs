@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod container;
 pub mod daemon;
 pub mod datapath;
+pub mod dns;
 pub mod format;
 pub mod ipam;
 pub mod link;

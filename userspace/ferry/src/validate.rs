@@ -34,6 +34,10 @@ pub enum InvalidInput {
     Volume(#[from] VolumeError),
     #[error(transparent)]
     Resources(#[from] CgroupError),
+    #[error("invalid --dns {0:?}: expected an IPv4 address")]
+    Dns(String),
+    #[error("invalid --add-host {0:?}: expected NAME:IPv4")]
+    ExtraHost(String),
 }
 
 /// What a run request says, parsed: publish specs, binds (their host side
@@ -75,6 +79,13 @@ pub fn run_request(req: &RunRequest) -> Result<RunParts, InvalidInput> {
         .map(|b| b.parse::<Bind>())
         .collect::<Result<Vec<_>, _>>()?;
     req.host_config.resources.validate()?;
+    for d in &req.host_config.dns {
+        d.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| InvalidInput::Dns(d.clone()))?;
+    }
+    for h in &req.host_config.extra_hosts {
+        extra_host(h)?;
+    }
     Ok(RunParts {
         specs,
         binds,
@@ -90,6 +101,14 @@ pub fn exec_request(req: &ExecRequest) -> Result<(), InvalidInput> {
     no_nul("argument", &req.cmd)?;
     no_nul("working directory", [&req.working_dir])?;
     env(&req.env)
+}
+
+/// An `--add-host NAME:IP` entry, split.
+pub fn extra_host(entry: &str) -> Result<(&str, std::net::Ipv4Addr), InvalidInput> {
+    let bad = || InvalidInput::ExtraHost(entry.to_owned());
+    let (name, ip) = entry.split_once(':').ok_or_else(bad)?;
+    hostname(name).map_err(|_| bad())?;
+    Ok((name, ip.parse().map_err(|_| bad())?))
 }
 
 /// Docker's rule for container names.

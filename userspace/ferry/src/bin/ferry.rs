@@ -230,6 +230,12 @@ struct RunArgs {
     /// Another name of the container on its network (repeatable).
     #[arg(long = "network-alias")]
     network_aliases: Vec<String>,
+    /// A DNS server for the container (repeatable).
+    #[arg(long)]
+    dns: Vec<String>,
+    /// A NAME:IP line for /etc/hosts (repeatable).
+    #[arg(long = "add-host")]
+    add_hosts: Vec<String>,
     /// Bind mount HOST_PATH:CONTAINER_PATH[:ro] (repeatable).
     #[arg(short = 'v', long = "volume")]
     volumes: Vec<String>,
@@ -432,6 +438,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 network,
                 ip,
                 network_aliases,
+                dns,
+                add_hosts,
                 volumes,
                 rootfs,
                 read_only,
@@ -470,6 +478,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     auto_remove: rm && detach,
                     network_mode: network.unwrap_or_default(),
                     rootfs: rootfs.unwrap_or_default(),
+                    dns,
+                    extra_hosts: add_hosts,
                 },
                 endpoint: EndpointConfig {
                     ipv4_address: ip.unwrap_or_default(),

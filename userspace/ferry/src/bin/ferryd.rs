@@ -66,6 +66,11 @@ struct Args {
     /// listens on loopback only (127.0.0.1:PORT).
     #[arg(long, value_name = "[IP:]PORT", value_parser = config::parse_metrics_addr)]
     metrics: Option<std::net::SocketAddr>,
+    /// Resolver the embedded DNS of user-defined networks forwards other
+    /// names to, IP[:PORT] (repeatable; default: the nameservers of the
+    /// host's /etc/resolv.conf).
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    dns_upstreams: Vec<std::net::SocketAddr>,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -122,6 +127,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// `IP` (port 53) or `IP:PORT`.
+fn parse_upstream(value: &str) -> Result<std::net::SocketAddr, String> {
+    value
+        .parse::<std::net::SocketAddr>()
+        .or_else(|_| value.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+        .map_err(|_| format!("{value:?} is not IP or IP:PORT"))
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let mut ct_timeouts = ferry::conntrack::Timeouts::default();
     for spec in &args.ct_timeouts {
@@ -140,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
         cgroup_parent: args.cgroup_parent,
         metrics_addr: args.metrics,
+        dns_upstreams: args.dns_upstreams,
         map_sizes: ferry::datapath::MapSizes {
             ct: args.ct_max,
             endpoints: args.endpoint_max,

@@ -1,0 +1,333 @@
+//! The embedded DNS server of user-defined networks, as Docker's: every
+//! container on a user-defined network finds a resolver at 127.0.0.11:53
+//! in its own namespace. ferryd opens that socket inside the container's
+//! namespace (so no rule or route is needed, and internal networks have it
+//! too) and serves it from its own runtime: names and aliases of the
+//! network's containers are answered from the [`Table`]; other queries are
+//! forwarded, from ferryd's namespace, to the upstream resolvers (the
+//! container's `--dns`, else ferryd's `--dns-upstream`, else the host's
+//! /etc/resolv.conf), except on internal networks, which get REFUSED.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::AsFd as _,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use hickory_proto::{
+    op::{Message, MessageType, OpCode, ResponseCode},
+    rr::{DNSClass, RData, Record, RecordType, rdata::A},
+};
+use tracing::{debug, warn};
+
+/// Where containers find the resolver (in their own namespace).
+pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
+/// TTL of answers about containers: short, since containers come and go.
+const TTL: u32 = 600;
+
+/// How long an upstream resolver gets to answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The names of each network's containers: network -> (lowercase name,
+/// address) pairs. The daemon adds a container's names when it starts and
+/// removes them when it goes.
+#[derive(Clone, Default)]
+pub struct Table(Arc<RwLock<HashMap<String, Vec<NameEntry>>>>);
+
+/// A lowercase name and its address.
+type NameEntry = (String, Ipv4Addr);
+
+impl Table {
+    pub fn add(&self, network: &str, names: &[String], ip: Ipv4Addr) {
+        if let Ok(mut t) = self.0.write() {
+            let entries = t.entry(network.to_owned()).or_default();
+            entries.extend(names.iter().map(|n| (n.to_ascii_lowercase(), ip)));
+        }
+    }
+
+    pub fn remove(&self, network: &str, ip: Ipv4Addr) {
+        if let Ok(mut t) = self.0.write()
+            && let Some(entries) = t.get_mut(network)
+        {
+            entries.retain(|(_, a)| *a != ip);
+        }
+    }
+
+    /// Addresses of `name` (lowercase, no trailing dot) on `network`.
+    pub fn lookup(&self, network: &str, name: &str) -> Vec<Ipv4Addr> {
+        let Ok(t) = self.0.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Ipv4Addr> = t
+            .get(network)
+            .into_iter()
+            .flatten()
+            .filter(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .collect();
+        out.dedup();
+        out
+    }
+}
+
+/// What to do with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send this reply.
+    Reply(Vec<u8>),
+    /// Not a name of the network: ask the upstream resolvers.
+    Forward,
+    /// Not even a DNS header: ignore it.
+    Ignore,
+}
+
+/// Answers `query` for a container on `network`: its containers' names
+/// from `table`; others forwarded when `forward`, else REFUSED.
+pub fn answer(query: &[u8], table: &Table, network: &str, forward: bool) -> Outcome {
+    let Ok(msg) = Message::from_vec(query) else {
+        return match query.get(..2) {
+            Some(id) => reply_code(u16::from_be_bytes([id[0], id[1]]), ResponseCode::FormErr),
+            None => Outcome::Ignore,
+        };
+    };
+    let id = msg.metadata.id;
+    if msg.metadata.message_type != MessageType::Query {
+        return Outcome::Ignore;
+    }
+    if msg.metadata.op_code != OpCode::Query {
+        return reply_code(id, ResponseCode::NotImp);
+    }
+    let [q] = msg.queries.as_slice() else {
+        return reply_code(id, ResponseCode::FormErr);
+    };
+    let name = q.name().to_lowercase().to_ascii();
+    let name = name.trim_end_matches('.');
+    let found = if q.query_class() == DNSClass::IN {
+        table.lookup(network, name)
+    } else {
+        Vec::new()
+    };
+    let mut reply = Message::response(id, OpCode::Query);
+    reply.metadata.recursion_desired = msg.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    reply.add_query(q.clone());
+    if found.is_empty() {
+        if forward {
+            return Outcome::Forward;
+        }
+        reply.metadata.response_code = ResponseCode::Refused;
+    } else {
+        reply.metadata.authoritative = true;
+        // Known name: A records; any other type has no data (NOERROR).
+        if matches!(q.query_type(), RecordType::A | RecordType::ANY) {
+            for ip in found {
+                reply.add_answer(Record::from_rdata(q.name().clone(), TTL, RData::A(A(ip))));
+            }
+        }
+    }
+    match reply.to_vec() {
+        Ok(bytes) => Outcome::Reply(bytes),
+        Err(_) => reply_code(id, ResponseCode::ServFail),
+    }
+}
+
+fn reply_code(id: u16, code: ResponseCode) -> Outcome {
+    match Message::error_msg(id, OpCode::Query, code).to_vec() {
+        Ok(bytes) => Outcome::Reply(bytes),
+        Err(_) => Outcome::Ignore,
+    }
+}
+
+/// Binds 127.0.0.11:53/udp inside the network namespace `netns` (from a
+/// short-lived thread, so no runtime thread ever changes namespace).
+pub fn bind_in(netns: std::fs::File) -> io::Result<std::net::UdpSocket> {
+    std::thread::spawn(move || {
+        let _in = crate::netns::NetNsGuard::enter(netns.as_fd()).map_err(io::Error::other)?;
+        let socket = std::net::UdpSocket::bind((DNS_ADDR, 53))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    })
+    .join()
+    .map_err(|_| io::Error::other("the DNS bind thread panicked"))?
+}
+
+/// Serves one container's DNS socket until the task is aborted.
+pub async fn serve(
+    socket: std::net::UdpSocket,
+    table: Table,
+    network: String,
+    upstreams: Vec<SocketAddr>,
+    forward: bool,
+) {
+    let socket = match tokio::net::UdpSocket::from_std(socket) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            warn!(%e, "cannot serve a DNS socket");
+            return;
+        }
+    };
+    let upstreams = Arc::new(upstreams);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(%e, "DNS receive");
+                continue;
+            }
+        };
+        let query = buf[..len].to_vec();
+        match answer(&query, &table, &network, forward) {
+            Outcome::Reply(bytes) => {
+                let _ = socket.send_to(&bytes, peer).await;
+            }
+            Outcome::Ignore => {}
+            Outcome::Forward => {
+                let (socket, upstreams) = (Arc::clone(&socket), Arc::clone(&upstreams));
+                tokio::spawn(async move {
+                    let reply = match ask_upstreams(&query, &upstreams).await {
+                        Some(reply) => reply,
+                        None => match reply_code(query_id(&query), ResponseCode::ServFail) {
+                            Outcome::Reply(bytes) => bytes,
+                            _ => return,
+                        },
+                    };
+                    let _ = socket.send_to(&reply, peer).await;
+                });
+            }
+        }
+    }
+}
+
+fn query_id(query: &[u8]) -> u16 {
+    match query {
+        [a, b, ..] => u16::from_be_bytes([*a, *b]),
+        _ => 0,
+    }
+}
+
+/// The first answer of the upstream resolvers, tried in order.
+async fn ask_upstreams(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let Ok(socket) = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+            continue;
+        };
+        if socket.connect(upstream).await.is_err() || socket.send(query).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut buf)).await {
+            Ok(Ok(n)) if n >= 2 && buf[..2] == query[..2.min(query.len())] => {
+                buf.truncate(n);
+                return Some(buf);
+            }
+            _ => debug!(%upstream, "no answer from the upstream resolver"),
+        }
+    }
+    None
+}
+
+/// The `nameserver` addresses of a resolv.conf, port 53.
+pub fn nameservers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next()?.parse::<std::net::IpAddr>().ok())
+                .flatten()
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::Name;
+
+    use super::*;
+
+    fn query(name: &str, kind: RecordType) -> Vec<u8> {
+        let mut q = Message::query();
+        q.metadata.id = 0x4242;
+        q.metadata.recursion_desired = true;
+        q.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).expect("name"),
+            kind,
+        ));
+        q.to_vec().expect("encode")
+    }
+
+    fn reply(outcome: Outcome) -> Message {
+        match outcome {
+            Outcome::Reply(bytes) => Message::from_vec(&bytes).expect("decode"),
+            other => panic!("not a reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_of_the_network_are_answered_and_others_forwarded() {
+        let table = Table::default();
+        let ip = Ipv4Addr::new(10, 90, 0, 2);
+        table.add("blue", &["Web".into(), "www".into()], ip);
+        table.add("green", &["db".into()], Ipv4Addr::new(10, 90, 1, 2));
+
+        let r = reply(answer(&query("web.", RecordType::A), &table, "blue", true));
+        assert_eq!(r.metadata.id, 0x4242);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.metadata.recursion_desired && r.metadata.authoritative);
+        let got: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
+        assert_eq!(got, vec![RData::A(A(ip))]);
+        let r = reply(answer(
+            &query("WWW", RecordType::AAAA),
+            &table,
+            "blue",
+            true,
+        ));
+        assert_eq!(
+            (r.metadata.response_code, r.answers.len()),
+            (ResponseCode::NoError, 0)
+        );
+
+        // Another network's names are not this network's.
+        assert_eq!(
+            answer(&query("db", RecordType::A), &table, "blue", true),
+            Outcome::Forward
+        );
+        let r = reply(answer(
+            &query("example.com", RecordType::A),
+            &table,
+            "blue",
+            false,
+        ));
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+
+        table.remove("blue", ip);
+        assert_eq!(
+            answer(&query("web", RecordType::A), &table, "blue", true),
+            Outcome::Forward
+        );
+    }
+
+    #[test]
+    fn garbage_gets_formerr_or_nothing() {
+        let table = Table::default();
+        assert_eq!(answer(&[7], &table, "n", true), Outcome::Ignore);
+        let r = reply(answer(&[0x12, 0x34, 0xff], &table, "n", true));
+        assert_eq!(
+            (r.metadata.id, r.metadata.response_code),
+            (0x1234, ResponseCode::FormErr)
+        );
+    }
+
+    #[test]
+    fn nameservers_of_a_resolv_conf() {
+        let conf = "search x\nnameserver 10.0.0.2\nnameserver  127.0.0.53\n# nameserver 1.1.1.1\nnameserver bad\n";
+        let got: Vec<String> = nameservers(conf).iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.0.0.2:53", "127.0.0.53:53"]);
+    }
+}
