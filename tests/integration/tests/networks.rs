@@ -238,13 +238,21 @@ fn icc_false_blocks_traffic_between_a_networks_containers() {
 fn networks_and_their_policy_survive_a_restart() {
     let mut world = World::new();
     world.ferry_ok(&["network", "create", "--internal", "keep"]);
+    world.ferry_ok(&["network", "create", "side"]);
     let a = on(&world, "a", "keep", &[]);
     let b = on(&world, "b", "keep", &[]);
+    let x = on(&world, "x", "side", &[]);
+    world.ferry_ok(&["network", "connect", "side", "a"]);
     world.kill_ferryd();
     world.start_ferryd();
-    assert_eq!(world.ferry_ok(&["network", "ls", "-q"]).lines().count(), 2);
+    assert_eq!(world.ferry_ok(&["network", "ls", "-q"]).lines().count(), 3);
     assert!(reaches(&a, &b.ip));
     assert!(!reaches(&a, CLIENT_IP), "the internal policy was lost");
+    // The connected interface was adopted too, names included.
+    assert!(reaches(&a, &x.ip));
+    assert!(resolve(&world, &x, "a").is_some());
+    world.ferry_ok(&["network", "disconnect", "side", "a"]);
+    assert!(!reaches(&a, &x.ip));
     // The address stays taken across the restart.
     fails(
         &world,
@@ -390,4 +398,70 @@ fn dns_flags_shape_the_containers_resolver_files() {
         &["run", "-d", "--add-host", "nocolon", "--", "true"],
         "invalid --add-host",
     );
+}
+
+#[test]
+fn connect_and_disconnect_change_reachability_and_names_at_once() {
+    let world = World::new();
+    world.ferry_ok(&["network", "create", "--subnet", "10.91.1.0/24", "front"]);
+    world.ferry_ok(&["network", "create", "--subnet", "10.91.2.0/24", "back"]);
+    let web = on(&world, "web", "front", &[]);
+    let db = on(&world, "db", "back", &["--network-alias", "database"]);
+    assert!(
+        !reaches(&web, &db.ip),
+        "networks not isolated before connect"
+    );
+    let before = world.footprint();
+
+    world.ferry_ok(&[
+        "network",
+        "connect",
+        "--ip",
+        "10.91.2.50",
+        "--alias",
+        "app",
+        "back",
+        "web",
+    ]);
+    let eps = &world.inspect("web")["NetworkSettings"]["Networks"];
+    assert_eq!(eps["back"]["IPAddress"], "10.91.2.50");
+    assert_eq!(eps["front"]["IPAddress"], web.ip.as_str());
+    let eth1 = ferry_exec(&world, &web, &["ip", "-o", "-4", "addr", "show", "eth1"]);
+    assert!(String::from_utf8_lossy(&eth1.stdout).contains("10.91.2.50/32"));
+    assert!(reaches(&web, &db.ip), "connect did not open the way");
+    assert_eq!(resolve(&world, &db, "app").as_deref(), Some("10.91.2.50"));
+    assert_eq!(
+        resolve(&world, &web, "database").as_deref(),
+        Some(db.ip.as_str())
+    );
+    assert!(network(&world, "back")["Containers"][web.id.as_str()].is_object());
+    fails(
+        &world,
+        &["network", "connect", "back", "web"],
+        "already connected",
+    );
+    fails(
+        &world,
+        &["network", "disconnect", "front", "web"],
+        "first network (eth0)",
+    );
+
+    world.ferry_ok(&["network", "disconnect", "back", "web"]);
+    assert!(!reaches(&web, &db.ip), "disconnect left the way open");
+    assert_eq!(resolve(&world, &db, "app"), None);
+    fails(
+        &world,
+        &["network", "disconnect", "back", "web"],
+        "not connected",
+    );
+    assert_eq!(
+        world.footprint(),
+        before,
+        "disconnect left something behind"
+    );
+
+    // Removing a connected container removes both interfaces.
+    world.ferry_ok(&["network", "connect", "back", "web"]);
+    world.ferry_ok(&["rm", "-f", "web", "db"]);
+    world.ferry_ok(&["network", "rm", "front", "back"]);
 }

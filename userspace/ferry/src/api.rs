@@ -89,6 +89,22 @@ pub struct NetworkCreate {
     pub options: BTreeMap<String, String>,
 }
 
+/// `POST /networks/{id}/connect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkConnect {
+    pub container: String,
+    #[serde(default)]
+    pub endpoint_config: EndpointConfig,
+}
+
+/// `POST /networks/{id}/disconnect`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkDisconnect {
+    pub container: String,
+}
+
 /// `ferry network inspect` / `GET /networks/{id}`, in Docker's shape.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -151,7 +167,7 @@ impl NetworkJson {
             containers: members
                 .iter()
                 .filter_map(|r| {
-                    let n = r.network.as_ref()?;
+                    let n = r.attachments().find(|n| n.network == def.name)?;
                     Some((
                         r.id.clone(),
                         NetworkMember {
@@ -329,7 +345,7 @@ impl From<&ContainerRecord> for ContainerJson {
         let gateway = std::net::Ipv4Addr::from(ferry_common::GATEWAY_V4).to_string();
         let (network_settings, ferry) = match &r.network {
             Some(n) => {
-                let endpoint = EndpointSettings {
+                let endpoint = |n: &crate::state::NetworkRecord| EndpointSettings {
                     // Filled in by the daemon, which knows the networks.
                     network_id: String::new(),
                     aliases: n.aliases.clone(),
@@ -340,10 +356,13 @@ impl From<&ContainerRecord> for ContainerJson {
                 };
                 (
                     NetworkSettings {
-                        ip_address: endpoint.ip_address.clone(),
-                        gateway,
-                        mac_address: endpoint.mac_address.clone(),
-                        networks: BTreeMap::from([(n.network.clone(), endpoint)]),
+                        ip_address: n.ip.to_string(),
+                        gateway: gateway.clone(),
+                        mac_address: mac_to_string(&n.mac),
+                        networks: r
+                            .attachments()
+                            .map(|a| (a.network.clone(), endpoint(a)))
+                            .collect(),
                         ports: port_bindings(&r.ports),
                     },
                     FerrySettings {
@@ -630,6 +649,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/networks", get(network_list))
         .route("/networks/create", post(network_create))
         .route("/networks/{id}", get(network_inspect).delete(network_remove))
+        .route("/networks/{id}/connect", post(network_connect))
+        .route("/networks/{id}/disconnect", post(network_disconnect))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&daemon),
@@ -800,4 +821,22 @@ async fn network_remove(
 ) -> Result<StatusCode, ApiError> {
     d.network_remove(&id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn network_connect(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Body(req): Body<NetworkConnect>,
+) -> Result<StatusCode, ApiError> {
+    d.network_connect(&id, req).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn network_disconnect(
+    State(d): State<Arc<Daemon>>,
+    Path(id): Path<String>,
+    Body(req): Body<NetworkDisconnect>,
+) -> Result<StatusCode, ApiError> {
+    d.network_disconnect(&id, req).await?;
+    Ok(StatusCode::OK)
 }

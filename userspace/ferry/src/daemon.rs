@@ -33,7 +33,8 @@ use tracing::{info, warn};
 use crate::{
     api::{
         self, ApiError, AttachmentJson, ConntrackJson, ContainerJson, DatapathJson, ExecRequest,
-        MapJson, NetCounters, NetworkCreate, NetworkJson, RunRequest, Stats, WaitResponse,
+        MapJson, NetCounters, NetworkConnect, NetworkCreate, NetworkDisconnect, NetworkJson,
+        RunRequest, Stats, WaitResponse,
     },
     cgroup::{CgroupError, Cgroups, Usage},
     config::Config,
@@ -56,10 +57,16 @@ use crate::{
 /// Host-side veths are this prefix and the first 12 hex digits of the id.
 const HOST_VETH_PREFIX: &str = "fy";
 
-/// Whether `name` is one of ferry's host-side veths (by its shape).
+/// Whether `name` is one of ferry's host-side veths (by its shape: the
+/// prefix, 11 hex digits of an id, and a hex digit or a letter g-z).
 fn is_host_veth(name: &str) -> bool {
-    name.strip_prefix(HOST_VETH_PREFIX)
-        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    name.strip_prefix(HOST_VETH_PREFIX).is_some_and(|rest| {
+        rest.len() == 12
+            && rest[..11].bytes().all(|b| b.is_ascii_hexdigit())
+            && rest[11..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    })
 }
 
 /// Mount points (as /proc/self/mountinfo lists them) below one of `dirs`.
@@ -100,8 +107,41 @@ fn unescape_mountinfo(field: &str) -> String {
     out
 }
 
-/// The interface name inside every container.
-const CONTAINER_IFNAME: &str = "eth0";
+/// A container's interface on a network: its name inside, its host-side
+/// veth, and whether it is the first (default route, socket hooks).
+struct Link {
+    ifname: String,
+    host_ifname: String,
+    first: bool,
+}
+
+impl Link {
+    /// `eth0` and `fy<12 hex of the id>`.
+    fn first(id: &str) -> Self {
+        Self {
+            ifname: "eth0".into(),
+            host_ifname: format!("{HOST_VETH_PREFIX}{}", &id[..12]),
+            first: true,
+        }
+    }
+
+    /// The next free `ethN` and `fy<11 hex of the id><g..z>` (never a hex
+    /// digit, so never the first link's name) of a container that has
+    /// `taken` attachments.
+    fn next(id: &str, taken: &[&NetworkRecord]) -> Option<Self> {
+        let ifname = (1..)
+            .map(|n| format!("eth{n}"))
+            .find(|n| taken.iter().all(|t| &t.ifname != n))?;
+        let host_ifname = ('g'..='z')
+            .map(|c| format!("{HOST_VETH_PREFIX}{}{c}", &id[..11]))
+            .find(|n| taken.iter().all(|t| &t.host_ifname != n))?;
+        Some(Self {
+            ifname,
+            host_ifname,
+            first: false,
+        })
+    }
+}
 
 pub struct Daemon {
     inner: Mutex<Inner>,
@@ -473,24 +513,24 @@ impl Daemon {
         let mut inner = self.inner.lock().await;
         for record in records {
             if record.status == Status::Running && record.monitor_alive().is_some() {
-                if let Some(net) = &record.network {
+                for net in record.attachments() {
                     if let Err(e) = inner.networks.reserve(&net.network, net.ip) {
                         warn!(id = %record.id, %e, "address conflict while adopting");
                     }
                     if let Err(e) = inner.datapath.attach(&net.host_ifname) {
                         warn!(id = %record.id, %e, "cannot re-attach the datapath");
                     }
-                    if let Some(pid) = record.pid
-                        && let Err(e) = inner.start_dns(
-                            &record.id,
-                            &record.name,
-                            net,
-                            pid,
-                            &record.host_config.dns,
-                        )
-                    {
-                        warn!(id = %record.id, %e, "cannot serve the container's DNS");
-                    }
+                    inner.join_dns(&record.id, &record.name, net);
+                }
+                let user_network = record
+                    .network
+                    .as_ref()
+                    .is_some_and(|n| n.network != crate::network::DEFAULT_NETWORK);
+                if user_network
+                    && let Some(pid) = record.pid
+                    && let Err(e) = inner.serve_dns(&record.id, pid, &record.host_config.dns)
+                {
+                    warn!(id = %record.id, %e, "cannot serve the container's DNS");
                 }
                 inner.adopt_ports(&record);
                 info!(id = %record.short_id(), "adopted running container");
@@ -1225,6 +1265,104 @@ impl Daemon {
         info!(network = %def.name, "network removed");
         Ok(())
     }
+
+    /// `ferry network connect`: a new interface (eth1, ...) for a running
+    /// container, on the network.
+    pub async fn network_connect(
+        &self,
+        reference: &str,
+        req: NetworkConnect,
+    ) -> Result<(), ApiError> {
+        let mut inner = self.inner.lock().await;
+        let def = inner.networks.find(reference)?.clone();
+        let mut record = inner.find(&req.container)?.clone();
+        let (Some(pid), Status::Running) = (record.pid, record.status) else {
+            return Err(ApiError::Conflict(format!(
+                "container {} is not running",
+                req.container
+            )));
+        };
+        if record.network.is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "container {} has no ferry network to add one to (it runs with --network {})",
+                record.name, record.host_config.network_mode
+            )));
+        }
+        if record.attachments().any(|n| n.network == def.name) {
+            return Err(ApiError::Conflict(format!(
+                "container {} is already connected to network {}",
+                record.name, def.name
+            )));
+        }
+        let ep = &req.endpoint_config;
+        let ip = match ep.ipv4_address.as_str() {
+            "" => None,
+            a => Some(a.parse::<Ipv4Addr>().map_err(|_| {
+                ApiError::BadRequest(format!("invalid IPv4 address {a:?} for --ip"))
+            })?),
+        };
+        if def.is_default() && (ip.is_some() || !ep.aliases.is_empty()) {
+            return Err(NetworkError::DefaultOnly {
+                what: "a user-specified IP address or alias",
+            }
+            .into());
+        }
+        let taken: Vec<&NetworkRecord> = record.attachments().collect();
+        let link = Link::next(&record.id, &taken).ok_or_else(|| {
+            ApiError::Conflict(format!("container {} has no interface left", record.name))
+        })?;
+        let mut partial = Partial::default();
+        let wired = inner.wire_bridge(pid, &def, ip, &link, &mut partial).await;
+        let mut net = match wired {
+            Ok(net) => net,
+            Err(e) => {
+                warn!(id = %record.id, network = %def.name, %e, "connect failed; rolling back");
+                inner.rollback(&record.id, partial).await;
+                return Err(e);
+            }
+        };
+        net.aliases.clone_from(&ep.aliases);
+        inner.join_dns(&record.id, &record.name, &net);
+        info!(id = %record.short_id(), network = %def.name, ip = %net.ip, ifname = %net.ifname, "connected");
+        record.extra_networks.push(net);
+        inner.save(record)
+    }
+
+    /// `ferry network disconnect`: removes an interface added by connect.
+    pub async fn network_disconnect(
+        &self,
+        reference: &str,
+        req: NetworkDisconnect,
+    ) -> Result<(), ApiError> {
+        let mut inner = self.inner.lock().await;
+        let def = inner.networks.find(reference)?.clone();
+        let mut record = inner.find(&req.container)?.clone();
+        if record
+            .network
+            .as_ref()
+            .is_some_and(|n| n.network == def.name)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{} is the first network (eth0) of container {}: only networks added by \
+                 `ferry network connect` can be disconnected",
+                def.name, record.name
+            )));
+        }
+        let Some(at) = record
+            .extra_networks
+            .iter()
+            .position(|n| n.network == def.name)
+        else {
+            return Err(ApiError::NotFound(format!(
+                "container {} is not connected to network {}",
+                record.name, def.name
+            )));
+        };
+        let net = record.extra_networks.remove(at);
+        inner.detach(&record.id, &net).await;
+        info!(id = %record.short_id(), network = %def.name, "disconnected");
+        inner.save(record)
+    }
 }
 
 /// Drains the programs' aya-log ring buffer into ferryd's log whenever it
@@ -1436,13 +1574,14 @@ impl Inner {
                 aliases,
             } => {
                 let mut net = self
-                    .wire_bridge(id, monitor.pid, network, *ip, partial)
+                    .wire_bridge(monitor.pid, network, *ip, &Link::first(id), partial)
                     .await?;
                 net.aliases.clone_from(aliases);
+                self.join_dns(id, name, &net);
+                partial.dns = Some((net.network.clone(), net.ip));
                 if !network.is_default() {
-                    self.start_dns(id, name, &net, monitor.pid, &req.host_config.dns)
+                    self.serve_dns(id, monitor.pid, &req.host_config.dns)
                         .map_err(|e| internal(&format!("cannot serve the container's DNS: {e}")))?;
-                    partial.dns = Some((net.network.clone(), net.ip));
                 }
                 let ports = self.publish(id, net.ip, &plan.specs, partial).await?;
                 (Some(net), ports)
@@ -1491,6 +1630,7 @@ impl Inner {
             exit_code: None,
             finished: None,
             network,
+            extra_networks: Vec::new(),
             ports,
             oom_killed: false,
             working_dir: plan.workdir.display().to_string(),
@@ -1505,31 +1645,33 @@ impl Inner {
     /// `partial` for rollback.
     async fn wire_bridge(
         &mut self,
-        id: &str,
         monitor_pid: u32,
         network: &NetworkDef,
         requested: Option<Ipv4Addr>,
+        link: &Link,
         partial: &mut Partial,
     ) -> Result<NetworkRecord, ApiError> {
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
         let ip = self.networks.allocate(&network.name, requested)?;
         partial.ip = Some(ip);
         let (mac, host_mac) = macs_for(ip);
-        let host_ifname = format!("{HOST_VETH_PREFIX}{}", &id[..12]);
+        let host_ifname = link.host_ifname.clone();
 
         // The container's side, configured through a netlink socket opened
         // inside its namespace. IPv6 is off there (and on the host side)
         // because the datapath forwards IPv4 only so far.
         let ns = netns::of_pid(monitor_pid).map_err(|e| internal(&e))?;
         let (inside, netns_cookie) = netlink_in(monitor_pid).map_err(|e| internal(&e))?;
-        partial.netns_cookie = Some(netns_cookie);
-        self.datapath
-            .add_netns(netns_cookie, NETNS_CONTAINER)
-            .map_err(|e| internal(&e))?;
+        if link.first {
+            partial.netns_cookie = Some(netns_cookie);
+            self.datapath
+                .add_netns(netns_cookie, NETNS_CONTAINER)
+                .map_err(|e| internal(&e))?;
+        }
         partial.host_ifname = Some(host_ifname.clone());
         let host_ifindex = self
             .netlink
-            .create_veth(&host_ifname, host_mac, CONTAINER_IFNAME, mac, ns.as_fd())
+            .create_veth(&host_ifname, host_mac, &link.ifname, mac, ns.as_fd())
             .await
             .map_err(|e| internal(&e))?;
         partial.host_ifindex = Some(host_ifindex);
@@ -1577,28 +1719,34 @@ impl Inner {
         let gateway = Ipv4Addr::from(GATEWAY_V4);
         let lo = inside.index_of("lo").await.map_err(|e| internal(&e))?;
         let eth0 = inside
-            .index_of(CONTAINER_IFNAME)
+            .index_of(&link.ifname)
             .await
             .map_err(|e| internal(&e))?;
-        let (Some(lo), Some(eth0)) = (lo, eth0) else {
+        let (Some(lo), Some(eth)) = (lo, eth0) else {
             return Err(ApiError::Internal(
                 "container interfaces missing after veth creation".into(),
             ));
         };
         inside.set_up(lo).await.map_err(|e| internal(&e))?;
-        inside.set_up(eth0).await.map_err(|e| internal(&e))?;
+        inside.set_up(eth).await.map_err(|e| internal(&e))?;
         inside
-            .add_address(eth0, ip, 32)
+            .add_address(eth, ip, 32)
             .await
             .map_err(|e| internal(&e))?;
         inside
-            .add_permanent_neighbour(eth0, gateway, host_mac)
+            .add_permanent_neighbour(eth, gateway, host_mac)
             .await
             .map_err(|e| internal(&e))?;
-        inside
-            .add_default_route_onlink(eth0, gateway)
-            .await
-            .map_err(|e| internal(&e))?;
+        // The first interface has the default route; a connected one
+        // routes its network's subnet, from its own address.
+        if link.first {
+            inside.add_default_route_onlink(eth, gateway).await
+        } else {
+            inside
+                .add_subnet_route_onlink(eth, network.subnet, gateway, ip)
+                .await
+        }
+        .map_err(|e| internal(&e))?;
         Ok(NetworkRecord {
             ip,
             mac,
@@ -1608,6 +1756,7 @@ impl Inner {
             netns_cookie,
             network: network.name.clone(),
             aliases: Vec::new(),
+            ifname: link.ifname.clone(),
         })
     }
 
@@ -1718,7 +1867,8 @@ impl Inner {
             warn!(%id, %e, "rollback: cannot delete veth");
         }
         if let Some((network, ip)) = &partial.dns {
-            self.stop_dns(id, network, *ip);
+            self.stop_dns(id);
+            self.dns_table.remove(id, network, *ip);
         }
         if let Some(ip) = partial.ip {
             if let Err(e) = self.datapath.remove_endpoint(ip) {
@@ -1816,7 +1966,7 @@ impl Inner {
             .values()
             .filter(|r| r.status == Status::Running)
             .collect();
-        let nets: Vec<&NetworkRecord> = running.iter().filter_map(|r| r.network.as_ref()).collect();
+        let nets: Vec<&NetworkRecord> = running.iter().flat_map(|r| r.attachments()).collect();
         let live = datapath::Live {
             ips: nets.iter().map(|n| n.ip).collect(),
             ports: running
@@ -1881,25 +2031,26 @@ impl Inner {
         }
     }
 
-    /// Registers the container's names (name, aliases, short ID) on its
-    /// user-defined network and serves 127.0.0.11:53 in the namespace of
-    /// `pid`. Nothing for the default network (as Docker's).
-    fn start_dns(
-        &mut self,
-        id: &str,
-        name: &str,
-        net: &NetworkRecord,
-        pid: u32,
-        dns: &[String],
-    ) -> Result<(), String> {
-        let def = self
-            .networks
-            .find(&net.network)
-            .map_err(|e| e.to_string())?;
+    /// Registers the container's names (name, short ID, aliases) on the
+    /// network of `net`, for the embedded DNS of that network's containers.
+    /// Nothing for the default network (as Docker's).
+    fn join_dns(&self, id: &str, name: &str, net: &NetworkRecord) {
+        let Ok(def) = self.networks.find(&net.network) else {
+            return;
+        };
         if def.is_default() {
-            return Ok(());
+            return;
         }
-        let forward = !def.internal;
+        let mut names = vec![name.to_owned(), id[..12].to_owned()];
+        names.extend(net.aliases.iter().cloned());
+        self.dns_table
+            .add(id, &net.network, def.internal, &names, net.ip);
+    }
+
+    /// Serves 127.0.0.11:53 in the namespace of `pid` for container `id`:
+    /// the names of all its networks, the rest forwarded to `dns` (else
+    /// the default upstreams).
+    fn serve_dns(&mut self, id: &str, pid: u32, dns: &[String]) -> Result<(), String> {
         let netns = netns::of_pid(pid).map_err(|e| e.to_string())?;
         let socket = dns::bind_in(netns).map_err(|e| format!("binding 127.0.0.11:53: {e}"))?;
         let upstreams = if dns.is_empty() {
@@ -1910,15 +2061,11 @@ impl Inner {
                 .map(|ip| std::net::SocketAddr::from((ip, 53)))
                 .collect()
         };
-        let mut names = vec![name.to_owned(), id[..12].to_owned()];
-        names.extend(net.aliases.iter().cloned());
-        self.dns_table.add(&net.network, &names, net.ip);
         let task = tokio::spawn(dns::serve(
             socket,
             self.dns_table.clone(),
-            net.network.clone(),
+            id.to_owned(),
             upstreams,
-            forward,
         ));
         if let Some(old) = self.dns_tasks.insert(id.to_owned(), task.abort_handle()) {
             old.abort();
@@ -1926,12 +2073,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Stops serving the container's DNS and forgets its names.
-    fn stop_dns(&mut self, id: &str, network: &str, ip: Ipv4Addr) {
+    /// Stops serving the container's DNS (its socket closes with the task).
+    fn stop_dns(&mut self, id: &str) {
         if let Some(task) = self.dns_tasks.remove(id) {
             task.abort();
         }
-        self.dns_table.remove(network, ip);
     }
 
     /// `--dns-upstream`, else the host's resolv.conf nameservers.
@@ -1943,13 +2089,21 @@ impl Inner {
         }
     }
 
+    /// Stores a changed record and keeps it as the current one.
+    fn save(&mut self, record: ContainerRecord) -> Result<(), ApiError> {
+        self.store
+            .save(&record)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        self.containers.insert(record.id.clone(), record);
+        Ok(())
+    }
+
     /// Running containers attached to `network`.
     fn members(&self, network: &str) -> Vec<&ContainerRecord> {
         self.containers
             .values()
             .filter(|r| {
-                r.status == Status::Running
-                    && r.network.as_ref().is_some_and(|n| n.network == network)
+                r.status == Status::Running && r.attachments().any(|n| n.network == network)
             })
             .collect()
     }
@@ -1994,15 +2148,24 @@ impl Inner {
             }
         }
         self.reservations.remove(&record.id);
-        let Some(net) = record.network.take() else {
-            return;
-        };
-        self.stop_dns(&record.id, &net.network, net.ip);
-        if let Err(e) = self.datapath.remove_endpoint(net.ip) {
-            warn!(id = %record.id, %e, "cannot remove endpoint");
+        self.stop_dns(&record.id);
+        let extra = std::mem::take(&mut record.extra_networks);
+        for net in extra.iter().chain(record.network.take().as_ref()) {
+            self.detach(&record.id, net).await;
         }
-        if let Err(e) = self.datapath.remove_netns(net.netns_cookie) {
-            warn!(id = %record.id, %e, "cannot forget the namespace");
+    }
+
+    /// Takes one network attachment apart: DNS names, endpoint, socket
+    /// hooks (for the first), veth, address.
+    async fn detach(&mut self, id: &str, net: &NetworkRecord) {
+        self.dns_table.remove(id, &net.network, net.ip);
+        if let Err(e) = self.datapath.remove_endpoint(net.ip) {
+            warn!(%id, %e, "cannot remove endpoint");
+        }
+        if net.ifname == "eth0"
+            && let Err(e) = self.datapath.remove_netns(net.netns_cookie)
+        {
+            warn!(%id, %e, "cannot forget the namespace");
         }
         self.datapath.forget(&net.host_ifname);
         // The veth normally dies with the container's namespace, but that
@@ -2011,11 +2174,11 @@ impl Inner {
         match self.netlink.index_of(&net.host_ifname).await {
             Ok(Some(index)) => {
                 if let Err(e) = self.netlink.delete(index).await {
-                    warn!(id = %record.id, %e, "cannot delete veth");
+                    warn!(%id, %e, "cannot delete veth");
                 }
             }
             Ok(None) => {}
-            Err(e) => warn!(id = %record.id, %e, "cannot look up veth"),
+            Err(e) => warn!(%id, %e, "cannot look up veth"),
         }
         self.networks.release(net.ip);
     }
@@ -2180,7 +2343,7 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
         if let Err(e) = cgroups.remove(&record.id) {
             failures.push(e.to_string());
         }
-        if let Some(net) = &record.network {
+        for net in record.attachments() {
             match netlink.index_of(&net.host_ifname).await {
                 Ok(Some(index)) => {
                     if let Err(e) = netlink.delete(index).await {
@@ -2251,6 +2414,43 @@ mod tests {
         ] {
             assert!(!is_host_veth(other), "{other}");
         }
+    }
+
+    #[test]
+    fn links_get_distinct_interface_and_veth_names() {
+        let id = "d763e2d11f6b0123";
+        let first = Link::first(id);
+        assert_eq!(
+            (first.ifname.as_str(), first.host_ifname.as_str()),
+            ("eth0", "fyd763e2d11f6b")
+        );
+        let mut taken = vec![NetworkRecord {
+            ip: Ipv4Addr::new(10, 90, 0, 2),
+            mac: [0; 6],
+            host_ifname: first.host_ifname.clone(),
+            host_ifindex: 1,
+            host_mac: [0; 6],
+            netns_cookie: 1,
+            network: "a".into(),
+            aliases: vec![],
+            ifname: first.ifname.clone(),
+        }];
+        let second = Link::next(id, &taken.iter().collect::<Vec<_>>()).expect("second");
+        assert_eq!(
+            (second.ifname.as_str(), second.host_ifname.as_str()),
+            ("eth1", "fyd763e2d11f6g")
+        );
+        assert!(is_host_veth(&second.host_ifname) && !second.first);
+        taken.push(NetworkRecord {
+            host_ifname: second.host_ifname,
+            ifname: second.ifname,
+            ..taken[0].clone()
+        });
+        let third = Link::next(id, &taken.iter().collect::<Vec<_>>()).expect("third");
+        assert_eq!(
+            (third.ifname.as_str(), third.host_ifname.as_str()),
+            ("eth2", "fyd763e2d11f6h")
+        );
     }
 
     #[test]

@@ -32,45 +32,69 @@ const TTL: u32 = 600;
 /// How long an upstream resolver gets to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The names of each network's containers: network -> (lowercase name,
-/// address) pairs. The daemon adds a container's names when it starts and
-/// removes them when it goes.
+/// The names of each network's containers, and the networks of each
+/// container. The daemon adds a container's names on a network when it
+/// joins it and removes them when it leaves.
 #[derive(Clone, Default)]
-pub struct Table(Arc<RwLock<HashMap<String, Vec<NameEntry>>>>);
+pub struct Table(Arc<RwLock<Names>>);
 
-/// A lowercase name and its address.
-type NameEntry = (String, Ipv4Addr);
+#[derive(Default)]
+struct Names {
+    /// network -> (lowercase name, address).
+    by_network: HashMap<String, Vec<(String, Ipv4Addr)>>,
+    /// container ID -> (network, internal) it is attached to.
+    of_container: HashMap<String, Vec<(String, bool)>>,
+}
 
 impl Table {
-    pub fn add(&self, network: &str, names: &[String], ip: Ipv4Addr) {
+    /// Container `id` joined `network` (internal or not) as `names` at `ip`.
+    pub fn add(&self, id: &str, network: &str, internal: bool, names: &[String], ip: Ipv4Addr) {
         if let Ok(mut t) = self.0.write() {
-            let entries = t.entry(network.to_owned()).or_default();
+            let entries = t.by_network.entry(network.to_owned()).or_default();
             entries.extend(names.iter().map(|n| (n.to_ascii_lowercase(), ip)));
+            t.of_container
+                .entry(id.to_owned())
+                .or_default()
+                .push((network.to_owned(), internal));
         }
     }
 
-    pub fn remove(&self, network: &str, ip: Ipv4Addr) {
-        if let Ok(mut t) = self.0.write()
-            && let Some(entries) = t.get_mut(network)
-        {
-            entries.retain(|(_, a)| *a != ip);
+    /// Container `id` left `network`, where it was `ip`.
+    pub fn remove(&self, id: &str, network: &str, ip: Ipv4Addr) {
+        if let Ok(mut t) = self.0.write() {
+            if let Some(entries) = t.by_network.get_mut(network) {
+                entries.retain(|(_, a)| *a != ip);
+            }
+            if let Some(nets) = t.of_container.get_mut(id) {
+                nets.retain(|(n, _)| n != network);
+                if nets.is_empty() {
+                    t.of_container.remove(id);
+                }
+            }
         }
     }
 
-    /// Addresses of `name` (lowercase, no trailing dot) on `network`.
-    pub fn lookup(&self, network: &str, name: &str) -> Vec<Ipv4Addr> {
+    /// What `name` (lowercase, no trailing dot) is to container `id`: the
+    /// addresses of that name on the container's networks, and whether it
+    /// may ask upstream (it is on a network that is not internal).
+    pub fn resolve(&self, id: &str, name: &str) -> (Vec<Ipv4Addr>, bool) {
         let Ok(t) = self.0.read() else {
-            return Vec::new();
+            return (Vec::new(), false);
         };
-        let mut out: Vec<Ipv4Addr> = t
-            .get(network)
-            .into_iter()
+        let nets = t
+            .of_container
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let mut found: Vec<Ipv4Addr> = nets
+            .iter()
+            .filter_map(|(n, _)| t.by_network.get(n))
             .flatten()
             .filter(|(n, _)| n == name)
             .map(|(_, a)| *a)
             .collect();
-        out.dedup();
-        out
+        found.dedup();
+        (found, nets.iter().any(|(_, internal)| !internal))
     }
 }
 
@@ -85,9 +109,10 @@ pub enum Outcome {
     Ignore,
 }
 
-/// Answers `query` for a container on `network`: its containers' names
-/// from `table`; others forwarded when `forward`, else REFUSED.
-pub fn answer(query: &[u8], table: &Table, network: &str, forward: bool) -> Outcome {
+/// Answers `query` for `container` (its ID): the names of its networks
+/// from `table`; others forwarded if it is on a network that is not
+/// internal, else REFUSED.
+pub fn answer(query: &[u8], table: &Table, container: &str) -> Outcome {
     let Ok(msg) = Message::from_vec(query) else {
         return match query.get(..2) {
             Some(id) => reply_code(u16::from_be_bytes([id[0], id[1]]), ResponseCode::FormErr),
@@ -106,8 +131,9 @@ pub fn answer(query: &[u8], table: &Table, network: &str, forward: bool) -> Outc
     };
     let name = q.name().to_lowercase().to_ascii();
     let name = name.trim_end_matches('.');
+    let (found, forward) = table.resolve(container, name);
     let found = if q.query_class() == DNSClass::IN {
-        table.lookup(network, name)
+        found
     } else {
         Vec::new()
     };
@@ -159,9 +185,8 @@ pub fn bind_in(netns: std::fs::File) -> io::Result<std::net::UdpSocket> {
 pub async fn serve(
     socket: std::net::UdpSocket,
     table: Table,
-    network: String,
+    id: String,
     upstreams: Vec<SocketAddr>,
-    forward: bool,
 ) {
     let socket = match tokio::net::UdpSocket::from_std(socket) {
         Ok(s) => Arc::new(s),
@@ -181,7 +206,7 @@ pub async fn serve(
             }
         };
         let query = buf[..len].to_vec();
-        match answer(&query, &table, &network, forward) {
+        match answer(&query, &table, &id) {
             Outcome::Reply(bytes) => {
                 let _ = socket.send_to(&bytes, peer).await;
             }
@@ -273,51 +298,65 @@ mod tests {
     fn names_of_the_network_are_answered_and_others_forwarded() {
         let table = Table::default();
         let ip = Ipv4Addr::new(10, 90, 0, 2);
-        table.add("blue", &["Web".into(), "www".into()], ip);
-        table.add("green", &["db".into()], Ipv4Addr::new(10, 90, 1, 2));
+        table.add("w", "blue", false, &["Web".into(), "www".into()], ip);
+        table.add(
+            "d",
+            "green",
+            false,
+            &["db".into()],
+            Ipv4Addr::new(10, 90, 1, 2),
+        );
+        table.add(
+            "c",
+            "blue",
+            false,
+            &["client".into()],
+            Ipv4Addr::new(10, 90, 0, 3),
+        );
+        table.add(
+            "v",
+            "vault",
+            true,
+            &["v".into()],
+            Ipv4Addr::new(10, 90, 2, 2),
+        );
+        let ask = |name: &str, kind, id: &str| answer(&query(name, kind), &table, id);
 
-        let r = reply(answer(&query("web.", RecordType::A), &table, "blue", true));
+        let r = reply(ask("web.", RecordType::A, "c"));
         assert_eq!(r.metadata.id, 0x4242);
         assert_eq!(r.metadata.response_code, ResponseCode::NoError);
         assert!(r.metadata.recursion_desired && r.metadata.authoritative);
         let got: Vec<_> = r.answers.iter().map(|a| a.data.clone()).collect();
         assert_eq!(got, vec![RData::A(A(ip))]);
-        let r = reply(answer(
-            &query("WWW", RecordType::AAAA),
-            &table,
-            "blue",
-            true,
-        ));
+        let r = reply(ask("WWW", RecordType::AAAA, "c"));
         assert_eq!(
             (r.metadata.response_code, r.answers.len()),
             (ResponseCode::NoError, 0)
         );
 
         // Another network's names are not this network's.
-        assert_eq!(
-            answer(&query("db", RecordType::A), &table, "blue", true),
-            Outcome::Forward
-        );
-        let r = reply(answer(
-            &query("example.com", RecordType::A),
-            &table,
-            "blue",
-            false,
-        ));
+        assert_eq!(ask("db", RecordType::A, "c"), Outcome::Forward);
+        // Internal only: no upstream.
+        let r = reply(ask("example.com", RecordType::A, "v"));
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        // A second network adds its names, and here the way out.
+        let second = Ipv4Addr::new(10, 90, 1, 9);
+        table.add("v", "green", false, &["v".into()], second);
+        assert_eq!(reply(ask("db", RecordType::A, "v")).answers.len(), 1);
+        assert_eq!(ask("example.com", RecordType::A, "v"), Outcome::Forward);
+        table.remove("v", "green", second);
+        let r = reply(ask("db", RecordType::A, "v"));
         assert_eq!(r.metadata.response_code, ResponseCode::Refused);
 
-        table.remove("blue", ip);
-        assert_eq!(
-            answer(&query("web", RecordType::A), &table, "blue", true),
-            Outcome::Forward
-        );
+        table.remove("w", "blue", ip);
+        assert_eq!(ask("web", RecordType::A, "c"), Outcome::Forward);
     }
 
     #[test]
     fn garbage_gets_formerr_or_nothing() {
         let table = Table::default();
-        assert_eq!(answer(&[7], &table, "n", true), Outcome::Ignore);
-        let r = reply(answer(&[0x12, 0x34, 0xff], &table, "n", true));
+        assert_eq!(answer(&[7], &table, "n"), Outcome::Ignore);
+        let r = reply(answer(&[0x12, 0x34, 0xff], &table, "n"));
         assert_eq!(
             (r.metadata.id, r.metadata.response_code),
             (0x1234, ResponseCode::FormErr)

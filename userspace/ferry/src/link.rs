@@ -324,6 +324,30 @@ impl Netlink {
     }
 
     /// `ip route add default via <gateway> dev <index> onlink`.
+    /// `ip route add <subnet> via <gateway> dev <index> onlink src <src>`:
+    /// a network reached through a container's second interface.
+    pub async fn add_subnet_route_onlink(
+        &self,
+        index: u32,
+        subnet: ipnet::Ipv4Net,
+        gateway: Ipv4Addr,
+        src: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(subnet.network(), subnet.prefix_len())
+            .gateway(gateway)
+            .pref_source(src)
+            .output_interface(index)
+            .onlink()
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .execute()
+            .await
+            .map_err(Self::fail("add route via", gateway))
+    }
+
     pub async fn add_default_route_onlink(
         &self,
         index: u32,

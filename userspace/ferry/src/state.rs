@@ -61,6 +61,13 @@ pub struct NetworkRecord {
     /// Other names of the container on that network.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The interface inside the container.
+    #[serde(default = "first_ifname")]
+    pub ifname: String,
+}
+
+fn first_ifname() -> String {
+    "eth0".to_owned()
 }
 
 fn default_network() -> String {
@@ -86,6 +93,9 @@ pub struct ContainerRecord {
     pub exit_code: Option<i32>,
     pub finished: Option<u64>,
     pub network: Option<NetworkRecord>,
+    /// Networks joined with `ferry network connect`: eth1, eth2, ...
+    #[serde(default)]
+    pub extra_networks: Vec<NetworkRecord>,
     /// Published ports, as allocated (kept while stopped, like Docker).
     #[serde(default)]
     pub ports: Vec<crate::portmap::PortMapping>,
@@ -99,6 +109,11 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// Every network attachment: the first (eth0), then connected ones.
+    pub fn attachments(&self) -> impl Iterator<Item = &NetworkRecord> {
+        self.network.iter().chain(&self.extra_networks)
+    }
+
     pub fn short_id(&self) -> &str {
         &self.id[..12.min(self.id.len())]
     }
@@ -259,7 +274,9 @@ mod tests {
                 netns_cookie: 7,
                 network: "bridge".into(),
                 aliases: vec![],
+                ifname: "eth0".into(),
             }),
+            extra_networks: vec![],
             ports: vec![],
             oom_killed: false,
             working_dir: String::new(),

@@ -6,8 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry::{
     api::{
-        ContainerJson, DatapathJson, EndpointConfig, ExecRequest, HostConfig, NetworkCreate,
-        NetworkJson, RunRequest, Stats, WaitResponse,
+        ContainerJson, DatapathJson, EndpointConfig, ExecRequest, HostConfig, NetworkConnect,
+        NetworkCreate, NetworkDisconnect, NetworkJson, RunRequest, Stats, WaitResponse,
     },
     cgroup::{Resources, parse_size},
     client::Client,
@@ -174,6 +174,19 @@ enum NetworkAction {
         #[arg(required = true)]
         networks: Vec<String>,
     },
+    /// Give a running container an interface (eth1, ...) on a network.
+    Connect {
+        /// The container's IPv4 address on it.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Another name of the container on it (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        network: String,
+        container: String,
+    },
+    /// Remove the interface a container got with connect.
+    Disconnect { network: String, container: String },
 }
 
 /// `ferry run`'s flags, as `docker run` takes them.
@@ -379,6 +392,37 @@ async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<ExitC
             if missing {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        NetworkAction::Connect {
+            ip,
+            aliases,
+            network,
+            container,
+        } => {
+            let req = NetworkConnect {
+                container,
+                endpoint_config: EndpointConfig {
+                    ipv4_address: ip.unwrap_or_default(),
+                    aliases,
+                },
+            };
+            client
+                .call::<()>(
+                    Method::POST,
+                    &format!("/networks/{network}/connect"),
+                    Some(&req),
+                )
+                .await?;
+        }
+        NetworkAction::Disconnect { network, container } => {
+            let req = NetworkDisconnect { container };
+            client
+                .call::<()>(
+                    Method::POST,
+                    &format!("/networks/{network}/disconnect"),
+                    Some(&req),
+                )
+                .await?;
         }
         NetworkAction::Rm { networks } => {
             let mut failed = false;
