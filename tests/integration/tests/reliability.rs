@@ -82,6 +82,12 @@ fn finish(mut job: (Background, PathBuf), limit: Duration) -> (bool, String) {
     )
 }
 
+/// Whether a GET of `url` from the client namespace succeeds.
+fn http_ok(world: &World, url: &str) -> bool {
+    let mut curl = world.in_client("curl", &["-sf", "-m", "2", url]);
+    output(curl.stdin(Stdio::null())).status.success()
+}
+
 fn ct_created(world: &World) -> u64 {
     world.datapath()["Conntrack"]["Created"]
         .as_u64()
@@ -104,15 +110,7 @@ fn traffic_survives_a_killed_ferryd_and_the_restart_adopts_without_resetting() {
         Background::spawn(world.in_client("socat", &["TCP-LISTEN:9000,reuseaddr,fork", "PIPE"]));
     let url = format!("http://{HOST_UPLINK_IP}:8080/hostname");
     assert!(
-        wait_until(Duration::from_secs(5), || {
-            output(
-                world
-                    .in_client("curl", &["-sf", "-m", "2", &url])
-                    .stdin(Stdio::null()),
-            )
-            .status
-            .success()
-        }),
+        wait_until(Duration::from_secs(5), || http_ok(&world, &url)),
         "the published port never answered"
     );
     assert!(wait_until(Duration::from_secs(5), || {
@@ -154,13 +152,8 @@ fn traffic_survives_a_killed_ferryd_and_the_restart_adopts_without_resetting() {
     // While ferryd is down, new connections to the published port work.
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
-        let out = output(
-            world
-                .in_client("curl", &["-sf", "-m", "2", &url])
-                .stdin(Stdio::null()),
-        );
         assert!(
-            out.status.success(),
+            http_ok(&world, &url),
             "a new connection failed while ferryd was down"
         );
     }
@@ -309,13 +302,8 @@ fn a_restart_clears_what_a_crash_left_behind() {
         "the process in the leftover cgroup lives on"
     );
     let url = format!("http://{HOST_UPLINK_IP}:8201/hostname");
-    let out = output(
-        world
-            .in_client("curl", &["-sf", "-m", "2", &url])
-            .stdin(Stdio::null()),
-    );
     assert!(
-        out.status.success(),
+        http_ok(&world, &url),
         "the adopted container stopped answering"
     );
 }

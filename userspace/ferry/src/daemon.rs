@@ -1739,14 +1739,11 @@ impl Inner {
             .map_err(|e| internal(&e))?;
         // The first interface has the default route; a connected one
         // routes its network's subnet, from its own address.
-        if link.first {
-            inside.add_default_route_onlink(eth, gateway).await
-        } else {
-            inside
-                .add_subnet_route_onlink(eth, network.subnet, gateway, ip)
-                .await
-        }
-        .map_err(|e| internal(&e))?;
+        let subnet = (!link.first).then_some((network.subnet, ip));
+        inside
+            .add_route_onlink(eth, subnet, gateway)
+            .await
+            .map_err(|e| internal(&e))?;
         Ok(NetworkRecord {
             ip,
             mac,

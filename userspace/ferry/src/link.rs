@@ -324,19 +324,23 @@ impl Netlink {
     }
 
     /// `ip route add default via <gateway> dev <index> onlink`.
-    /// `ip route add <subnet> via <gateway> dev <index> onlink src <src>`:
-    /// a network reached through a container's second interface.
-    pub async fn add_subnet_route_onlink(
+    /// `ip route add {default | <subnet> src <src>} via <gateway> dev
+    /// <index> onlink`: a container's default route, or the subnet of a
+    /// network reached through another of its interfaces.
+    pub async fn add_route_onlink(
         &self,
         index: u32,
-        subnet: ipnet::Ipv4Net,
+        subnet: Option<(ipnet::Ipv4Net, Ipv4Addr)>,
         gateway: Ipv4Addr,
-        src: Ipv4Addr,
     ) -> Result<(), LinkError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(subnet.network(), subnet.prefix_len())
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new();
+        if let Some((net, src)) = subnet {
+            route = route
+                .destination_prefix(net.network(), net.prefix_len())
+                .pref_source(src);
+        }
+        let route = route
             .gateway(gateway)
-            .pref_source(src)
             .output_interface(index)
             .onlink()
             .build();
@@ -346,23 +350,5 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::fail("add route via", gateway))
-    }
-
-    pub async fn add_default_route_onlink(
-        &self,
-        index: u32,
-        gateway: Ipv4Addr,
-    ) -> Result<(), LinkError> {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .output_interface(index)
-            .onlink()
-            .build();
-        self.handle
-            .route()
-            .add(route)
-            .execute()
-            .await
-            .map_err(Self::fail("add default route via", gateway))
     }
 }
