@@ -3,6 +3,7 @@
 //! spread reported, with ratios. Never a pass/fail: numbers only.
 
 mod c2c;
+mod ct_scale;
 mod docker;
 mod egress;
 mod http;
@@ -25,7 +26,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 #[derive(Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all). Known: c2c, publish-http,
-    /// local-http, egress, start, port-scale.
+    /// local-http, egress, start, port-scale, conntrack-scale.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -45,6 +46,7 @@ const SCENARIOS: &[&str] = &[
     "egress",
     "start",
     "port-scale",
+    "conntrack-scale",
 ];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -75,6 +77,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "egress" => egress::run(args)?,
             "start" => start::run(args)?,
             "port-scale" => port_scale::run(args, &out_dir)?,
+            "conntrack-scale" => ct_scale::run(args, &out_dir)?,
             _ => unreachable!("checked above"),
         };
         report.add(section);
