@@ -402,3 +402,40 @@ fn a_publish_on_every_address_covers_addresses_added_later() {
         "the new host address does not serve the published port"
     );
 }
+
+/// An ICMP error the container itself sends about a published flow (here:
+/// port unreachable, nothing listens behind the UDP publish) goes out
+/// translated back to the published address, so the client's connected
+/// socket sees it; counted as the container's traffic.
+#[test]
+fn a_containers_port_unreachable_reaches_the_client_of_a_published_port() {
+    let world = World::new();
+    run_ok(
+        &world,
+        "silent",
+        &["5400:5400/udp"],
+        &["sleep".into(), "infinity".into()],
+    );
+    let tx_before = world.inspect("silent")["Ferry"]["Counters"]["TxPackets"]
+        .as_u64()
+        .unwrap_or(0);
+    let script = format!("(echo a; sleep 1; echo b) | socat -T 3 - UDP:{HOST_UPLINK_IP}:5400");
+    let out = output(
+        world
+            .in_client("sh", &["-c", &script])
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused"),
+        "the container's port unreachable did not reach the client: {err}"
+    );
+    let tx = world.inspect("silent")["Ferry"]["Counters"]["TxPackets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        tx > tx_before,
+        "the ICMP error was not counted as the container's"
+    );
+}
