@@ -18,9 +18,10 @@ use ferry_integration::{HOST_UPLINK_IP, TempNetns, World, wait_until};
 use serde_json::{Value, json};
 
 use super::{
-    BenchArgs,
+    BenchArgs, KernelSwitch,
     docker::DockerBridge,
     http::{Target, client_of, docroot, nginx_conf, run_nginx, wrk},
+    prog_stats,
     report::{Chart, Section, Table},
     spawn_in, spread,
 };
@@ -104,47 +105,12 @@ fn nf_slab() -> (u64, u64) {
         .unwrap_or((0, 0))
 }
 
-/// `bpftool -j prog show pinned PATH`: (run_time_ns, run_cnt).
-fn prog_stats(path: &Path) -> (u64, u64) {
-    let out = capture(
-        std::process::Command::new("bpftool")
-            .args(["-j", "prog", "show", "pinned"])
-            .arg(path),
-    )
-    .ok()
-    .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-    .unwrap_or_default();
-    (
-        out["run_time_ns"].as_u64().unwrap_or(0),
-        out["run_cnt"].as_u64().unwrap_or(0),
-    )
-}
-
-/// Turns on the kernel's BPF run-time statistics for the scenario and
-/// puts the previous setting back when dropped.
-struct BpfStats(String);
-
-impl BpfStats {
-    fn on() -> Self {
-        let path = "/proc/sys/kernel/bpf_stats_enabled";
-        let before = std::fs::read_to_string(path).unwrap_or_else(|_| "0".into());
-        let _ = std::fs::write(path, "1");
-        Self(before.trim().to_owned())
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
-    }
-}
-
 pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     let root = docroot(out_dir)?;
     step(&format!(
         "bench conntrack-scale: ferry and Docker's datapath, then {FLOWS} flows"
     ));
-    let _stats = BpfStats::on();
+    let _stats = KernelSwitch::on("kernel/bpf_stats_enabled");
 
     // ferry: nginx published on 8080, a container publishing the flood's
     // two UDP ports. Per-CPU LRU lists split the map's capacity by CPU and

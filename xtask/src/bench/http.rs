@@ -129,7 +129,7 @@ pub(super) fn client_of(host: &TempNetns, prefix: &str) -> TempNetns {
     client
 }
 
-fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+pub(super) fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let host = TempNetns::new(&unique_name("fyh"));
     let client = client_of(&host, "10.202.0");
     let conf = nginx_conf(out_dir, "host", 8080, root)?;
@@ -148,7 +148,7 @@ fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
 
 /// nginx in a ferry container; `xdp` is ferryd's `--xdp-prefilter`
 /// (`auto` leaves it off on this veth uplink).
-fn ferry_target(
+pub(super) fn ferry_target(
     out_dir: &Path,
     root: &Path,
     name: &'static str,

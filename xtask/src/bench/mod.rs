@@ -8,6 +8,7 @@ mod docker;
 mod egress;
 mod http;
 mod port_scale;
+mod profile;
 mod report;
 mod start;
 mod tools;
@@ -26,7 +27,8 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 #[derive(Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all). Known: c2c, publish-http,
-    /// local-http, egress, start, port-scale, conntrack-scale.
+    /// local-http, egress, start, port-scale, conntrack-scale,
+    /// publish-profile.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -47,6 +49,7 @@ const SCENARIOS: &[&str] = &[
     "start",
     "port-scale",
     "conntrack-scale",
+    "publish-profile",
 ];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -78,6 +81,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "start" => start::run(args)?,
             "port-scale" => port_scale::run(args, &out_dir)?,
             "conntrack-scale" => ct_scale::run(args, &out_dir)?,
+            "publish-profile" => profile::run(args, &out_dir)?,
             _ => unreachable!("checked above"),
         };
         report.add(section);
@@ -178,4 +182,46 @@ pub fn spread(samples: &[f64]) -> (f64, f64, f64) {
         return (0.0, 0.0, 0.0);
     }
     (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// A kernel sysctl (path below /proc/sys) switched to 1 for a scenario and
+/// put back as it was when dropped.
+pub struct KernelSwitch {
+    path: PathBuf,
+    before: String,
+}
+
+impl KernelSwitch {
+    pub fn on(sysctl: &str) -> Self {
+        let path = Path::new("/proc/sys").join(sysctl);
+        let before = std::fs::read_to_string(&path).unwrap_or_else(|_| "0".into());
+        let _ = std::fs::write(&path, "1");
+        Self {
+            path,
+            before: before.trim().to_owned(),
+        }
+    }
+}
+
+impl Drop for KernelSwitch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.path, &self.before);
+    }
+}
+
+/// `bpftool -j prog show pinned PATH`: (run_time_ns, run_cnt), counted
+/// while `kernel/bpf_stats_enabled` is on.
+pub fn prog_stats(path: &Path) -> (u64, u64) {
+    let out = capture(
+        Command::new("bpftool")
+            .args(["-j", "prog", "show", "pinned"])
+            .arg(path),
+    )
+    .ok()
+    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+    .unwrap_or_default();
+    (
+        out["run_time_ns"].as_u64().unwrap_or(0),
+        out["run_cnt"].as_u64().unwrap_or(0),
+    )
 }
