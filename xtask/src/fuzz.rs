@@ -5,7 +5,6 @@
 
 use std::process::Command;
 
-use anyhow::bail;
 use clap::Args;
 
 use crate::{run_cmd, setup, step, workspace_root};
@@ -38,16 +37,7 @@ fn ensure_cargo_fuzz() -> anyhow::Result<()> {
 pub fn run(args: &FuzzArgs) -> anyhow::Result<()> {
     setup::run()?;
     ensure_cargo_fuzz()?;
-    let selected: Vec<&str> = if args.targets.is_empty() {
-        TARGETS.to_vec()
-    } else {
-        args.targets.iter().map(String::as_str).collect()
-    };
-    for t in &selected {
-        if !TARGETS.contains(t) {
-            bail!("unknown fuzz target {t:?}; known: {}", TARGETS.join(", "));
-        }
-    }
+    let selected = crate::select(&args.targets, TARGETS, "fuzz target")?;
     let dir = workspace_root().join("tests/fuzz");
     for target in selected {
         step(&format!("fuzz: {target} for {} s", args.seconds));

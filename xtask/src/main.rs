@@ -75,6 +75,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `given` names (all of `known` if none), each checked against
+/// `known`; an unknown one is an error naming the `what` and the choices.
+fn select<'a>(given: &'a [String], known: &[&'a str], what: &str) -> anyhow::Result<Vec<&'a str>> {
+    if given.is_empty() {
+        return Ok(known.to_vec());
+    }
+    given
+        .iter()
+        .map(|g| match known.iter().find(|k| **k == g.as_str()) {
+            Some(k) => Ok(*k),
+            None => bail!("unknown {what} {g:?}; known: {}", known.join(", ")),
+        })
+        .collect()
+}
+
 /// Prints a step so long tasks show progress.
 fn step(what: &str) {
     eprintln!("\x1b[1m==> {what}\x1b[0m");

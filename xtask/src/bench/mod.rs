@@ -18,7 +18,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Args;
 use ferry_integration::{Background, in_netns, join_cgroup, use_bin_dir};
 
@@ -57,16 +57,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     setup::run()?;
     build::run()?;
     use_bin_dir(build::bin_dir());
-    let selected: Vec<&str> = if args.scenarios.is_empty() {
-        SCENARIOS.to_vec()
-    } else {
-        args.scenarios.iter().map(String::as_str).collect()
-    };
-    for s in &selected {
-        if !SCENARIOS.contains(s) {
-            bail!("unknown scenario {s:?}; known: {}", SCENARIOS.join(", "));
-        }
-    }
+    let selected = crate::select(&args.scenarios, SCENARIOS, "scenario")?;
     let out_dir = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let machine = machine_summary();
