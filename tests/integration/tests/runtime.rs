@@ -537,6 +537,20 @@ fn exec_runs_inside_the_running_container() {
     }
     assert_eq!(stderr(&out), "oops\n");
 
+    // A request bigger than one argv string may be (128 KiB): 300 KB of
+    // environment in three entries.
+    let big: Vec<String> = ["A", "B", "C"]
+        .iter()
+        .map(|k| format!("{k}={}", "x".repeat(100_000)))
+        .collect();
+    let mut args = vec!["exec"];
+    for e in &big {
+        args.extend(["-e", e.as_str()]);
+    }
+    args.extend(["target", "sh", "-c", "echo $((${#A} + ${#B} + ${#C}))"]);
+    let out = world.ferry(&args);
+    assert_eq!(stdout(&out).trim(), "300000", "{}", stderr(&out));
+
     let missing = world.ferry(&["exec", "target", "no-such-command"]);
     assert_eq!(missing.status.code(), Some(127), "{}", stderr(&missing));
     assert!(

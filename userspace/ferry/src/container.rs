@@ -446,15 +446,25 @@ pub struct ExecSpec {
     pub hostname: String,
 }
 
-/// Entry point of the exec helper (`ferryd __exec SPEC`): joins the
-/// container's cgroups and namespaces, forks the command into its PID
-/// namespace with the workload's privileges, and exits with its status
-/// (126 if it could not be started, 127 if it was not found, as Docker).
-pub fn exec_main(spec: &str) -> ! {
-    let code = match serde_json::from_str::<ExecSpec>(spec)
-        .map_err(|e| format!("bad exec spec: {e}"))
-        .and_then(|spec| run_exec(&spec))
-    {
+/// Entry point of the exec helper (`ferryd __exec`, the spec as JSON on
+/// stdin: no argument-length limit): joins the container's cgroups and
+/// namespaces, forks the command into its PID namespace with the
+/// workload's privileges and /dev/null as stdin, and exits with its
+/// status (126 if it could not be started, 127 if it was not found, as
+/// Docker).
+pub fn exec_main() -> ! {
+    let mut spec = String::new();
+    let code = match io::stdin()
+        .read_to_string(&mut spec)
+        .map_err(|e| format!("reading the exec spec: {e}"))
+        .and_then(|_| {
+            serde_json::from_str::<ExecSpec>(&spec).map_err(|e| format!("bad exec spec: {e}"))
+        })
+        .and_then(|spec| {
+            let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
+            dup2_stdin(&null).map_err(|e| format!("stdin: {e}"))?;
+            run_exec(&spec)
+        }) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("ferry exec: {err}");

@@ -809,12 +809,25 @@ impl Daemon {
         let spec = serde_json::to_string(&spec).map_err(|e| internal(&e))?;
         let mut child = tokio::process::Command::new("/proc/self/exe")
             .arg(container::EXEC_ARG)
-            .arg(spec)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
             .map_err(|e| internal(&format!("cannot start the exec helper: {e}")))?;
+        // The spec goes through a pipe, not argv: one argument is limited to
+        // 128 KiB, a request body to 1 MiB.
+        {
+            use tokio::io::AsyncWriteExt as _;
+            let mut stdin = child
+                .stdin
+                .take()
+                .ok_or_else(|| internal(&"the exec helper has no input pipe"))?;
+            stdin
+                .write_all(spec.as_bytes())
+                .await
+                .map_err(|e| internal(&format!("passing the exec spec: {e}")))?;
+        }
         let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
             return Err(internal(&"the exec helper has no output pipes"));
         };

@@ -104,10 +104,11 @@ fn main() -> ExitCode {
     }
     // args_os: a non-UTF-8 argument (a path) must reach clap's error, not
     // panic here.
-    let mut argv = std::env::args_os();
-    if argv.nth(1).is_some_and(|a| a == container::EXEC_ARG) {
-        let spec = argv.next().unwrap_or_default();
-        container::exec_main(&spec.to_string_lossy());
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == container::EXEC_ARG)
+    {
+        container::exec_main();
     }
     let args = Args::parse();
     let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
