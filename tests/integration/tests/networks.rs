@@ -304,8 +304,17 @@ fn ferry_exec(world: &World, c: &Container, cmd: &[&str]) -> std::process::Outpu
 /// The address `name` resolves to inside container `c` (its resolver,
 /// through glibc), or `None`.
 fn resolve(world: &World, c: &Container, name: &str) -> Option<String> {
+    resolve_with(world, c, name, &[])
+}
+
+/// Like [`resolve`], with extra `ferry exec` flags (e.g. an environment).
+fn resolve_with(world: &World, c: &Container, name: &str, flags: &[&str]) -> Option<String> {
     let script = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))";
-    let out = ferry_exec(world, c, &["python3", "-c", script, name]);
+    let mut cmd = flags.to_vec();
+    cmd.extend([c.name.as_str(), "python3", "-c", script, name]);
+    let mut args = vec!["exec"];
+    args.extend(cmd);
+    let out = world.ferry(&args);
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -371,6 +380,17 @@ fn the_embedded_dns_answers_the_networks_names_and_forwards_the_rest() {
         Some(safe.ip.as_str())
     );
     assert_eq!(resolve(&world, &safe, "example.com"), None);
+    // Over TCP too (glibc's use-vc): the network's names, and forwarded
+    // ones (asked upstream over UDP, answered over TCP).
+    let tcp = ["-e", "RES_OPTIONS=use-vc"];
+    assert_eq!(
+        resolve_with(&world, &client, "www", &tcp).as_deref(),
+        Some(web.ip.as_str())
+    );
+    assert_eq!(
+        resolve_with(&world, &client, "example.com", &tcp).as_deref(),
+        Some("192.0.2.44")
+    );
     // A removed container's name goes with it.
     world.ferry_ok(&["rm", "-f", "web"]);
     assert_eq!(resolve(&world, &client, "web"), None);

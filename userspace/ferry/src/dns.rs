@@ -168,34 +168,53 @@ fn reply_code(id: u16, code: ResponseCode) -> Outcome {
     }
 }
 
-/// Binds 127.0.0.11:53/udp inside the network namespace `netns` (from a
-/// short-lived thread, so no runtime thread ever changes namespace).
-pub fn bind_in(netns: std::fs::File) -> io::Result<std::net::UdpSocket> {
+/// The resolver's sockets in one container's namespace.
+pub struct Sockets {
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+}
+
+/// Binds 127.0.0.11:53, UDP and TCP, inside the network namespace `netns`
+/// (from a short-lived thread, so no runtime thread ever changes
+/// namespace).
+pub fn bind_in(netns: std::fs::File) -> io::Result<Sockets> {
     std::thread::spawn(move || {
         let _in = crate::netns::NetNsGuard::enter(netns.as_fd()).map_err(io::Error::other)?;
-        let socket = std::net::UdpSocket::bind((DNS_ADDR, 53))?;
-        socket.set_nonblocking(true)?;
-        Ok(socket)
+        let udp = std::net::UdpSocket::bind((DNS_ADDR, 53))?;
+        udp.set_nonblocking(true)?;
+        let tcp = std::net::TcpListener::bind((DNS_ADDR, 53))?;
+        tcp.set_nonblocking(true)?;
+        Ok(Sockets { udp, tcp })
     })
     .join()
     .map_err(|_| io::Error::other("the DNS bind thread panicked"))?
 }
 
-/// Serves one container's DNS socket until the task is aborted.
-pub async fn serve(
-    socket: std::net::UdpSocket,
-    table: Table,
-    id: String,
-    upstreams: Vec<SocketAddr>,
-) {
-    let socket = match tokio::net::UdpSocket::from_std(socket) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
+/// Serves one container's resolver until the task is aborted.
+pub async fn serve(sockets: Sockets, table: Table, id: String, upstreams: Vec<SocketAddr>) {
+    let (udp, tcp) = match (
+        tokio::net::UdpSocket::from_std(sockets.udp),
+        tokio::net::TcpListener::from_std(sockets.tcp),
+    ) {
+        (Ok(u), Ok(t)) => (Arc::new(u), t),
+        (Err(e), _) | (_, Err(e)) => {
             warn!(%e, "cannot serve a DNS socket");
             return;
         }
     };
     let upstreams = Arc::new(upstreams);
+    tokio::join!(
+        serve_udp(udp, &table, &id, &upstreams),
+        serve_tcp(tcp, &table, &id, &upstreams)
+    );
+}
+
+async fn serve_udp(
+    socket: Arc<tokio::net::UdpSocket>,
+    table: &Table,
+    id: &str,
+    upstreams: &Arc<Vec<SocketAddr>>,
+) {
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
@@ -206,26 +225,111 @@ pub async fn serve(
             }
         };
         let query = buf[..len].to_vec();
-        match answer(&query, &table, &id) {
+        match answer(&query, table, id) {
             Outcome::Reply(bytes) => {
                 let _ = socket.send_to(&bytes, peer).await;
             }
             Outcome::Ignore => {}
             Outcome::Forward => {
-                let (socket, upstreams) = (Arc::clone(&socket), Arc::clone(&upstreams));
+                let (socket, upstreams) = (Arc::clone(&socket), Arc::clone(upstreams));
                 tokio::spawn(async move {
-                    let reply = match ask_upstreams(&query, &upstreams).await {
-                        Some(reply) => reply,
-                        None => match reply_code(query_id(&query), ResponseCode::ServFail) {
-                            Outcome::Reply(bytes) => bytes,
-                            _ => return,
-                        },
-                    };
-                    let _ = socket.send_to(&reply, peer).await;
+                    if let Some(reply) = forward(&query, &upstreams, false).await {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
                 });
             }
         }
     }
+}
+
+/// DNS over TCP (RFC 7766): length-prefixed messages, several per
+/// connection; glibc comes here when an answer was truncated or with
+/// `options use-vc`.
+async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    table: &Table,
+    id: &str,
+    upstreams: &Arc<Vec<SocketAddr>>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (table, id, upstreams) = (table.clone(), id.to_owned(), Arc::clone(upstreams));
+        tokio::spawn(async move {
+            let mut stream = stream;
+            while let Ok(Ok(query)) = tokio::time::timeout(TCP_IDLE, read_frame(&mut stream)).await
+            {
+                let reply = match answer(&query, &table, &id) {
+                    Outcome::Reply(bytes) => bytes,
+                    Outcome::Ignore => return,
+                    Outcome::Forward => match forward(&query, &upstreams, true).await {
+                        Some(reply) => reply,
+                        None => return,
+                    },
+                };
+                if write_frame(&mut stream, &reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// How long a TCP client may stay silent between queries.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+async fn read_frame(stream: &mut tokio::net::TcpStream) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let len = stream.read_u16().await?;
+    let mut msg = vec![0u8; usize::from(len)];
+    stream.read_exact(&mut msg).await?;
+    Ok(msg)
+}
+
+async fn write_frame(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let len = u16::try_from(msg.len()).map_err(io::Error::other)?;
+    stream.write_all(&len.to_be_bytes()).await?;
+    stream.write_all(msg).await
+}
+
+/// The upstream answer to `query`, or SERVFAIL. Over UDP first; a
+/// truncated answer is asked again over TCP when the client came by TCP
+/// (a UDP client retries over TCP itself).
+async fn forward(query: &[u8], upstreams: &[SocketAddr], tcp_client: bool) -> Option<Vec<u8>> {
+    let mut reply = ask_upstreams(query, upstreams).await;
+    if tcp_client && reply.as_deref().is_some_and(truncated) {
+        reply = ask_upstreams_tcp(query, upstreams).await.or(reply);
+    }
+    match reply {
+        Some(reply) => Some(reply),
+        None => match reply_code(query_id(query), ResponseCode::ServFail) {
+            Outcome::Reply(bytes) => Some(bytes),
+            _ => None,
+        },
+    }
+}
+
+/// The TC bit of a DNS message.
+fn truncated(msg: &[u8]) -> bool {
+    msg.get(2).is_some_and(|b| b & 0x02 != 0)
+}
+
+/// The first answer of the upstream resolvers over TCP, tried in order.
+async fn ask_upstreams_tcp(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let exchange = async {
+            let mut stream = tokio::net::TcpStream::connect(upstream).await?;
+            write_frame(&mut stream, query).await?;
+            read_frame(&mut stream).await
+        };
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => return Some(reply),
+            _ => debug!(%upstream, "no answer over TCP from the upstream resolver"),
+        }
+    }
+    None
 }
 
 fn query_id(query: &[u8]) -> u16 {
@@ -361,6 +465,15 @@ mod tests {
             (r.metadata.id, r.metadata.response_code),
             (0x1234, ResponseCode::FormErr)
         );
+    }
+
+    #[test]
+    fn the_truncation_bit_is_read() {
+        let mut msg = query("web", RecordType::A);
+        assert!(!truncated(&msg));
+        msg[2] |= 0x02;
+        assert!(truncated(&msg));
+        assert!(!truncated(&[0, 1]));
     }
 
     #[test]
