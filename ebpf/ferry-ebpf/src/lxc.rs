@@ -131,10 +131,14 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
     Ok(TC_ACT_REDIRECT as i32)
 }
 
-/// The `NET_*` policy bits of a network (none for the default network,
-/// which has no entry).
+/// The `NET_*` policy bits of a network. The default network (`net_id`
+/// 0) never has an entry (ferryd numbers user-defined networks from 1), so
+/// its packets, most of them, skip the lookup.
 #[inline(always)]
 fn network_flags(net_id: u32) -> u32 {
+    if net_id == 0 {
+        return 0;
+    }
     // SAFETY: hash map values are valid for the program run; copied out.
     unsafe { networks.get(&net_id) }.map_or(0, |p| p.flags)
 }
