@@ -57,6 +57,32 @@ use crate::{
 /// Host-side veths are this prefix and the first 12 hex digits of the id.
 const HOST_VETH_PREFIX: &str = "fy";
 
+/// The static address an endpoint asks for on `network` (`--ip`), checked
+/// with its aliases: both are for user-defined networks only, as in Docker.
+fn endpoint_address(
+    network: &NetworkDef,
+    ep: &crate::api::EndpointConfig,
+) -> Result<Option<Ipv4Addr>, ApiError> {
+    let ip =
+        match ep.ipv4_address.as_str() {
+            "" => None,
+            a => Some(a.parse::<Ipv4Addr>().map_err(|_| {
+                ApiError::BadRequest(format!("invalid IPv4 address {a:?} for --ip"))
+            })?),
+        };
+    if network.is_default() && (ip.is_some() || !ep.aliases.is_empty()) {
+        return Err(NetworkError::DefaultOnly {
+            what: if ip.is_some() {
+                "a user-specified IP address"
+            } else {
+                "a network-scoped alias"
+            },
+        }
+        .into());
+    }
+    Ok(ip)
+}
+
 /// Whether `name` is one of ferry's host-side veths (by its shape: the
 /// prefix, 11 hex digits of an id, and a hex digit or a letter g-z).
 fn is_host_veth(name: &str) -> bool {
@@ -395,23 +421,7 @@ impl Plan {
                     };
                     let network = inner.networks.find(name)?.clone();
                     let ep = &req.endpoint;
-                    let ip = match ep.ipv4_address.as_str() {
-                        "" => None,
-                        a => Some(
-                            a.parse::<Ipv4Addr>()
-                                .map_err(|_| bad(format!("invalid IPv4 address {a:?} for --ip")))?,
-                        ),
-                    };
-                    if network.is_default() && (ip.is_some() || !ep.aliases.is_empty()) {
-                        return Err(NetworkError::DefaultOnly {
-                            what: if ip.is_some() {
-                                "a user-specified IP address"
-                            } else {
-                                "a network-scoped alias"
-                            },
-                        }
-                        .into());
-                    }
+                    let ip = endpoint_address(&network, ep)?;
                     if network.internal && !specs.is_empty() {
                         return Err(bad(format!(
                             "conflicting options: port publishing and the internal network {}",
@@ -1308,18 +1318,7 @@ impl Daemon {
             )));
         }
         let ep = &req.endpoint_config;
-        let ip = match ep.ipv4_address.as_str() {
-            "" => None,
-            a => Some(a.parse::<Ipv4Addr>().map_err(|_| {
-                ApiError::BadRequest(format!("invalid IPv4 address {a:?} for --ip"))
-            })?),
-        };
-        if def.is_default() && (ip.is_some() || !ep.aliases.is_empty()) {
-            return Err(NetworkError::DefaultOnly {
-                what: "a user-specified IP address or alias",
-            }
-            .into());
-        }
+        let ip = endpoint_address(&def, ep)?;
         let taken: Vec<&NetworkRecord> = record.attachments().collect();
         let link = Link::next(&record.id, &taken).ok_or_else(|| {
             ApiError::Conflict(format!("container {} has no interface left", record.name))
