@@ -24,6 +24,15 @@ pub fn drop_packet(reason: DropReason) -> i32 {
     TC_ACT_SHOT as i32
 }
 
+/// The tc verdict for a program's result: its own, or a counted drop.
+#[inline(always)]
+pub fn tc_verdict(result: Result<i32, DropReason>) -> i32 {
+    match result {
+        Ok(verdict) => verdict,
+        Err(reason) => drop_packet(reason),
+    }
+}
+
 /// Which way a counted packet went, seen from the container.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Way {

@@ -15,19 +15,19 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT_REPLY, CT_SNAT, CtEntry, CtKey, DropReason, Endpoint, FragKey, GATEWAY_V4,
-    IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC,
+    CT_DNAT_REPLY, CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Endpoint, FragKey,
+    GATEWAY_V4, IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC,
 };
 
 use crate::{
-    counters::{Way, count_port, count_rx, count_tx, drop_packet},
-    csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, ttl_dec},
+    counters::{Way, count_port, count_rx, count_tx, tc_verdict},
+    csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs, networks},
     nat,
     parse::{
         ARP_OP_REPLY, ARP_OP_REQUEST, ArpHdr, ETH_HLEN, ETH_P_ARP, ETH_P_IP, EthHdr, IPV4_MIN_HLEN,
-        IcmpError, Ipv4Hdr, icmp_error_of, l4_of, later_fragment_of, mac_eq, ptr_at, pull,
+        IcmpError, Ipv4Hdr, L4, icmp_error_of, l4_of, later_fragment_of, mac_eq, ptr_at, pull,
     },
     uplink,
 };
@@ -48,10 +48,7 @@ use crate::{
 /// container's own MAC on its own veth and name its own address.
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
-    match try_from_container(&ctx) {
-        Ok(verdict) => verdict,
-        Err(reason) => drop_packet(reason),
-    }
+    tc_verdict(try_from_container(&ctx))
 }
 
 #[inline(always)]
@@ -203,8 +200,45 @@ fn to_outside(
             frag::record(src.ip, dst.ip, &l4, &entry);
             nat::snat_forward(ctx, &l4, &key, &entry)
         }
+        Some(entry) if entry.kind == CT_SNAT_REPLY => {
+            hairpin_reply(ctx, &l4, &key, entry.nat_addr, entry.nat_port)
+        }
         _ => nat::snat_new(ctx, &l4, &key, ifindex),
     }
+}
+
+/// A reply to a connection `local_ingress` brought in from `lo`, addressed
+/// to the gateway address it was masqueraded to: the destination goes back
+/// to the local socket's (`addr:port`), and the flow's published-port entry
+/// does the rest, as for a client outside (its `ifindex` is `lo`). Should
+/// that half have been evicted, the packet drops as `nat_failed` and the
+/// client's retransmission makes a new pair.
+#[inline(always)]
+fn hairpin_reply(
+    ctx: &TcContext,
+    l4: &L4,
+    key: &CtKey,
+    addr: [u8; 4],
+    port: [u8; 2],
+) -> Result<i32, DropReason> {
+    let local = CtKey {
+        daddr: addr,
+        dport: port,
+        ..*key
+    };
+    let Some(published) = ct::lookup_seen(&local, l4.tcp_flags).filter(|e| e.kind == CT_DNAT_REPLY)
+    else {
+        return Err(DropReason::NatFailed);
+    };
+    rewrite_v4(ctx, l4, Side::Dst, key.daddr, addr, port)?;
+    count_port(
+        published.nat_addr,
+        published.nat_port,
+        l4.proto,
+        Way::Out,
+        ctx.len(),
+    );
+    uplink::reply_to_client(ctx, l4, key.saddr, &published)
 }
 
 /// A later fragment of a datagram a container sends: translated like its

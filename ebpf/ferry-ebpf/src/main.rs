@@ -1,6 +1,6 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
-//! veth of each container; `uplink`: the host's outside interfaces; `xdp`: the uplinks'
-//! early prefilter; `sock`: cgroup socket hooks) and one
+//! veth of each container; `uplink`: the host's outside interfaces; `local`:
+//! the host's loopback; `xdp`: the uplinks' early prefilter; `sock`: cgroup socket hooks) and one
 //! per subsystem (`parse`, `csum`, `ct`, `nat`, `frag`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
@@ -17,6 +17,8 @@ mod ct;
 mod debug;
 #[cfg(target_arch = "bpf")]
 mod frag;
+#[cfg(target_arch = "bpf")]
+mod local;
 #[cfg(target_arch = "bpf")]
 mod lxc;
 #[cfg(target_arch = "bpf")]

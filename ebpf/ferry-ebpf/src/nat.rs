@@ -111,11 +111,26 @@ pub fn snat_new(
     let fib = route(ctx, key, BPF_FIB_LOOKUP_SRC)?;
     // SAFETY: the lookup wrote the IPv4 source member.
     let snat_addr = unsafe { fib.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
+    let port = track(key, l4, snat_addr, endpoint_ifindex)?;
+    rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
+    send(&fib)
+}
+
+/// Masquerades a new flow `key` to `snat_addr`: claims a port, records
+/// both directions (replies are translated back for delivery through
+/// `reply_ifindex`, later fragments like this one) and returns the port.
+#[inline(always)]
+pub fn track(
+    key: &CtKey,
+    l4: &L4,
+    snat_addr: [u8; 4],
+    reply_ifindex: u32,
+) -> Result<[u8; 2], DropReason> {
     let reply = CtEntry {
         nat_addr: key.saddr,
         nat_port: key.sport,
         kind: CT_SNAT_REPLY,
-        ifindex: endpoint_ifindex,
+        ifindex: reply_ifindex,
         ..CtEntry::default()
     };
     let port = allocate(key, snat_addr, &reply)?;
@@ -129,8 +144,7 @@ pub fn snat_new(
     crate::ct::insert(key, &forward);
     crate::debug::new_flow("snat", key, snat_addr, port);
     frag::record(key.saddr, key.daddr, l4, &forward);
-    rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
-    send(&fib)
+    Ok(port)
 }
 
 /// Claims a port (or ICMP echo id) for `key` translated to `snat_addr`:

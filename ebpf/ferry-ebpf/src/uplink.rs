@@ -12,7 +12,7 @@ use ferry_common::{
 };
 
 use crate::{
-    counters::{Way, count_port, count_rx, drop_packet},
+    counters::{Way, count_port, count_rx, tc_verdict},
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs, portmap},
@@ -32,10 +32,7 @@ use crate::{
 /// there; `TC_ACT_SHOT` only when a rewrite fails, counted.
 #[classifier]
 pub fn uplink_ingress(ctx: TcContext) -> i32 {
-    match try_uplink_ingress(&ctx) {
-        Ok(verdict) => verdict,
-        Err(reason) => drop_packet(reason),
-    }
+    tc_verdict(try_uplink_ingress(&ctx))
 }
 
 #[inline(always)]
@@ -104,20 +101,39 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some(endpoint) = endpoint_of(target.ip) else {
         return PASS;
     };
-    // SAFETY: bounds checked by `ptr_at` above; read before any rewrite.
-    let (client_mac, uplink_mac) = unsafe { ((*eth).src, (*eth).dst) };
+    track_published(ctx, eth, &key, &l4, &target, &endpoint);
+    count_port(daddr, l4.dport, l4.proto, Way::In, ctx.len());
+    deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
+}
+
+/// Records both directions of a new connection `key` to a published port
+/// leading to `target` (in `endpoint`): requests go to the container, and
+/// replies back out of the interface this one came in on, to the MAC it
+/// came from. Reads the frame's MACs, so it runs before any rewrite.
+#[inline(always)]
+pub fn track_published(
+    ctx: &TcContext,
+    eth: *const EthHdr,
+    key: &CtKey,
+    l4: &L4,
+    target: &PortTarget,
+    endpoint: &Endpoint,
+) {
+    // SAFETY: the caller checked the Ethernet header's bounds and has not
+    // rewritten the packet yet.
+    let (client_mac, own_mac) = unsafe { ((*eth).src, (*eth).dst) };
     // SAFETY: the program runs on an skb.
-    let uplink = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let reply = CtKey {
         saddr: target.ip,
-        daddr: saddr,
+        daddr: key.saddr,
         sport: target.port,
-        dport: l4.sport,
-        proto: l4.proto,
+        dport: key.sport,
+        proto: key.proto,
         pad: [0; 3],
     };
     ct::create(
-        &key,
+        key,
         &CtEntry {
             nat_addr: target.ip,
             nat_port: target.port,
@@ -128,24 +144,22 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         },
         &reply,
         &CtEntry {
-            nat_addr: daddr,
-            nat_port: l4.dport,
+            nat_addr: key.daddr,
+            nat_port: key.dport,
             kind: CT_DNAT_REPLY,
-            ifindex: uplink,
+            ifindex,
             dmac: client_mac,
-            smac: uplink_mac,
+            smac: own_mac,
             ..CtEntry::default()
         },
     );
-    crate::debug::new_flow("dnat", &key, target.ip, target.port);
-    count_port(daddr, l4.dport, l4.proto, Way::In, ctx.len());
-    deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
+    crate::debug::new_flow("dnat", key, target.ip, target.port);
 }
 
 /// The published port this packet (for a host address) is for: the exact
 /// address first, then a publish on every address.
 #[inline(always)]
-fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
+pub fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
     let mut key = PortKey {
         ip: daddr,
         port: l4.dport,
@@ -204,7 +218,7 @@ fn later_fragment_in(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropRea
 
 /// The local container at `addr`, copied out of the map.
 #[inline(always)]
-fn endpoint_of(addr: [u8; 4]) -> Option<Endpoint> {
+pub fn endpoint_of(addr: [u8; 4]) -> Option<Endpoint> {
     // SAFETY: hash map values are valid for the program run; copied out.
     unsafe { endpoints.get(Ipv4Key { ip: addr }) }.copied()
 }
@@ -234,7 +248,11 @@ fn deliver(
 /// Sends a packet already addressed to container `endpoint` (at `addr`)
 /// into it.
 #[inline(always)]
-fn into_container(ctx: &TcContext, addr: [u8; 4], endpoint: &Endpoint) -> Result<i32, DropReason> {
+pub fn into_container(
+    ctx: &TcContext,
+    addr: [u8; 4],
+    endpoint: &Endpoint,
+) -> Result<i32, DropReason> {
     let key = Ipv4Key { ip: addr };
     // The host is the router hop into the container, as with Docker.
     if let Ttl::Expired = ttl_dec(ctx)? {

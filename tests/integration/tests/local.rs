@@ -6,7 +6,7 @@
 
 use std::{process::Stdio, time::Duration};
 
-use ferry_integration::{HOST_UPLINK_IP, World, join_cgroup, output, wait_until};
+use ferry_integration::{HOST_UPLINK_IP, World, check, join_cgroup, output, wait_until};
 
 fn responder(port: u16, reply: &str) -> [String; 3] {
     [
@@ -65,6 +65,94 @@ fn host_processes_reach_a_published_port_on_localhost_and_host_addresses() {
         // published address the client asked for.
         assert_eq!(seen.trim(), format!("hello\n|{addr}:8080"));
     }
+}
+
+/// A process outside the hooked cgroup connects untranslated: its packets
+/// cross `lo`, where `local_ingress` translates them (DNAT to the
+/// container, masquerade to the gateway address) and the container's
+/// replies come back through `from_container` to `lo`.
+#[test]
+fn sockets_outside_the_hooked_cgroup_reach_published_ports_through_lo() {
+    let mut world = World::new();
+    run_published(
+        &world,
+        "web",
+        "8089:80",
+        &responder(80, "echo web $SOCAT_PEERADDR"),
+    );
+    let echo = ["socat", "UDP-RECVFROM:53,fork", "EXEC:cat"].map(String::from);
+    run_published(&world, "dns", "5355:53/udp", &echo);
+    for addr in [HOST_UPLINK_IP, "127.0.0.1"] {
+        let mut got = None;
+        let ok = wait_until(Duration::from_secs(5), || {
+            // `world.host.cmd`, unlike `in_host`, stays in this test's own
+            // cgroup, outside the hooks.
+            got = answer(&mut world.host.cmd("socat", &["-T", "2", "-", &tcp(addr, 8089)]));
+            got.is_some()
+        });
+        assert!(
+            ok,
+            "no answer at {addr}:8089\n{}",
+            world.ferry_ok(&["datapath"])
+        );
+        // The container sees the gateway address, as behind Docker's proxy.
+        assert_eq!(got.as_deref(), Some("web 169.254.1.1\n"));
+    }
+    // Many connections in a row: each gets its own masquerade port, and
+    // every one is answered.
+    let script = format!(
+        "for i in $(seq 40); do socat -T 2 - TCP:127.0.0.1:8089,connect-timeout=2 </dev/null; done"
+    );
+    let out = output(&mut world.host.cmd("sh", &["-c", &script]));
+    let answers = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        answers.lines().filter(|l| *l == "web 169.254.1.1").count(),
+        40,
+        "{answers}\n{}",
+        world.ferry_ok(&["datapath"])
+    );
+    let mut got = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        let out = output(
+            world
+                .host
+                .cmd(
+                    "sh",
+                    &["-c", "echo outside | socat -T 1 - UDP:127.0.0.1:5355"],
+                )
+                .stderr(Stdio::null()),
+        );
+        got = String::from_utf8_lossy(&out.stdout).into_owned();
+        got == "outside\n"
+    });
+    assert!(ok, "no UDP echo through lo: {got:?}");
+    // The flows are tracked, both halves of each, and nothing was dropped.
+    let flows = world.ferry_ok(&["conntrack", "list", "--json"]);
+    assert!(flows.contains("169.254.1.1"), "{flows}");
+    assert_eq!(world.drops("nat_failed"), 0);
+
+    // `ferryd reset` takes the program off `lo` and puts lo's settings back.
+    let lo_settings = |world: &World| {
+        ["route_localnet", "accept_local"].map(|key| {
+            check(
+                &mut world
+                    .host
+                    .cmd("sysctl", &["-n", &format!("net.ipv4.conf.lo.{key}")]),
+            )
+            .trim()
+            .to_owned()
+        })
+    };
+    assert_eq!(lo_settings(&world), ["1", "1"]);
+    world.stop_ferryd();
+    check(world.ferryd_command().arg("reset"));
+    let filters = check(
+        &mut world
+            .host
+            .cmd("tc", &["filter", "show", "dev", "lo", "ingress"]),
+    );
+    assert!(!filters.contains("local_ingress"), "{filters}");
+    assert_eq!(lo_settings(&world), ["0", "0"]);
 }
 
 #[test]

@@ -484,6 +484,9 @@ impl Daemon {
             inner.datapath.attach_uplink(&uplink, xdp)?;
             info!(%uplink, xdp_prefilter = xdp, "published ports served on this uplink");
         }
+        inner.datapath.attach_loopback()?;
+        netns::loopback_hairpin(true)
+            .map_err(|e| anyhow::anyhow!("cannot set up lo for published ports: {e}"))?;
         inner.refresh_host_addrs().await?;
         for def in inner
             .networks
@@ -2368,19 +2371,27 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
         }
         info!(id = %record.short_id(), "removed");
     }
-    for uplink in uplinks(config, &netlink).await? {
+    let tc_ingress = uplinks(config, &netlink)
+        .await?
+        .into_iter()
+        .map(|uplink| (uplink, datapath::PROG_UPLINK_INGRESS))
+        .chain([(datapath::LOOPBACK.to_owned(), datapath::PROG_LOCAL_INGRESS)]);
+    for (ifname, program) in tc_ingress {
         match aya::programs::tc::qdisc_detach_program(
-            &uplink,
+            &ifname,
             aya::programs::TcAttachType::Ingress,
-            datapath::PROG_UPLINK_INGRESS,
+            program,
         ) {
-            Ok(()) => info!(%uplink, "detached from uplink"),
+            Ok(()) => info!(%ifname, program, "detached"),
             Err(aya::programs::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => failures.push(format!("detach from {uplink}: {e}")),
+            Err(e) => failures.push(format!("detach {program} from {ifname}: {e}")),
         }
     }
     if let Err(e) = cgroups.remove_parents() {
         failures.push(e.to_string());
+    }
+    if let Err(e) = netns::loopback_hairpin(false) {
+        failures.push(format!("restore lo's settings: {e}"));
     }
     if let Err(e) = portmap::reserve_snat_ports(false) {
         failures.push(format!("release the masquerade ports: {e}"));

@@ -78,6 +78,9 @@ pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
 pub const PROG_XDP_PREFILTER: &str = "xdp_prefilter";
+pub const PROG_LOCAL_INGRESS: &str = "local_ingress";
+/// Where `local_ingress` goes: ferryd's own namespace's loopback.
+pub const LOOPBACK: &str = "lo";
 /// The cgroup socket hooks, attached to the configured cgroup2 directory.
 pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_connect4",
@@ -85,11 +88,12 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_peername4",
 ];
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 9] = [
     PROG_FROM_CONTAINER,
     PROG_TO_CONTAINER,
     PROG_UPLINK_INGRESS,
     PROG_XDP_PREFILTER,
+    PROG_LOCAL_INGRESS,
     SOCK_PROGRAMS[0],
     SOCK_PROGRAMS[1],
     SOCK_PROGRAMS[2],
@@ -423,6 +427,13 @@ impl Datapath {
                 .insert((ifname.to_owned(), program), ManuallyDrop::new(link));
         }
         Ok(())
+    }
+
+    /// Attaches `local_ingress` (tc ingress) to the loopback of the current
+    /// namespace: published ports for local sockets the socket hooks do
+    /// not translate.
+    pub fn attach_loopback(&mut self) -> Result<(), DatapathError> {
+        self.attach_programs(LOOPBACK, &[(PROG_LOCAL_INGRESS, TcAttachType::Ingress)])
     }
 
     /// Attaches the socket hooks to a cgroup2 directory (every process below

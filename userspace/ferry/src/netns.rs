@@ -79,6 +79,23 @@ pub fn write_net_sysctl(key: &str, value: &str) -> io::Result<()> {
     }
 }
 
+/// Settings of `lo` that let the host stack take the replies
+/// `local_ingress` connections get back through `lo`: unlike a loopback
+/// packet from a local socket, such a packet arrives without a route
+/// attached and is routed like one from a wire, where 127/8 destinations
+/// (`route_localnet`) and local source addresses (`accept_local`) are
+/// martians. Only on `lo`: nothing from outside arrives there.
+pub const LOOPBACK_SYSCTLS: [&str; 2] =
+    ["ipv4/conf/lo/route_localnet", "ipv4/conf/lo/accept_local"];
+
+/// Sets (or clears) [`LOOPBACK_SYSCTLS`] in the current thread's namespace.
+pub fn loopback_hairpin(enabled: bool) -> io::Result<()> {
+    let value = if enabled { "1" } else { "0" };
+    LOOPBACK_SYSCTLS
+        .iter()
+        .try_for_each(|key| write_net_sysctl(key, value))
+}
+
 /// The cookie of the current thread's network namespace (what
 /// `bpf_get_netns_cookie` returns for sockets there).
 pub fn current_cookie() -> io::Result<u64> {

@@ -12,12 +12,14 @@ use std::{
 
 use ferry::{
     datapath::{
-        Datapath, PROG_FROM_CONTAINER, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS, PROG_XDP_PREFILTER,
+        Datapath, PROG_FROM_CONTAINER, PROG_LOCAL_INGRESS, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS,
+        PROG_XDP_PREFILTER,
     },
     preflight,
 };
 use ferry_common::{
-    DropReason, Endpoint, GATEWAY_V4, NET_INTERNAL, NET_NO_ICC, PortKey, PortTarget,
+    DropReason, Endpoint, GATEWAY_V4, NET_INTERNAL, NET_NO_ICC, PortKey, PortTarget, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -531,6 +533,70 @@ fn uplink_dnat_published_port_and_reply() {
     }
 }
 
+/// Expects, for TCP and UDP: a local connection to a published port on
+/// `lo` (a socket the cgroup hooks did not translate) is DNAT'ed to A:80
+/// and masqueraded to the gateway address on a port of the masquerade
+/// range; A's reply to that address comes out as the published port's
+/// reply on loopback, with valid checksums both ways. Other loopback
+/// traffic passes untouched.
+#[test]
+fn local_ingress_hairpins_a_local_connection_and_its_reply() {
+    const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    const NO_MAC: [u8; 6] = [0; 6];
+    for proto in [6u8, 17] {
+        let mut dp = Loaded::new();
+        publish(&mut dp, proto, 8080, 80);
+        let other = l4_frame(
+            proto,
+            (LOOPBACK, 40000),
+            (LOOPBACK, 5432),
+            (NO_MAC, NO_MAC),
+            false,
+        );
+        assert_eq!(dp.run(PROG_LOCAL_INGRESS, &other), (TC_ACT_OK, other));
+        let request = l4_frame(
+            proto,
+            (LOOPBACK, 40000),
+            (LOOPBACK, 8080),
+            (NO_MAC, NO_MAC),
+            false,
+        );
+        let (verdict, out) = dp.run(PROG_LOCAL_INGRESS, &request);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}: request");
+        assert_eq!((&out[0..6], &out[6..12]), (&A.mac[..], &A.host_mac[..]));
+        assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
+        let port = sport(&out);
+        assert_eq!(ip_src(&out), Ipv4Addr::from(GATEWAY_V4));
+        assert!(
+            (SNAT_PORT_MIN..=SNAT_PORT_MAX).contains(&port),
+            "masquerade port {port}"
+        );
+        assert_checksums_valid(&out, "request");
+
+        let reply = l4_frame(
+            proto,
+            (A_IP, 80),
+            (Ipv4Addr::from(GATEWAY_V4), port),
+            (A.mac, A.host_mac),
+            false,
+        );
+        let (verdict, out) = dp.run(PROG_FROM_CONTAINER, &reply);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "proto {proto}: reply");
+        assert_eq!((&out[0..6], &out[6..12]), (&NO_MAC[..], &NO_MAC[..]));
+        assert_eq!((ip_src(&out), sport(&out)), (LOOPBACK, 8080));
+        assert_eq!((ip_dst(&out), dport(&out)), (LOOPBACK, 40000));
+        assert_checksums_valid(&out, "reply");
+
+        // The flow's next packet reuses both translations.
+        let (verdict, out) = dp.run(PROG_LOCAL_INGRESS, &request);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(
+            (ip_src(&out), sport(&out)),
+            (Ipv4Addr::from(GATEWAY_V4), port)
+        );
+    }
+}
+
 /// Expects: a UDP checksum of 0 ("none") stays 0 through the rewrite.
 #[test]
 fn uplink_dnat_udp_without_checksum() {
@@ -935,7 +1001,7 @@ fn every_program_survives_fuzzed_frames_and_counts_each_drop() {
         }
         frames.push(f);
     }
-    let programs: [(&'static str, &[u32], u32); 4] = [
+    let programs: [(&'static str, &[u32], u32); 5] = [
         (
             PROG_FROM_CONTAINER,
             &[TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT],
@@ -944,6 +1010,11 @@ fn every_program_survives_fuzzed_frames_and_counts_each_drop() {
         (PROG_TO_CONTAINER, &[TC_ACT_OK, TC_ACT_SHOT], TC_ACT_SHOT),
         (
             PROG_UPLINK_INGRESS,
+            &[TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT],
+            TC_ACT_SHOT,
+        ),
+        (
+            PROG_LOCAL_INGRESS,
             &[TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT],
             TC_ACT_SHOT,
         ),
