@@ -100,10 +100,9 @@ fn sockets_outside_the_hooked_cgroup_reach_published_ports_through_lo() {
     }
     // Many connections in a row: each gets its own masquerade port, and
     // every one is answered.
-    let script = format!(
-        "for i in $(seq 40); do socat -T 2 - TCP:127.0.0.1:8089,connect-timeout=2 </dev/null; done"
-    );
-    let out = output(&mut world.host.cmd("sh", &["-c", &script]));
+    let script =
+        "for i in $(seq 40); do socat -T 2 - TCP:127.0.0.1:8089,connect-timeout=2 </dev/null; done";
+    let out = output(&mut world.host.cmd("sh", &["-c", script]));
     let answers = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         answers.lines().filter(|l| *l == "web 169.254.1.1").count(),
