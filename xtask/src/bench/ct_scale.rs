@@ -166,6 +166,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
             _servers: Vec::new(),
             _world: None,
             _netns: Vec::new(),
+            _engine: None,
         },
         Target {
             name: "docker",
@@ -175,6 +176,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
             _servers: vec![nginx],
             _world: None,
             _netns: Vec::new(),
+            _engine: None,
         },
     ];
     for t in &targets {

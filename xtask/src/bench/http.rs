@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use super::{
     BenchArgs, bench_cmd,
     docker::DockerBridge,
+    engine::DockerEngine,
     report::{Chart, Section, Table},
     spawn, spawn_in, spread, tools,
 };
@@ -55,6 +56,9 @@ pub(super) struct Target {
     pub(super) _servers: Vec<Background>,
     pub(super) _world: Option<World>,
     pub(super) _netns: Vec<TempNetns>,
+    /// Dropped after the namespaces above (fields drop in order): its
+    /// containers and dockerd go before its own namespace.
+    pub(super) _engine: Option<DockerEngine>,
 }
 
 /// The docroot every variant serves: one small page.
@@ -143,6 +147,7 @@ pub(super) fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target>
         _servers: vec![nginx],
         _world: None,
         _netns: vec![client, host],
+        _engine: None,
     })
 }
 
@@ -166,6 +171,7 @@ pub(super) fn ferry_target(
         _servers: Vec::new(),
         _world: Some(world),
         _netns: Vec::new(),
+        _engine: None,
     })
 }
 
@@ -190,6 +196,26 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
         _servers: vec![nginx],
         _world: None,
         _netns: netns,
+        _engine: None,
+    })
+}
+
+/// nginx behind a real Docker engine: `docker run -p 8080:80`.
+fn engine_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let engine = DockerEngine::start(out_dir)?;
+    let client = client_of(&engine.host, "10.204.0");
+    let conf = nginx_conf(out_dir, "docker-engine", 80, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    engine.run_nginx(out_dir, "8080:80", conf)?;
+    Ok(Target {
+        name: "docker-engine",
+        client_ns: client.path(),
+        cgroup: None,
+        url: "http://10.204.0.1:8080/".into(),
+        _servers: Vec::new(),
+        _world: None,
+        _netns: vec![client],
+        _engine: Some(engine),
     })
 }
 
@@ -261,6 +287,7 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         ferry_target(out_dir, &root, "ferry", "auto")?,
         ferry_target(out_dir, &root, "ferry-xdp", "on")?,
         docker_target(out_dir, &root)?,
+        engine_target(out_dir, &root)?,
     ];
     let method = format!(
         "nginx (Debian's, one worker on CPU 0) serving one 560-byte page, wrk -t1 on CPU 1 from \
@@ -268,7 +295,9 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
          limit); ferry = nginx in a ferry container published with -p 8080:80, docroot \
          bind-mounted, tc only (the default on a veth uplink); ferry-xdp = the same with the \
          XDP prefilter on the uplink; docker = nginx in a namespace on a bridge behind Docker's iptables \
-         DNAT/MASQUERADE/filter rules. {} rounds of {} s per cell, keep-alive and \
+         DNAT/MASQUERADE/filter rules; docker-engine = Debian's dockerd 20.10 (own namespaces, \
+         overlay2, cgroupfs) running `docker run -p 8080:80` of an image imported from the host's \
+         nginx, docroot bind-mounted, its docker-proxy running as by default. {} rounds of {} s per cell, keep-alive and \
          Connection: close.",
         args.reps, args.seconds
     );
@@ -315,6 +344,7 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         _servers: Vec::new(),
         _world: None,
         _netns: Vec::new(),
+        _engine: None,
     };
     let targets = vec![
         target("direct", format!("http://{}:80/", c.ip)),

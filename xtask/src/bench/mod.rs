@@ -6,6 +6,7 @@ mod c2c;
 mod ct_scale;
 mod docker;
 mod egress;
+mod engine;
 mod http;
 mod port_scale;
 mod profile;

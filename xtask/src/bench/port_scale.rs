@@ -70,6 +70,7 @@ fn ferry_setup(n: u32, out_dir: &Path, root: &Path) -> anyhow::Result<(Vec<Targe
         _servers: servers,
         _world: None,
         _netns: Vec::new(),
+        _engine: None,
     };
     let targets = vec![
         target("ferry", 8080, Vec::new()),
@@ -118,6 +119,7 @@ fn docker_setup(
             _servers: vec![nginx],
             _world: None,
             _netns: vec![client],
+            _engine: None,
         },
         Target {
             name: "docker host service",
@@ -127,6 +129,7 @@ fn docker_setup(
             _servers: vec![host_nginx],
             _world: None,
             _netns: Vec::new(),
+            _engine: None,
         },
     ];
     Ok((targets, bridge))

@@ -1,7 +1,8 @@
 //! Binaries the benchmarks compare against that no Debian package installs
-//! safely: Docker's `docker-proxy` is taken out of the docker.io package
-//! (downloaded, not installed: installing it could start dockerd, which
-//! rewrites the machine's firewall).
+//! safely: Docker's `docker-proxy`, and the Docker engine itself (dockerd,
+//! containerd, runc, docker-init), are taken out of Debian's packages
+//! (downloaded and unpacked, not installed: installing docker.io would start
+//! dockerd in the machine's own namespace, where it rewrites the firewall).
 
 use std::{
     fs::File,
@@ -18,31 +19,44 @@ use anyhow::Context as _;
 
 use crate::{run_cmd, step, workspace_root};
 
-/// `target/tools/docker-proxy`, fetched once.
-pub fn docker_proxy() -> anyhow::Result<PathBuf> {
+/// The Debian packages unpacked into [`docker_root`].
+const DOCKER_PACKAGES: [&str; 4] = ["docker.io", "containerd", "runc", "tini"];
+
+/// `target/tools/docker-root`: Debian's Docker packages unpacked, fetched
+/// once (a marker file says the unpacking finished).
+pub fn docker_root() -> anyhow::Result<PathBuf> {
     let tools = workspace_root().join("target/tools");
-    let binary = tools.join("docker-proxy");
-    if binary.exists() {
-        return Ok(binary);
+    let root = tools.join("docker-root");
+    let done = root.join(".unpacked");
+    if done.exists() {
+        return Ok(root);
     }
-    step("bench: fetching docker-proxy from Debian's docker.io package (not installing it)");
+    step(&format!(
+        "bench: fetching {} from Debian (unpacked, not installed)",
+        DOCKER_PACKAGES.join(", ")
+    ));
     let download = tools.join("download");
     std::fs::create_dir_all(&download)?;
     run_cmd(
         Command::new("apt-get")
             .current_dir(&download)
-            .args(["download", "-q", "docker.io"]),
+            .args(["download", "-q"])
+            .args(DOCKER_PACKAGES),
     )?;
-    let deb = std::fs::read_dir(&download)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .context("apt-get download left no .deb")?;
-    let unpacked = download.join("x");
-    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
-    std::fs::copy(unpacked.join("usr/sbin/docker-proxy"), &binary)
-        .context("docker-proxy not in the package")?;
+    for deb in std::fs::read_dir(&download)?.flatten().map(|e| e.path()) {
+        if deb.extension().is_some_and(|e| e == "deb") {
+            run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        }
+    }
     std::fs::remove_dir_all(&download)?;
+    std::fs::write(&done, DOCKER_PACKAGES.join("\n"))?;
+    Ok(root)
+}
+
+/// Debian's `docker-proxy`, from [`docker_root`].
+pub fn docker_proxy() -> anyhow::Result<PathBuf> {
+    let binary = docker_root()?.join("usr/sbin/docker-proxy");
+    anyhow::ensure!(binary.exists(), "docker-proxy not in the docker.io package");
     Ok(binary)
 }
 
