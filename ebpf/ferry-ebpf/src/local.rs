@@ -16,7 +16,7 @@ use crate::{
     counters::{Way, count_port, tc_verdict},
     csum::{Side, rewrite_v4},
     ct, nat,
-    parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, l4_of, ptr_at, pull},
+    parse::{ipv4_frame, l4_of},
     uplink::{endpoint_of, into_container, published, track_published},
 };
 
@@ -37,22 +37,11 @@ pub fn local_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_local_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK as i32);
-    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN + 8);
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some((eth, ip)) = ipv4_frame(ctx) else {
         return PASS;
     };
-    // SAFETY: bounds checked by `ptr_at`.
-    if unsafe { (*eth).proto() } != ETH_P_IP {
-        return PASS;
-    }
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return PASS;
-    };
-    // SAFETY: bounds checked by `ptr_at`.
-    let (saddr, daddr, version) = unsafe { ((*ip).src, (*ip).dst, (*ip).version()) };
-    if version != 4 {
-        return PASS;
-    }
+    // SAFETY: bounds checked by `ipv4_frame`.
+    let (saddr, daddr) = unsafe { ((*ip).src, (*ip).dst) };
     // Loopback never fragments (MTU 64 KiB): a datagram whose ports are
     // not in this packet is no published-port traffic.
     let Some(l4) = l4_of(ctx, ip).filter(|l4| l4.proto != IPPROTO_ICMP) else {

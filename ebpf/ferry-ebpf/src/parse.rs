@@ -341,6 +341,25 @@ impl Packet for XdpContext {
     }
 }
 
+/// The Ethernet and IPv4 headers of an IPv4 frame, with the first 8 bytes
+/// past a minimal IPv4 header pulled into the linear data too (the ports);
+/// `None` for any other frame or one too short for the headers.
+#[inline(always)]
+pub fn ipv4_frame(ctx: &TcContext) -> Option<(*mut EthHdr, *mut Ipv4Hdr)> {
+    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN + 8);
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    if unsafe { (*eth).proto() } != ETH_P_IP {
+        return None;
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok()?;
+    // SAFETY: bounds checked by `ptr_at`.
+    if unsafe { (*ip).version() } != 4 {
+        return None;
+    }
+    Some((eth, ip))
+}
+
 /// A pointer to a `T` at `offset` into the packet, after checking that the
 /// whole `T` lies inside the linear data.
 #[inline(always)]

@@ -16,10 +16,7 @@ use crate::{
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs, ttl_dec},
     ct, frag,
     maps::{endpoints, host_addrs, portmap},
-    parse::{
-        ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, IcmpError, Ipv4Hdr, L4, icmp_error_of, l4_of,
-        later_fragment_of, ptr_at, pull,
-    },
+    parse::{EthHdr, IcmpError, L4, icmp_error_of, ipv4_frame, l4_of, later_fragment_of},
 };
 
 /// tc ingress on an uplink: everything arriving from outside.
@@ -38,22 +35,11 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK as i32);
-    pull(ctx, ETH_HLEN + IPV4_MIN_HLEN + 8);
-    let Ok(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some((eth, ip)) = ipv4_frame(ctx) else {
         return PASS;
     };
-    // SAFETY: bounds checked by `ptr_at`.
-    if unsafe { (*eth).proto() } != ETH_P_IP {
-        return PASS;
-    }
-    let Ok(ip) = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return PASS;
-    };
-    // SAFETY: bounds checked by `ptr_at`.
-    let (saddr, daddr, version) = unsafe { ((*ip).src, (*ip).dst, (*ip).version()) };
-    if version != 4 {
-        return PASS;
-    }
+    // SAFETY: bounds checked by `ipv4_frame`.
+    let (saddr, daddr) = unsafe { ((*ip).src, (*ip).dst) };
     // Everything ferry translates here is addressed to the host: published
     // ports, masquerade replies, their ICMP errors and fragments. Other
     // traffic passes without a single further lookup.
