@@ -11,7 +11,9 @@
 //!   and `-D` of its DNAT rule, the rule alone).
 //!
 //! wrk with one connection per request (50 connections), where rule walks
-//! show; nginx on CPU 0, wrk on CPU 1.
+//! show; nginx on CPU 0, wrk on CPU 1. All sizes are up at once and take
+//! turns in every round, so the machine's drift over the run does not pose
+//! as a cost of size.
 
 use std::{collections::BTreeMap, path::Path, time::Instant};
 
@@ -39,7 +41,7 @@ fn ms_since(t: Instant) -> f64 {
 
 fn ferry_setup(n: u32, out_dir: &Path, root: &Path) -> anyhow::Result<(Vec<Target>, World)> {
     let world = World::with_ferryd_args(&["--xdp-prefilter", "auto"]);
-    let conf = nginx_conf(out_dir, "scale-ferry", 80, root)?;
+    let conf = nginx_conf(out_dir, &format!("scale-ferry-{n}"), 80, root)?;
     run_nginx(&world, out_dir, conf.to_str().context("utf-8 path")?)?;
     if n > 1 {
         let range = format!("{FILLER_BASE}-{}", FILLER_BASE + n - 2);
@@ -55,7 +57,7 @@ fn ferry_setup(n: u32, out_dir: &Path, root: &Path) -> anyhow::Result<(Vec<Targe
             "infinity",
         ]);
     }
-    let host_conf = nginx_conf(out_dir, "scale-ferry-host", 9090, root)?;
+    let host_conf = nginx_conf(out_dir, &format!("scale-ferry-host-{n}"), 9090, root)?;
     let host_nginx = spawn_in(
         &world.host_ns_path(),
         0,
@@ -95,14 +97,14 @@ fn docker_setup(
         .collect();
     publishes.push((8080, 0, 80));
     bridge.publish(&publishes)?;
-    let conf = nginx_conf(out_dir, "scale-docker", 80, root)?;
+    let conf = nginx_conf(out_dir, &format!("scale-docker-{n}"), 80, root)?;
     let nginx = spawn_in(
         &bridge.containers[0].path(),
         0,
         "nginx",
         &["-c", conf.to_str().context("utf-8 path")?],
     );
-    let host_conf = nginx_conf(out_dir, "scale-docker-host", 9090, root)?;
+    let host_conf = nginx_conf(out_dir, &format!("scale-docker-host-{n}"), 9090, root)?;
     let host_nginx = spawn_in(
         &bridge.host.path(),
         0,
@@ -135,18 +137,18 @@ fn docker_setup(
     Ok((targets, bridge))
 }
 
-pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
-    let root = docroot(out_dir)?;
-    let mut rps: BTreeMap<(u32, &'static str), Vec<f64>> = BTreeMap::new();
-    let mut add: BTreeMap<(u32, &'static str), Vec<f64>> = BTreeMap::new();
-    let mut remove: BTreeMap<(u32, &'static str), Vec<f64>> = BTreeMap::new();
-    let mut raw = Vec::new();
-    for n in SIZES {
-        step(&format!(
-            "bench port-scale: {n} published ports, ferry and Docker's rules"
-        ));
-        let (mut targets, world) = ferry_setup(n, out_dir, &root)?;
-        let (docker_targets, bridge) = docker_setup(n, out_dir, &root)?;
+/// One size's worlds, alive for the whole scenario.
+struct Scale {
+    n: u32,
+    targets: Vec<Target>,
+    world: World,
+    bridge: DockerBridge,
+}
+
+impl Scale {
+    fn new(n: u32, out_dir: &Path, root: &Path) -> anyhow::Result<Self> {
+        let (mut targets, world) = ferry_setup(n, out_dir, root)?;
+        let (docker_targets, bridge) = docker_setup(n, out_dir, root)?;
         targets.extend(docker_targets);
         for t in &targets {
             let ready = wait_until(std::time::Duration::from_secs(10), || {
@@ -159,48 +161,76 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
                 t.url
             );
         }
-        // Adds one mapping and removes it again; milliseconds for each.
-        let add_remove = |system: &str| -> anyhow::Result<(f64, f64)> {
-            if system == "ferry" {
-                let t = Instant::now();
-                world.ferry_ok(&[
-                    "run", "-d", "--name", "probe", "-p", "30000:80", "--", "sleep", "infinity",
-                ]);
-                let added = ms_since(t);
-                let t = Instant::now();
-                world.ferry_ok(&["rm", "-f", "probe"]);
-                return Ok((added, ms_since(t)));
-            }
-            let rule = |op: &str| {
-                let args = [
-                    "-t",
-                    "nat",
-                    op,
-                    "DOCKER",
-                    "!",
-                    "-i",
-                    "br0",
-                    "-p",
-                    "tcp",
-                    "-m",
-                    "tcp",
-                    "--dport",
-                    "30000",
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    "172.29.0.2:80",
-                ];
-                let t = Instant::now();
-                capture(&mut bridge.host.cmd("iptables", &args))?;
-                Ok::<_, anyhow::Error>(ms_since(t))
-            };
-            Ok((rule("-A")?, rule("-D")?))
+        Ok(Self {
+            n,
+            targets,
+            world,
+            bridge,
+        })
+    }
+
+    /// Adds one mapping and removes it again; milliseconds for each.
+    fn add_remove(&self, system: &str) -> anyhow::Result<(f64, f64)> {
+        if system == "ferry" {
+            let t = Instant::now();
+            self.world.ferry_ok(&[
+                "run", "-d", "--name", "probe", "-p", "30000:80", "--", "sleep", "infinity",
+            ]);
+            let added = ms_since(t);
+            let t = Instant::now();
+            self.world.ferry_ok(&["rm", "-f", "probe"]);
+            return Ok((added, ms_since(t)));
+        }
+        let rule = |op: &str| {
+            let args = [
+                "-t",
+                "nat",
+                op,
+                "DOCKER",
+                "!",
+                "-i",
+                "br0",
+                "-p",
+                "tcp",
+                "-m",
+                "tcp",
+                "--dport",
+                "30000",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                "172.29.0.2:80",
+            ];
+            let t = Instant::now();
+            capture(&mut self.bridge.host.cmd("iptables", &args))?;
+            Ok::<_, anyhow::Error>(ms_since(t))
         };
-        for rep in 1..=args.reps {
-            for t in &targets {
+        Ok((rule("-A")?, rule("-D")?))
+    }
+}
+
+pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
+    let root = docroot(out_dir)?;
+    let mut rps: BTreeMap<(u32, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut add: BTreeMap<(u32, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut remove: BTreeMap<(u32, &'static str), Vec<f64>> = BTreeMap::new();
+    let mut raw = Vec::new();
+    // Every size stays up for the whole run and the sizes take turns within
+    // each round, so a drift of the machine over the run lands on all of
+    // them alike instead of on the larger sizes, which would come last.
+    let mut scales = Vec::new();
+    for n in SIZES {
+        step(&format!(
+            "bench port-scale: {n} published ports, ferry and Docker's rules"
+        ));
+        scales.push(Scale::new(n, out_dir, &root)?);
+    }
+    for rep in 1..=args.reps {
+        for scale in &scales {
+            let n = scale.n;
+            for t in &scale.targets {
                 step(&format!(
-                    "bench port-scale: {n} ports, round {rep}/{}: {}",
+                    "bench port-scale: round {rep}/{}, {n} ports: {}",
                     args.reps, t.name
                 ));
                 let r = wrk(t, CONNECTIONS, true, args.seconds)?;
@@ -209,13 +239,14 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
                 raw.push(json!({ "ports": n, "variant": t.name, "round": rep, "wrk": r }));
             }
             for name in ["ferry", "docker"] {
-                let (a, r) = add_remove(name)?;
+                let (a, r) = scale.add_remove(name)?;
                 add.entry((n, name)).or_default().push(a);
                 remove.entry((n, name)).or_default().push(r);
                 raw.push(json!({ "ports": n, "variant": name, "round": rep, "add_ms": a, "remove_ms": r }));
             }
         }
     }
+    drop(scales);
 
     let med = |m: &BTreeMap<(u32, &'static str), Vec<f64>>, n: u32, name: &'static str| {
         spread(m.get(&(n, name)).map_or(&[][..], Vec::as_slice)).0
@@ -270,7 +301,8 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
              8080 and one publishing the rest as a range; Docker: its DNAT/ACCEPT rules, the \
              measured port's last), wrk with one connection per request ({CONNECTIONS} \
              connections, {} s, {} rounds) through the published port and to a service on \
-             the host network. add/remove: ferry times a whole `ferry run -d -p` and `ferry rm \
+             the host network; every size is set up before the first sample and the sizes \
+             take turns within each round. add/remove: ferry times a whole `ferry run -d -p` and `ferry rm \
              -f` (container included), Docker one `iptables -A` / `-D` of a DNAT rule (the \
              rule alone): compare each system across sizes, not the two systems.",
             args.seconds, args.reps
