@@ -3,6 +3,8 @@
 //! publish-http, from a client namespace (the outside):
 //! - host: nginx in a plain namespace, reached over a veth (the limit);
 //! - ferry: nginx in a ferry container with `-p 8080:80`;
+//! - veth-routed: nginx behind a plain veth, kernel forwarding, no NAT and
+//!   no program (what crossing a veth costs by itself);
 //! - docker: nginx in a namespace on a bridge behind Docker's iptables DNAT
 //!   (see `docker.rs`).
 //!
@@ -200,6 +202,48 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     })
 }
 
+/// nginx in a namespace behind a plain veth, reached by the kernel's own
+/// forwarding: no NAT, no bridge, no program, the client addresses the
+/// server directly. The cost of crossing into a namespace over a veth and
+/// nothing else: the floor under any datapath built on veths.
+fn routed_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let host = TempNetns::new(&unique_name("fyr"));
+    let client = client_of(&host, "10.207.0");
+    let server = TempNetns::new(&format!("{}-s", host.name));
+    host.ip(&[
+        "link",
+        "add",
+        "veth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &server.name,
+    ]);
+    host.ip(&["addr", "add", "172.28.0.1/24", "dev", "veth0"]);
+    host.ip(&["link", "set", "veth0", "up"]);
+    server.ip(&["addr", "add", "172.28.0.2/24", "dev", "eth0"]);
+    server.ip(&["link", "set", "eth0", "up"]);
+    server.ip(&["route", "add", "default", "via", "172.28.0.1"]);
+    client.ip(&["route", "add", "172.28.0.0/24", "via", "10.207.0.1"]);
+    capture(&mut host.cmd("sysctl", &["-qw", "net.ipv4.ip_forward=1"]))?;
+    let conf = nginx_conf(out_dir, "veth-routed", 80, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    let nginx = spawn_in(&server.path(), 0, "nginx", &["-c", conf]);
+    Ok(Target {
+        name: "veth-routed",
+        client_ns: client.path(),
+        cgroup: None,
+        url: "http://172.28.0.2:80/".into(),
+        _servers: vec![nginx],
+        _world: None,
+        _netns: vec![client, server, host],
+        _engine: None,
+    })
+}
+
 /// nginx behind a real Docker engine: `docker run -p 8080:80`.
 fn engine_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let engine = DockerEngine::start(out_dir)?;
@@ -286,6 +330,7 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         host_target(out_dir, &root)?,
         ferry_target(out_dir, &root, "ferry", "auto")?,
         ferry_target(out_dir, &root, "ferry-xdp", "on")?,
+        routed_target(out_dir, &root)?,
         docker_target(out_dir, &root)?,
         engine_target(out_dir, &root)?,
     ];
@@ -294,7 +339,9 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
          a client namespace (the outside): host = nginx in a plain namespace over a veth (the \
          limit); ferry = nginx in a ferry container published with -p 8080:80, docroot \
          bind-mounted, tc only (the default on a veth uplink); ferry-xdp = the same with the \
-         XDP prefilter on the uplink; docker = nginx in a namespace on a bridge behind Docker's iptables \
+         XDP prefilter on the uplink; veth-routed = nginx in a namespace behind a plain veth \
+         reached by kernel forwarding, no NAT, no bridge, no program (the cost of the veth \
+         crossing alone); docker = nginx in a namespace on a bridge behind Docker's iptables \
          DNAT/MASQUERADE/filter rules; docker-engine = Debian's dockerd 20.10 (own namespaces, \
          overlay2, cgroupfs) running `docker run -p 8080:80` of an image imported from the host's \
          nginx, docroot bind-mounted, its docker-proxy running as by default. {} rounds of {} s per cell, keep-alive and \
