@@ -1,21 +1,31 @@
-//! Address and port rewrites with incremental checksum fixes, through the
-//! kernel's csum helpers: they handle CHECKSUM_PARTIAL skbs (veth with tx
-//! offload) and CHECKSUM_COMPLETE correctly, which hand-written arithmetic
-//! on the checksum field would not.
+//! Address and port rewrites with incremental checksum fixes.
+//!
+//! The L4 checksum goes through the kernel's csum helpers: they know the
+//! skb's checksum state (CHECKSUM_PARTIAL from a veth with tx offload holds
+//! only the pseudo-header sum in the field, CHECKSUM_COMPLETE needs
+//! `skb->csum` moved too), which a program cannot see. Everything else, the
+//! MACs, the IPv4 header and its checksum (which no offload touches), and
+//! the L4 port, is written in place through bounds-checked pointers: one
+//! helper call costs about as much as a whole header's worth of direct
+//! stores, and this runs for every translated packet.
 
 use aya_ebpf::programs::TcContext;
 use ferry_common::{DropReason, IPPROTO_ICMP, IPPROTO_UDP};
 
-use crate::parse::{ETH_HLEN, L4};
+use crate::parse::{ETH_HLEN, EthHdr, Ipv4Hdr, L4, ptr_at};
 
 /// `BPF_F_PSEUDO_HDR`: the field is part of the L4 pseudo-header.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 /// `BPF_F_MARK_MANGLED_0`: a UDP checksum of 0 means "none": leave it, and
 /// never produce 0 (write 0xffff instead).
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
-const IP_CSUM_OFF: usize = ETH_HLEN + 10;
-const IP_SRC_OFF: usize = ETH_HLEN + 12;
-const IP_DST_OFF: usize = ETH_HLEN + 16;
+
+/// A header in the linear data, for writing; `NatFailed` if it is not
+/// there (callers parsed it from the linear data, so it always is).
+#[inline(always)]
+fn header<T>(ctx: &TcContext, off: usize) -> Result<*mut T, DropReason> {
+    ptr_at(ctx, off).map_err(|_| DropReason::NatFailed)
+}
 
 /// Which end of the packet to rewrite.
 #[derive(Clone, Copy)]
@@ -36,9 +46,9 @@ pub fn rewrite_v4(
     new_addr: [u8; 4],
     new_port: [u8; 2],
 ) -> Result<(), DropReason> {
-    let (addr_off, mut port_off, mut old_port) = match side {
-        Side::Src => (IP_SRC_OFF, l4.off, l4.sport),
-        Side::Dst => (IP_DST_OFF, l4.off + 2, l4.dport),
+    let (mut port_off, mut old_port) = match side {
+        Side::Src => (l4.off, l4.sport),
+        Side::Dst => (l4.off + 2, l4.dport),
     };
     let icmp = l4.proto == IPPROTO_ICMP;
     if icmp {
@@ -67,26 +77,59 @@ pub fn rewrite_v4(
     }
     ctx.l4_csum_replace(l4.csum_off, u64::from(old_p), u64::from(new_p), mangled | 2)
         .map_err(fail)?;
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_a), u64::from(new_a), 4)
-        .map_err(fail)?;
-    ctx.store(addr_off, &new_addr, 0).map_err(fail)?;
-    ctx.store(port_off, &new_port, 0).map_err(fail)
+    // The helpers may have moved the data: pointers are taken afresh.
+    set_addr(ctx, side, old_addr, new_addr)?;
+    let port: *mut [u8; 2] = header(ctx, port_off)?;
+    // SAFETY: bounds checked by `header`.
+    unsafe { *port = new_port };
+    Ok(())
+}
+
+/// Writes the IPv4 address on `side` (currently `old_addr`) and moves the
+/// header checksum with it.
+#[inline(always)]
+fn set_addr(
+    ctx: &TcContext,
+    side: Side,
+    old_addr: [u8; 4],
+    new_addr: [u8; 4],
+) -> Result<(), DropReason> {
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `header`.
+    unsafe {
+        (*ip).check = csum_update((*ip).check, old_addr, new_addr);
+        match side {
+            Side::Src => (*ip).src = new_addr,
+            Side::Dst => (*ip).dst = new_addr,
+        }
+    }
+    Ok(())
 }
 
 /// Sets both MACs of the frame (after a rewrite, when pointers are stale).
 #[inline(always)]
 pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Result<(), DropReason> {
-    ctx.store(0, dst, 0).map_err(|_| DropReason::NatFailed)?;
-    ctx.store(6, src, 0).map_err(|_| DropReason::NatFailed)
+    let eth: *mut EthHdr = header(ctx, 0)?;
+    // SAFETY: bounds checked by `header`.
+    unsafe {
+        (*eth).dst = *dst;
+        (*eth).src = *src;
+    }
+    Ok(())
 }
 
-/// RFC 1624 incremental update of a 16-bit one's complement checksum for a
-/// 32-bit field changing from `old` to `new`.
+/// RFC 1624 incremental update (eqn. 3) of a 16-bit one's complement
+/// checksum for a field of `N` bytes (N even, 16-bit aligned in the summed
+/// data) changing from `old` to `new`: HC' = ~(~HC + ~m + m').
 #[inline(always)]
-fn csum_update4(check: [u8; 2], old: [u8; 4], new: [u8; 4]) -> [u8; 2] {
-    let word = |b: [u8; 4], i: usize| u32::from(u16::from_be_bytes([b[i], b[i + 1]]));
+fn csum_update<const N: usize>(check: [u8; 2], old: [u8; N], new: [u8; N]) -> [u8; 2] {
     let mut sum = u32::from(!u16::from_be_bytes(check));
-    sum += (!word(old, 0) & 0xffff) + (!word(old, 2) & 0xffff) + word(new, 0) + word(new, 2);
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u32::from(!u16::from_be_bytes([old[i], old[i + 1]]));
+        sum += u32::from(u16::from_be_bytes([new[i], new[i + 1]]));
+        i += 2;
+    }
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     (!(sum as u16)).to_be_bytes()
@@ -109,21 +152,11 @@ pub fn rewrite_icmp_error(
 ) -> Result<(), DropReason> {
     let fail = |_| DropReason::NatFailed;
     let icmp_csum = err.icmp_off + 2;
-    let (outer_off, inner_addr_off, inner_port_off, old_port) = match outer {
+    let (inner_addr_off, inner_port_off, old_port) = match outer {
         // From outside to a container: outer destination, quoted source.
-        Side::Dst => (
-            IP_DST_OFF,
-            err.inner_ip_off + 12,
-            err.inner.off,
-            err.inner.sport,
-        ),
+        Side::Dst => (err.inner_ip_off + 12, err.inner.off, err.inner.sport),
         // From a container to outside: outer source, quoted destination.
-        Side::Src => (
-            IP_SRC_OFF,
-            err.inner_ip_off + 16,
-            err.inner.off + 2,
-            err.inner.dport,
-        ),
+        Side::Src => (err.inner_ip_off + 16, err.inner.off + 2, err.inner.dport),
     };
     // For a quoted echo, the id is at +4 whichever side.
     let inner_port_off = if err.inner.proto == IPPROTO_ICMP {
@@ -139,14 +172,12 @@ pub fn rewrite_icmp_error(
 
     let (old_a, new_a) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(new_addr));
     // Outer header: IPv4 checksum only (ICMP has no pseudo-header).
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_a), u64::from(new_a), 4)
-        .map_err(fail)?;
-    ctx.store(outer_off, &new_addr, 0).map_err(fail)?;
+    set_addr(ctx, outer, old_addr, new_addr)?;
 
     // Quoted IPv4 header: its checksum moves with the address, and both
     // changes are part of the ICMP payload.
     let inner_check: [u8; 2] = ctx.load(err.inner_ip_off + 10).map_err(fail)?;
-    let new_check = csum_update4(inner_check, old_addr, new_addr);
+    let new_check = csum_update(inner_check, old_addr, new_addr);
     let (old_c, new_c) = (
         u16::from_ne_bytes(inner_check),
         u16::from_ne_bytes(new_check),
@@ -174,15 +205,7 @@ pub fn rewrite_addr(
     old_addr: [u8; 4],
     new_addr: [u8; 4],
 ) -> Result<(), DropReason> {
-    let fail = |_| DropReason::NatFailed;
-    let off = match side {
-        Side::Src => IP_SRC_OFF,
-        Side::Dst => IP_DST_OFF,
-    };
-    let (old_a, new_a) = (u32::from_ne_bytes(old_addr), u32::from_ne_bytes(new_addr));
-    ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_a), u64::from(new_a), 4)
-        .map_err(fail)?;
-    ctx.store(off, &new_addr, 0).map_err(fail)
+    set_addr(ctx, side, old_addr, new_addr)
 }
 
 /// What `ttl_dec` found.
@@ -198,21 +221,16 @@ pub enum Ttl {
 /// Docker's host is), fixing the header checksum.
 #[inline(always)]
 pub fn ttl_dec(ctx: &TcContext) -> Result<Ttl, DropReason> {
-    const TTL_OFF: usize = ETH_HLEN + 8;
-    let fail = |_| DropReason::NatFailed;
-    // TTL and protocol share one 16-bit word of the header checksum.
-    let word: [u8; 2] = ctx.load(TTL_OFF).map_err(fail)?;
-    if word[0] <= 1 {
-        return Ok(Ttl::Expired);
+    let ip: *mut Ipv4Hdr = header(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by `header`.
+    unsafe {
+        let (ttl, proto) = ((*ip).ttl, (*ip).protocol);
+        if ttl <= 1 {
+            return Ok(Ttl::Expired);
+        }
+        // TTL and protocol share one 16-bit word of the header checksum.
+        (*ip).check = csum_update((*ip).check, [ttl, proto], [ttl - 1, proto]);
+        (*ip).ttl = ttl - 1;
     }
-    let new = [word[0] - 1, word[1]];
-    ctx.l3_csum_replace(
-        IP_CSUM_OFF,
-        u64::from(u16::from_ne_bytes(word)),
-        u64::from(u16::from_ne_bytes(new)),
-        2,
-    )
-    .map_err(fail)?;
-    ctx.store(TTL_OFF, &new, 0).map_err(fail)?;
     Ok(Ttl::Forward)
 }
