@@ -624,7 +624,33 @@ impl Drop for World {
         wait_until(Duration::from_secs(5), || {
             std::fs::remove_dir(&self.cgroup).is_ok() || !self.cgroup.exists()
         });
+        unmount_below(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Detaches every mount below `dir`, deepest first: a test that fails
+/// before ferryd cleans up (or one that mounts there itself) must not
+/// leave a mount that `remove_dir_all` cannot get past. Mount points with
+/// characters mountinfo escapes never match; worlds' paths have none.
+fn unmount_below(dir: &Path) {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    for point in points {
+        let Ok(path) = std::ffi::CString::new(point.as_os_str().as_bytes()) else {
+            continue;
+        };
+        // SAFETY: a valid NUL-terminated path; umount2 only reads it.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
 }
 
@@ -783,4 +809,38 @@ pub fn ping(ns: &Path, target: &str, count: u32, extra: &[&str]) -> bool {
     args.extend_from_slice(extra);
     args.push(target);
     output(&mut in_netns(ns, "ping", &args)).status.success()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unmount_below_detaches_nested_mounts_and_nothing_else() {
+        let dir = std::env::temp_dir().join(unique_name("fyu"));
+        let (outer, inner) = (dir.join("a"), dir.join("a/b"));
+        let sibling = std::env::temp_dir().join(format!("{}-sibling", dir.display()));
+        let mount = |at: &Path| {
+            std::fs::create_dir_all(at).expect("mkdir");
+            check(Command::new("mount").args(["-t", "tmpfs", "fyu", &at.display().to_string()]));
+        };
+        mount(&outer);
+        mount(&inner);
+        mount(&sibling);
+        let mounted = |p: &Path| {
+            std::fs::read_to_string("/proc/self/mountinfo")
+                .expect("mountinfo")
+                .lines()
+                .any(|l| l.split(' ').nth(4) == Some(&*p.display().to_string()))
+        };
+        unmount_below(&dir);
+        let (outer_left, inner_left, sibling_left) =
+            (mounted(&outer), mounted(&inner), mounted(&sibling));
+        unmount_below(&sibling);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&sibling);
+        assert!(!outer_left && !inner_left, "mounts below the dir stay");
+        assert!(sibling_left, "a mount outside the dir was detached");
+        assert!(!mounted(&sibling));
+    }
 }
