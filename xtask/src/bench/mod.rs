@@ -78,7 +78,42 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         };
         report.add(section);
     }
-    report.write(&out_dir)
+    report.write(&out_dir, &versions())
+}
+
+/// The version line of every program the scenarios run, for the report:
+/// (what, its own words). Docker's comes from the unpacked packages when a
+/// scenario fetched them. Programs that are missing are left out.
+fn versions() -> Vec<(&'static str, String)> {
+    let first_line = |program: &Path, args: &[&str]| -> Option<String> {
+        let out = Command::new(program).args(args).output().ok()?;
+        let text = [out.stdout, out.stderr].concat();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(str::to_owned)
+    };
+    let docker_root = workspace_root().join("target/tools/docker-root");
+    let mut programs: Vec<(&'static str, PathBuf, &[&str])> = vec![
+        ("git", "git".into(), &["describe", "--always", "--dirty"]),
+        ("nginx", "nginx".into(), &["-v"]),
+        ("wrk", "wrk".into(), &["-v"]),
+        ("iperf3", "iperf3".into(), &["--version"]),
+        ("iptables", "iptables".into(), &["--version"]),
+        ("perf", "perf".into(), &["--version"]),
+    ];
+    let dockerd = docker_root.join("usr/sbin/dockerd");
+    if dockerd.exists() {
+        programs.push(("dockerd", dockerd, &["--version"]));
+    }
+    programs
+        .into_iter()
+        .filter_map(|(what, program, args)| {
+            let line = first_line(&program, args)?;
+            Some((if what == "git" { "ferry (git)" } else { what }, line))
+        })
+        .collect()
 }
 
 fn machine_summary() -> String {

@@ -238,13 +238,18 @@ impl Report {
     }
 
     /// Writes report.md, report.json and the charts into `out_dir`.
-    pub fn write(&self, out_dir: &Path) -> anyhow::Result<()> {
+    pub fn write(&self, out_dir: &Path, versions: &[(&str, String)]) -> anyhow::Result<()> {
+        let listed: Vec<String> = versions
+            .iter()
+            .map(|(what, line)| format!("{what}: `{line}`"))
+            .collect();
         let mut md = format!(
-            "# ferry benchmark report\n\nMachine: {}.\n\nEvery scenario runs its variants \
+            "# ferry benchmark report\n\nMachine: {}.\n\nVersions: {}.\n\nEvery scenario runs its variants \
              side by side in one invocation, interleaved (A B C A B C ...), and reports \
              medians with [min-max] over the rounds. Load generator and server are pinned to \
              different CPUs. Ratios above 1.00x favour ferry unless the column says otherwise.\n",
-            self.machine
+            self.machine,
+            listed.join("; ")
         );
         let mut samples = BTreeMap::new();
         for s in &self.sections {
@@ -263,7 +268,11 @@ impl Report {
         std::fs::write(out_dir.join("report.md"), md)?;
         std::fs::write(
             out_dir.join("report.json"),
-            serde_json::to_vec_pretty(&json!({ "machine": self.machine, "scenarios": samples }))?,
+            serde_json::to_vec_pretty(&json!({
+                "machine": self.machine,
+                "versions": versions.iter().cloned().collect::<BTreeMap<_, _>>(),
+                "scenarios": samples,
+            }))?,
         )?;
         println!(
             "report: {} (samples: {})",
