@@ -229,8 +229,19 @@ pub const NETNS_HOST: u32 = 1;
 /// own, as in Docker).
 pub const NETNS_CONTAINER: u32 = 2;
 
+/// Value of the `sock_peer` socket storage: what a connected socket asked
+/// for (`asked`, a published address) and where its `connect` was sent
+/// instead (`target`, the container).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockPeer {
+    pub asked: PortTarget,
+    pub target: PortTarget,
+}
+const _: () = assert!(size_of::<SockPeer>() == 16);
+
 /// Key of the `sock_revnat` map: a socket (by cookie) and the container
-/// address its connect or send was translated to.
+/// address an unconnected socket's datagram was translated to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct SockRevKey {

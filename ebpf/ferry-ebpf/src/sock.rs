@@ -14,24 +14,24 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use ferry_common::{
-    IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, NETNS_HOST, PortKey, PortTarget, SockRevKey,
+    IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, NETNS_HOST, PortKey, PortTarget, SockPeer, SockRevKey,
 };
 
-use crate::maps::{host_addrs, portmap, sock_netns, sock_revnat};
+use crate::maps::{host_addrs, portmap, sock_netns, sock_peer, sock_revnat};
 
 const ALLOW: i32 = 1;
 
 /// cgroup/connect4: `connect()` to a published port.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx);
+    translate(&ctx, Peer::Connected);
     ALLOW
 }
 
 /// cgroup/sendmsg4: `sendto()` on an unconnected UDP socket.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    translate(&ctx);
+    translate(&ctx, Peer::Datagram);
     ALLOW
 }
 
@@ -60,8 +60,20 @@ fn served(ctx: &SockAddrContext) -> Option<u32> {
     unsafe { sock_netns.get(&cookie) }.copied()
 }
 
+/// How a translated socket talks to its container, and so where what it
+/// asked for is kept.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// `connect`: one peer for the socket's life, kept on the socket
+    /// (`sock_peer`).
+    Connected,
+    /// `sendmsg` on an unconnected UDP socket: each datagram may go to
+    /// another published port, kept by destination (`sock_revnat`).
+    Datagram,
+}
+
 #[inline(always)]
-fn translate(ctx: &SockAddrContext) {
+fn translate(ctx: &SockAddrContext, peer: Peer) {
     let Some(kind) = served(ctx) else {
         return;
     };
@@ -106,23 +118,36 @@ fn translate(ctx: &SockAddrContext) {
             None => return,
         },
     };
-    // SAFETY: a plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevKey {
-        cookie,
-        ip: target.ip,
-        port: target.port,
+    let asked = PortTarget {
+        ip,
+        port,
         pad: [0; 2],
     };
-    let _ = sock_revnat.insert(
-        &key,
-        PortTarget {
-            ip,
-            port,
-            pad: [0; 2],
-        },
-        0,
-    );
+    match peer {
+        Peer::Connected => {
+            let mut value = SockPeer { asked, target };
+            // SAFETY: the context's socket is valid for the program run;
+            // the storage lives as long as the socket. An existing value
+            // (a UDP socket connected again) is overwritten.
+            unsafe {
+                let slot = sock_peer.get_or_insert_ptr_mut(ctx, Some(&mut value));
+                if !slot.is_null() {
+                    *slot = value;
+                }
+            }
+        }
+        Peer::Datagram => {
+            // SAFETY: a plain helper call on the program's context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let key = SockRevKey {
+                cookie,
+                ip: target.ip,
+                port: target.port,
+                pad: [0; 2],
+            };
+            let _ = sock_revnat.insert(&key, asked, 0);
+        }
+    }
     // SAFETY: user_ip4 and user_port are writable in connect4/sendmsg4;
     // both must be written as 4-byte words.
     unsafe {
@@ -137,8 +162,6 @@ fn restore(ctx: &SockAddrContext) {
         return;
     }
     let sa = ctx.sock_addr;
-    // SAFETY: a plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: readable fields of the context.
     let (ip, port) = unsafe {
         (
@@ -146,15 +169,29 @@ fn restore(ctx: &SockAddrContext) {
             ((*sa).user_port as u16).to_ne_bytes(),
         )
     };
-    let key = SockRevKey {
-        cookie,
-        ip,
-        port,
-        pad: [0; 2],
+    // SAFETY: the context's socket is valid for the program run; the
+    // value is copied out.
+    let connected = unsafe {
+        let slot = sock_peer.get_ptr_mut(ctx);
+        if slot.is_null() { None } else { Some(*slot) }
     };
-    // SAFETY: as in `served`.
-    let Some(orig) = (unsafe { sock_revnat.get(&key) }).copied() else {
-        return;
+    let orig = match connected {
+        Some(p) if p.target.ip == ip && p.target.port == port => p.asked,
+        _ => {
+            // SAFETY: a plain helper call on the program's context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let key = SockRevKey {
+                cookie,
+                ip,
+                port,
+                pad: [0; 2],
+            };
+            // SAFETY: as in `served`.
+            let Some(orig) = (unsafe { sock_revnat.get(&key) }).copied() else {
+                return;
+            };
+            orig
+        }
     };
     // SAFETY: user_ip4 and user_port are writable in recvmsg4/getpeername4.
     unsafe {

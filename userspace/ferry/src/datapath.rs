@@ -7,8 +7,9 @@
 //!   a restarted ferryd so counters and entries survive it;
 //! - `<pin>/portmap`, `<pin>/host_addrs`, `<pin>/ct`: published ports, the
 //!   host's addresses, connection tracking;
-//! - `<pin>/sock_netns`, `<pin>/sock_revnat`: namespaces the socket hooks
-//!   serve, and what translated sockets asked for;
+//! - `<pin>/sock_netns`, `<pin>/sock_peer`, `<pin>/sock_revnat`: namespaces
+//!   the socket hooks serve, and what translated sockets asked for
+//!   (connected ones on the socket itself, unconnected UDP by destination);
 //! - `<pin>/progs/<program>`: the programs;
 //! - `<pin>/links/sock_*`: the cgroup links of the socket hooks.
 //!
@@ -53,12 +54,13 @@ pub const MAP_HOST_ADDRS: &str = "host_addrs";
 pub const MAP_CT: &str = "ct";
 pub const MAP_SOCK_NETNS: &str = "sock_netns";
 pub const MAP_SOCK_REVNAT: &str = "sock_revnat";
+pub const MAP_SOCK_PEER: &str = "sock_peer";
 pub const MAP_FRAGS: &str = "frags";
 pub const MAP_CONFIG: &str = "config";
 pub const MAP_CT_STATS: &str = "ct_stats";
 pub const MAP_PORT_STATS: &str = "port_stats";
 pub const MAP_NETWORKS: &str = "networks";
-const MAPS: [&str; 13] = [
+const MAPS: [&str; 14] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -67,6 +69,7 @@ const MAPS: [&str; 13] = [
     MAP_CT,
     MAP_SOCK_NETNS,
     MAP_SOCK_REVNAT,
+    MAP_SOCK_PEER,
     MAP_FRAGS,
     MAP_CONFIG,
     MAP_CT_STATS,
@@ -509,6 +512,9 @@ impl Datapath {
                     aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray => {
                         capacity as usize
                     }
+                    // Socket storage lives on the sockets: no keys to walk
+                    // and no capacity (it goes with each socket).
+                    aya::maps::MapType::SkStorage => 0,
                     _ => {
                         let fd = info.fd().map_err(map_err(name))?;
                         count_keys(fd.as_fd(), info.key_size(), capacity).map_err(|e| {
