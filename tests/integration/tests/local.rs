@@ -179,6 +179,62 @@ fn udp_to_localhost_reaches_a_published_udp_port() {
     assert!(ok, "no UDP echo via localhost: {got:?}");
 }
 
+/// The answer to a datagram sent to a published UDP port reads as coming
+/// from the address and port the socket sent to, for an unconnected socket
+/// (`sendto`/`recvfrom`, remembered by destination) and for a connected
+/// one (`connect`, remembered on the socket) alike; and a connected TCP
+/// socket's `getpeername` names what it connected to.
+#[test]
+fn answers_to_translated_sockets_name_the_published_address() {
+    let world = World::new();
+    let echo = ["socat", "UDP-RECVFROM:53,fork", "EXEC:cat"].map(String::from);
+    run_published(&world, "dns", "5356:53/udp", &echo);
+    let tcp = responder(80, "echo hi");
+    run_published(&world, "web", "8086:80", &tcp);
+    let script = r#"
+import socket, sys
+host = sys.argv[1]
+out = []
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.settimeout(2)
+u.sendto(b"unconnected", (host, 5356))
+data, peer = u.recvfrom(100)
+out.append("%s %s:%d" % (data.decode().strip(), peer[0], peer[1]))
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(2)
+c.connect((host, 5356))
+c.send(b"connected")
+data, peer = c.recvfrom(100)
+out.append("%s %s:%d" % (data.decode().strip(), peer[0], peer[1]))
+p = c.getpeername()
+out.append("udp peer %s:%d" % p)
+t = socket.create_connection((host, 8086), timeout=2)
+p = t.getpeername()
+out.append("tcp peer %s:%d %s" % (p[0], p[1], t.recv(100).decode().strip()))
+print("\n".join(out))
+"#;
+    for addr in ["127.0.0.1", HOST_UPLINK_IP] {
+        let mut got = String::new();
+        let ok = wait_until(Duration::from_secs(5), || {
+            let out = output(
+                world
+                    .in_host("python3", &["-c", script, addr])
+                    .stderr(Stdio::null()),
+            );
+            got = String::from_utf8_lossy(&out.stdout).into_owned();
+            out.status.success()
+        });
+        assert!(ok, "no answers via {addr}: {got:?}\n{}", world.ferryd_log());
+        assert_eq!(
+            got,
+            format!(
+                "unconnected {addr}:5356\nconnected {addr}:5356\nudp peer {addr}:5356\n\
+                 tcp peer {addr}:8086 hi\n"
+            )
+        );
+    }
+}
+
 #[test]
 fn containers_reach_their_own_and_other_published_ports_by_host_address() {
     let world = World::new();
