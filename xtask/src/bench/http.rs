@@ -115,32 +115,42 @@ pub(super) fn run_nginx(world: &World, out_dir: &Path, conf: &str) -> anyhow::Re
 /// A client namespace joined to `host` by a veth: `<prefix>.1` on the host
 /// side, `<prefix>.2` in the client.
 pub(super) fn client_of(host: &TempNetns, prefix: &str) -> TempNetns {
-    let client = TempNetns::new(&format!("{}-cl", host.name));
+    joined(host, "cl", "uplink0", prefix)
+}
+
+/// A new namespace `<host>-<suffix>` joined to `host` by a veth:
+/// `host_if` with `<prefix>.1/24` on the host side, `eth0` with
+/// `<prefix>.2/24` in the new one.
+fn joined(host: &TempNetns, suffix: &str, host_if: &str, prefix: &str) -> TempNetns {
+    let ns = TempNetns::new(&format!("{}-{suffix}", host.name));
     host.ip(&[
-        "link",
-        "add",
-        "uplink0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &client.name,
+        "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
     ]);
-    host.ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", "uplink0"]);
-    client.ip(&["addr", "add", &format!("{prefix}.2/24"), "dev", "eth0"]);
-    host.ip(&["link", "set", "uplink0", "up"]);
-    client.ip(&["link", "set", "eth0", "up"]);
-    client
+    host.ip(&["addr", "add", &format!("{prefix}.1/24"), "dev", host_if]);
+    ns.ip(&["addr", "add", &format!("{prefix}.2/24"), "dev", "eth0"]);
+    host.ip(&["link", "set", host_if, "up"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns
+}
+
+/// nginx (config `name`, listening on `port`) in the namespace at `ns`,
+/// on CPU 0.
+fn nginx_in(
+    out_dir: &Path,
+    root: &Path,
+    name: &str,
+    ns: &Path,
+    port: u16,
+) -> anyhow::Result<Background> {
+    let conf = nginx_conf(out_dir, name, port, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    Ok(spawn_in(ns, 0, "nginx", &["-c", conf]))
 }
 
 pub(super) fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let host = TempNetns::new(&unique_name("fyh"));
     let client = client_of(&host, "10.202.0");
-    let conf = nginx_conf(out_dir, "host", 8080, root)?;
-    let conf = conf.to_str().context("utf-8 path")?;
-    let nginx = spawn_in(&host.path(), 0, "nginx", &["-c", conf]);
+    let nginx = nginx_in(out_dir, root, "host", &host.path(), 8080)?;
     Ok(Target {
         name: "host",
         client_ns: client.path(),
@@ -181,9 +191,7 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let bridge = DockerBridge::new("172.30.0", 1)?;
     let client = client_of(&bridge.host, "10.203.0");
     bridge.publish(&[(8080, 0, 80)])?;
-    let conf = nginx_conf(out_dir, "docker", 80, root)?;
-    let conf = conf.to_str().context("utf-8 path")?;
-    let nginx = spawn_in(&bridge.containers[0].path(), 0, "nginx", &["-c", conf]);
+    let nginx = nginx_in(out_dir, root, "docker", &bridge.containers[0].path(), 80)?;
     let DockerBridge {
         host, containers, ..
     } = bridge;
@@ -209,29 +217,11 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
 fn routed_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let host = TempNetns::new(&unique_name("fyr"));
     let client = client_of(&host, "10.207.0");
-    let server = TempNetns::new(&format!("{}-s", host.name));
-    host.ip(&[
-        "link",
-        "add",
-        "veth0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &server.name,
-    ]);
-    host.ip(&["addr", "add", "172.28.0.1/24", "dev", "veth0"]);
-    host.ip(&["link", "set", "veth0", "up"]);
-    server.ip(&["addr", "add", "172.28.0.2/24", "dev", "eth0"]);
-    server.ip(&["link", "set", "eth0", "up"]);
+    let server = joined(&host, "s", "veth0", "172.28.0");
     server.ip(&["route", "add", "default", "via", "172.28.0.1"]);
     client.ip(&["route", "add", "172.28.0.0/24", "via", "10.207.0.1"]);
     capture(&mut host.cmd("sysctl", &["-qw", "net.ipv4.ip_forward=1"]))?;
-    let conf = nginx_conf(out_dir, "veth-routed", 80, root)?;
-    let conf = conf.to_str().context("utf-8 path")?;
-    let nginx = spawn_in(&server.path(), 0, "nginx", &["-c", conf]);
+    let nginx = nginx_in(out_dir, root, "veth-routed", &server.path(), 80)?;
     Ok(Target {
         name: "veth-routed",
         client_ns: client.path(),
