@@ -29,6 +29,24 @@ fn answer(cmd: &mut std::process::Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Sends `word` to 127.0.0.1:`port` over UDP from a shell `sh` makes
+/// (given its arguments), until it comes back or 5 s pass: whether it
+/// came back, and what came back last.
+fn udp_echo(
+    sh: impl Fn(&[&str]) -> std::process::Command,
+    word: &str,
+    port: u16,
+) -> (bool, String) {
+    let script = format!("echo {word} | socat -T 1 - UDP:127.0.0.1:{port}");
+    let mut got = String::new();
+    let ok = wait_until(Duration::from_secs(5), || {
+        let out = output(sh(&["-c", &script]).stderr(Stdio::null()));
+        got = String::from_utf8_lossy(&out.stdout).into_owned();
+        got == format!("{word}\n")
+    });
+    (ok, got)
+}
+
 fn tcp(addr: &str, port: u16) -> String {
     format!("TCP:{addr}:{port},connect-timeout=2")
 }
@@ -110,20 +128,8 @@ fn sockets_outside_the_hooked_cgroup_reach_published_ports_through_lo() {
         "{answers}\n{}",
         world.ferry_ok(&["datapath"])
     );
-    let mut got = String::new();
-    let ok = wait_until(Duration::from_secs(5), || {
-        let out = output(
-            world
-                .host
-                .cmd(
-                    "sh",
-                    &["-c", "echo outside | socat -T 1 - UDP:127.0.0.1:5355"],
-                )
-                .stderr(Stdio::null()),
-        );
-        got = String::from_utf8_lossy(&out.stdout).into_owned();
-        got == "outside\n"
-    });
+    // `world.host.cmd` stays outside the hooks, as above.
+    let (ok, got) = udp_echo(|args| world.host.cmd("sh", args), "outside", 5355);
     assert!(ok, "no UDP echo through lo: {got:?}");
     // The flows are tracked, both halves of each, and nothing was dropped.
     let flows = world.ferry_ok(&["conntrack", "list", "--json"]);
@@ -163,19 +169,7 @@ fn udp_to_localhost_reaches_a_published_udp_port() {
         "EXEC:cat".to_owned(),
     ];
     run_published(&world, "dns", "5354:53/udp", &cmd);
-    let mut got = String::new();
-    let ok = wait_until(Duration::from_secs(5), || {
-        let out = output(
-            world
-                .in_host(
-                    "sh",
-                    &["-c", "echo local | socat -T 1 - UDP:127.0.0.1:5354"],
-                )
-                .stderr(Stdio::null()),
-        );
-        got = String::from_utf8_lossy(&out.stdout).into_owned();
-        got == "local\n"
-    });
+    let (ok, got) = udp_echo(|args| world.in_host("sh", args), "local", 5354);
     assert!(ok, "no UDP echo via localhost: {got:?}");
 }
 
@@ -196,26 +190,28 @@ import socket, sys
 host = sys.argv[1]
 out = []
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.settimeout(2)
+u.settimeout(1)
 u.sendto(b"unconnected", (host, 5356))
 data, peer = u.recvfrom(100)
 out.append("%s %s:%d" % (data.decode().strip(), peer[0], peer[1]))
 c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-c.settimeout(2)
+c.settimeout(1)
 c.connect((host, 5356))
 c.send(b"connected")
 data, peer = c.recvfrom(100)
 out.append("%s %s:%d" % (data.decode().strip(), peer[0], peer[1]))
 p = c.getpeername()
 out.append("udp peer %s:%d" % p)
-t = socket.create_connection((host, 8086), timeout=2)
+t = socket.create_connection((host, 8086), timeout=1)
 p = t.getpeername()
 out.append("tcp peer %s:%d %s" % (p[0], p[1], t.recv(100).decode().strip()))
 print("\n".join(out))
 "#;
     for addr in ["127.0.0.1", HOST_UPLINK_IP] {
         let mut got = String::new();
-        let ok = wait_until(Duration::from_secs(5), || {
+        // One try takes up to 3 s while the echo is not yet listening (a
+        // lost datagram waits out its timeout): room for several.
+        let ok = wait_until(Duration::from_secs(15), || {
             let out = output(
                 world
                     .in_host("python3", &["-c", script, addr])
