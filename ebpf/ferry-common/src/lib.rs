@@ -195,7 +195,8 @@ pub struct CtEntry {
     /// uplink's own MAC.
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    /// bpf_ktime_get_ns() of the last packet (for the userspace GC).
+    /// CLOCK_MONOTONIC of the last packet, at tick resolution
+    /// (`bpf_ktime_get_coarse_ns`), for the userspace GC.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<CtEntry>() == 32);

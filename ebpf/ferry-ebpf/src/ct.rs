@@ -1,6 +1,6 @@
 //! Connection tracking: flow keys and entries in the `ct` LRU map.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ferry_common::{CT_STAT_CREATED, CtEntry, CtKey};
 
 use crate::{
@@ -48,15 +48,30 @@ pub fn lookup(key: &CtKey) -> Option<CtEntry> {
     lookup_seen(key, 0)
 }
 
+/// The time stamp of a packet: CLOCK_MONOTONIC at tick resolution, which
+/// is all the GC's timeouts (seconds) need. The precise clock reads the
+/// clock source on every packet, which in a VM (kvm-clock) cost more than
+/// a map lookup.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: a plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// Like `lookup`, also recording the TCP flags of the packet.
 #[inline(always)]
 pub fn lookup_seen(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     let entry = ct.get_ptr_mut(key)?;
+    let now = now_ns();
     // SAFETY: an LRU map value stays valid during the program run (RCU);
     // the plain stores race only with other CPUs doing the same to the
-    // same flow, and either value is right.
+    // same flow, and either value is right. Stores that would not change
+    // the entry are skipped: within a tick most packets of a busy flow
+    // leave its cache line clean.
     unsafe {
-        (*entry).last_seen_ns = bpf_ktime_get_ns();
+        if (*entry).last_seen_ns != now {
+            (*entry).last_seen_ns = now;
+        }
         if (*entry).tcp_flags | tcp_flags != (*entry).tcp_flags {
             (*entry).tcp_flags |= tcp_flags;
         }
@@ -69,8 +84,7 @@ pub fn lookup_seen(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
 /// flow tries again.
 #[inline(always)]
 pub fn create(forward: &CtKey, fwd: &CtEntry, reply: &CtKey, rev: &CtEntry) {
-    // SAFETY: a plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = now_ns();
     insert(
         forward,
         &CtEntry {
