@@ -77,51 +77,16 @@ fn translate(ctx: &SockAddrContext, peer: Peer) {
     let Some(kind) = served(ctx) else {
         return;
     };
-    let sa = ctx.sock_addr;
-    // SAFETY: the kernel's bpf_sock_addr context; these fields are readable
-    // in connect4 and sendmsg4.
-    let (ip, port, proto) = unsafe {
-        (
-            (*sa).user_ip4.to_ne_bytes(),
-            ((*sa).user_port as u16).to_ne_bytes(),
-            (*sa).protocol,
-        )
-    };
-    let proto = match proto {
-        p if p == u32::from(IPPROTO_TCP) => IPPROTO_TCP,
-        p if p == u32::from(IPPROTO_UDP) => IPPROTO_UDP,
-        _ => return,
-    };
-    let loopback = ip[0] == 127;
-    // SAFETY: as in `served`.
-    let host_addr = unsafe { host_addrs.get(Ipv4Key { ip }) }.is_some();
-    if !(host_addr || (loopback && kind == NETNS_HOST)) {
+    let Some((asked, target)) = published_target(ctx, kind) else {
+        if peer == Peer::Connected {
+            // A socket connected again, now to something not translated
+            // (even straight to the container a published port leads to):
+            // what it asked before no longer names its peer. A socket that
+            // never had a value (nearly all) finds none: -ENOENT, ignored.
+            // SAFETY: the context's socket is valid for the program run.
+            let _ = unsafe { sock_peer.delete((*ctx.sock_addr).__bindgen_anon_1.sk) };
+        }
         return;
-    }
-    let exact = PortKey {
-        ip,
-        port,
-        proto,
-        pad: 0,
-    };
-    // SAFETY: as in `served`.
-    let target = match unsafe { portmap.get(&exact) } {
-        Some(t) => *t,
-        // SAFETY: as in `served`.
-        None => match unsafe {
-            portmap.get(PortKey {
-                ip: [0; 4],
-                ..exact
-            })
-        } {
-            Some(t) => *t,
-            None => return,
-        },
-    };
-    let asked = PortTarget {
-        ip,
-        port,
-        pad: [0; 2],
     };
     match peer {
         Peer::Connected => {
@@ -148,12 +113,66 @@ fn translate(ctx: &SockAddrContext, peer: Peer) {
             let _ = sock_revnat.insert(&key, asked, 0);
         }
     }
+    let sa = ctx.sock_addr;
     // SAFETY: user_ip4 and user_port are writable in connect4/sendmsg4;
     // both must be written as 4-byte words.
     unsafe {
         (*sa).user_ip4 = u32::from_ne_bytes(target.ip);
         (*sa).user_port = u32::from(u16::from_ne_bytes(target.port));
     }
+}
+
+/// What the socket asks for (address and port, if a published port of a
+/// namespace of `kind`) and the container it leads to.
+#[inline(always)]
+fn published_target(ctx: &SockAddrContext, kind: u32) -> Option<(PortTarget, PortTarget)> {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel's bpf_sock_addr context; these fields are readable
+    // in connect4 and sendmsg4.
+    let (ip, port, proto) = unsafe {
+        (
+            (*sa).user_ip4.to_ne_bytes(),
+            ((*sa).user_port as u16).to_ne_bytes(),
+            (*sa).protocol,
+        )
+    };
+    let proto = match proto {
+        p if p == u32::from(IPPROTO_TCP) => IPPROTO_TCP,
+        p if p == u32::from(IPPROTO_UDP) => IPPROTO_UDP,
+        _ => return None,
+    };
+    let loopback = ip[0] == 127;
+    // SAFETY: as in `served`.
+    let host_addr = unsafe { host_addrs.get(Ipv4Key { ip }) }.is_some();
+    if !(host_addr || (loopback && kind == NETNS_HOST)) {
+        return None;
+    }
+    let exact = PortKey {
+        ip,
+        port,
+        proto,
+        pad: 0,
+    };
+    // SAFETY: as in `served`.
+    let target = match unsafe { portmap.get(&exact) } {
+        Some(t) => *t,
+        // SAFETY: as in `served`.
+        None => match unsafe {
+            portmap.get(PortKey {
+                ip: [0; 4],
+                ..exact
+            })
+        } {
+            Some(t) => *t,
+            None => return None,
+        },
+    };
+    let asked = PortTarget {
+        ip,
+        port,
+        pad: [0; 2],
+    };
+    Some((asked, target))
 }
 
 #[inline(always)]

@@ -177,12 +177,14 @@ fn udp_to_localhost_reaches_a_published_udp_port() {
 /// from the address and port the socket sent to, for an unconnected socket
 /// (`sendto`/`recvfrom`, remembered by destination) and for a connected
 /// one (`connect`, remembered on the socket) alike; and a connected TCP
-/// socket's `getpeername` names what it connected to.
+/// socket's `getpeername` names what it connected to. A UDP socket
+/// connected again, straight to the container, names the container.
 #[test]
 fn answers_to_translated_sockets_name_the_published_address() {
     let world = World::new();
     let echo = ["socat", "UDP-RECVFROM:53,fork", "EXEC:cat"].map(String::from);
     run_published(&world, "dns", "5356:53/udp", &echo);
+    let direct = world.container("dns").ip;
     let tcp = responder(80, "echo hi");
     run_published(&world, "web", "8086:80", &tcp);
     let script = r#"
@@ -202,6 +204,11 @@ data, peer = c.recvfrom(100)
 out.append("%s %s:%d" % (data.decode().strip(), peer[0], peer[1]))
 p = c.getpeername()
 out.append("udp peer %s:%d" % p)
+c.connect((sys.argv[2], 53))
+c.send(b"direct")
+data, peer = c.recvfrom(100)
+out.append("%s %s:%d" % (data.decode().strip(), peer[0], peer[1]))
+out.append("udp peer %s:%d" % c.getpeername())
 t = socket.create_connection((host, 8086), timeout=1)
 p = t.getpeername()
 out.append("tcp peer %s:%d %s" % (p[0], p[1], t.recv(100).decode().strip()))
@@ -214,7 +221,7 @@ print("\n".join(out))
         let ok = wait_until(Duration::from_secs(15), || {
             let out = output(
                 world
-                    .in_host("python3", &["-c", script, addr])
+                    .in_host("python3", &["-c", script, addr, &direct])
                     .stderr(Stdio::null()),
             );
             got = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -225,7 +232,7 @@ print("\n".join(out))
             got,
             format!(
                 "unconnected {addr}:5356\nconnected {addr}:5356\nudp peer {addr}:5356\n\
-                 tcp peer {addr}:8086 hi\n"
+                 direct {direct}:53\nudp peer {direct}:53\ntcp peer {addr}:8086 hi\n"
             )
         );
     }
