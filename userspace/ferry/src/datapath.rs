@@ -233,6 +233,7 @@ impl Datapath {
             source,
         })?;
         remove_stale_pins(pin_dir);
+        remove_changed_maps(pin_dir)?;
         let map_paths: Vec<(&str, PathBuf)> = MAPS
             .iter()
             .map(|name| (*name, pin_dir.join(name)))
@@ -936,6 +937,55 @@ fn remove_stale_pins(pin_dir: &Path) {
     stale("links", &|name| {
         !name.starts_with("sock_") || SOCK_PROGRAMS.contains(&name)
     });
+}
+
+/// Removes the pins of maps whose layout (type, key or value size, flags)
+/// differs from this build's definition, so that they are made anew: the
+/// loader would otherwise reuse an old map as it is, and the programs
+/// would read its values with the new layout. What such a map held is
+/// lost (ferryd puts its endpoints and ports back as it adopts the
+/// containers; counters restart, tracked flows are forgotten); each one is
+/// logged. Capacity is not layout: a pinned map keeps its own.
+fn remove_changed_maps(pin_dir: &Path) -> Result<(), DatapathError> {
+    let object = aya_obj::Object::parse(OBJECT)
+        .map_err(|e| DatapathError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
+    for name in MAPS {
+        let path = pin_dir.join(name);
+        let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let Some(wanted) = object.maps.get(name) else {
+            continue;
+        };
+        let pinned_layout = (
+            pinned.map_type().ok().map(|t| t as u32),
+            pinned.key_size(),
+            pinned.value_size(),
+            pinned.map_flags(),
+        );
+        let wanted_layout = (
+            Some(wanted.map_type()),
+            wanted.key_size(),
+            wanted.value_size(),
+            wanted.map_flags(),
+        );
+        if pinned_layout == wanted_layout {
+            continue;
+        }
+        tracing::warn!(
+            map = name,
+            pinned = ?pinned_layout,
+            wanted = ?wanted_layout,
+            "a pinned map has another layout (type, key size, value size, flags) than this \
+             build's: made anew, its entries are lost"
+        );
+        std::fs::remove_file(&path).map_err(|e| DatapathError::Pin {
+            what: name,
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Counts a map's keys with BPF_MAP_GET_NEXT_KEY (at most `capacity` + 1

@@ -869,6 +869,53 @@ impl Rng {
     }
 }
 
+/// Entries of `name` per `map_fill`.
+fn entries(datapath: &Datapath, name: &str) -> usize {
+    let fill = datapath.map_fill().expect("map fill");
+    fill.iter().find(|m| m.name == name).expect("map").entries
+}
+
+/// A map pinned by a build with another layout is made anew when the
+/// datapath loads (reused, its values would be read with this build's
+/// layout); maps with this build's layout keep their entries.
+#[test]
+fn load_remakes_pinned_maps_of_another_layout() {
+    let mut dp = Loaded::new();
+    dp.datapath
+        .set_host_addrs(&[Ipv4Addr::new(192, 0, 2, 1)])
+        .expect("host addrs");
+    let endpoints = dp.pin_dir.join("endpoints");
+    std::fs::remove_file(&endpoints).expect("unpin endpoints");
+    let made = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&endpoints)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "16",
+            "name",
+            "endpoints",
+        ])
+        .status()
+        .expect("bpftool");
+    assert!(made.success(), "bpftool map create");
+
+    let mut again = Datapath::load(&dp.pin_dir).expect("load over a changed map");
+    let info = aya::maps::MapInfo::from_pin(&endpoints).expect("endpoints pinned");
+    assert_eq!(info.value_size() as usize, size_of::<Endpoint>());
+    assert_eq!(entries(&again, "host_addrs"), 1, "kept with its entry");
+    assert_eq!(entries(&again, "endpoints"), 0, "made anew, empty");
+    again
+        .add_endpoint(A_IP, A)
+        .expect("endpoint A in the new map");
+    assert_eq!(entries(&again, "endpoints"), 1);
+}
+
 /// Frames that reach deep into the programs: container traffic to a peer,
 /// the gateway and the outside, requests to a published port, an ICMP
 /// error about a published flow, a first fragment, ARP.
