@@ -49,8 +49,8 @@ pub struct NetPolicy {
 }
 const _: () = assert!(size_of::<NetPolicy>() == 4);
 
-/// An IPv4 address as a map key: of a container (`endpoints`, `ep_stats`)
-/// or of the host (`host_addrs`).
+/// An IPv4 address as a map key: of a container (`endpoints`) or of the
+/// host (`host_addrs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Ipv4Key {
@@ -71,10 +71,14 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// MAC of the host-side veth: the container's gateway MAC.
     pub host_mac: [u8; 6],
+    /// Index of the container's counters in `ep_stats`, given by ferryd:
+    /// the programs count with an array index they already hold instead
+    /// of a hash lookup per packet.
+    pub stats: u32,
 }
-const _: () = assert!(size_of::<Endpoint>() == 20);
+const _: () = assert!(size_of::<Endpoint>() == 24);
 
-/// Traffic counters of a container (`ep_stats`) or of a published port
+/// Traffic counters of a container (`ep_stats`, at `Endpoint::stats`) or of a published port
 /// (`port_stats`), per CPU (userspace sums the CPUs). `tx` is what the
 /// container sent, `rx` what was delivered to it.
 #[repr(C)]

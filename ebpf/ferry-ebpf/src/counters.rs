@@ -2,7 +2,7 @@
 //! by reason. All maps are per-CPU, so plain adds are race-free.
 
 use aya_ebpf::bindings::TC_ACT_SHOT;
-use ferry_common::{DropReason, EndpointStats, Ipv4Key, PortKey};
+use ferry_common::{DropReason, Endpoint, EndpointStats, PortKey};
 
 use crate::maps::{drops, ep_stats, port_stats};
 
@@ -58,18 +58,18 @@ fn add(stats: *mut EndpointStats, way: Way, bytes: u32) {
     }
 }
 
-/// Counts a packet the container sent.
+/// Counts a packet container `ep` sent.
 #[inline(always)]
-pub fn count_tx(key: &Ipv4Key, bytes: u32) {
-    if let Some(stats) = ep_stats.get_ptr_mut(key) {
+pub fn count_tx(ep: &Endpoint, bytes: u32) {
+    if let Some(stats) = ep_stats.get_ptr_mut(ep.stats) {
         add(stats, Way::Out, bytes);
     }
 }
 
-/// Counts a packet delivered to the container.
+/// Counts a packet delivered to container `ep`.
 #[inline(always)]
-pub fn count_rx(key: &Ipv4Key, bytes: u32) {
-    if let Some(stats) = ep_stats.get_ptr_mut(key) {
+pub fn count_rx(ep: &Endpoint, bytes: u32) {
+    if let Some(stats) = ep_stats.get_ptr_mut(ep.stats) {
         add(stats, Way::In, bytes);
     }
 }

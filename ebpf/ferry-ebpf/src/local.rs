@@ -86,5 +86,5 @@ fn try_local_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     rewrite_v4(ctx, &l4, Side::Dst, daddr, target.ip, target.port)?;
     rewrite_v4(ctx, &l4, Side::Src, saddr, GATEWAY_V4, port)?;
-    into_container(ctx, target.ip, &endpoint)
+    into_container(ctx, &endpoint)
 }

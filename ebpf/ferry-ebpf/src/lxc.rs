@@ -99,7 +99,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
         (Ipv4Key { ip: (*ip).src }, Ipv4Key { ip: (*ip).dst })
     };
     let me = sender(ctx, eth, &src)?;
-    count_tx(&src, ctx.len());
+    count_tx(me, ctx.len());
 
     let policy = network_flags(me.net_id);
     // SAFETY: as in `sender`.
@@ -119,7 +119,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
         (*eth).dst = peer.mac;
         (*eth).src = peer.host_mac;
     }
-    count_rx(&dst, ctx.len());
+    count_rx(peer, ctx.len());
     // SAFETY: a plain helper call; it only records the target ifindex.
     let verdict = unsafe { bpf_redirect_peer(peer.ifindex, 0) };
     if verdict != i64::from(TC_ACT_REDIRECT) {
@@ -333,7 +333,7 @@ fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReas
     if !mac_eq(unsafe { &(*arp).sha }, &me.mac) {
         return Err(DropReason::SpoofedMac);
     }
-    count_tx(&src, ctx.len());
+    count_tx(me, ctx.len());
     // SAFETY: bounds checked by `ptr_at`.
     let asks_gateway = unsafe { (*arp).oper() == ARP_OP_REQUEST && (*arp).tpa == GATEWAY_V4 };
     if !asks_gateway {
@@ -378,6 +378,9 @@ pub fn to_container(ctx: TcContext) -> i32 {
     let dst = Ipv4Key {
         ip: unsafe { (*ip).dst },
     };
-    count_rx(&dst, ctx.len());
+    // SAFETY: hash map values are valid for the program run.
+    if let Some(ep) = unsafe { endpoints.get(&dst) } {
+        count_rx(ep, ctx.len());
+    }
     TC_ACT_OK as i32
 }

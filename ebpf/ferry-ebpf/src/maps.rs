@@ -41,11 +41,11 @@ pub static endpoints: HashMap<Ipv4Key, Endpoint, { MAX_ENDPOINTS as usize }> = H
 #[btf_map]
 pub static networks: HashMap<u32, NetPolicy, { MAX_NETWORKS as usize }> = HashMap::new();
 
-/// Per-container packet and byte counters. ferryd creates the entry with the
-/// endpoint (and removes it with it); the programs only add to it.
+/// Per-container packet and byte counters at each endpoint's
+/// `Endpoint::stats` index. ferryd zeroes a slot when it gives it to a new
+/// endpoint; the programs only add to it.
 #[btf_map]
-pub static ep_stats: PerCpuHashMap<Ipv4Key, EndpointStats, { MAX_ENDPOINTS as usize }> =
-    PerCpuHashMap::new();
+pub static ep_stats: PerCpuArray<EndpointStats, { MAX_ENDPOINTS as usize }> = PerCpuArray::new();
 
 /// Dropped packets, indexed by `DropReason`.
 #[btf_map]

@@ -184,7 +184,7 @@ fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReaso
         entry.nat_addr,
         entry.nat_port,
     )?;
-    into_container(ctx, entry.nat_addr, &endpoint)
+    into_container(ctx, &endpoint)
 }
 
 /// A later fragment of a datagram whose first fragment went to a container:
@@ -199,7 +199,7 @@ fn later_fragment_in(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropRea
         return Ok(TC_ACT_OK as i32);
     };
     rewrite_addr(ctx, Side::Dst, fragment.daddr, entry.nat_addr)?;
-    into_container(ctx, entry.nat_addr, &endpoint)
+    into_container(ctx, &endpoint)
 }
 
 /// The local container at `addr`, copied out of the map.
@@ -228,24 +228,18 @@ fn deliver(
     };
     frag::record(saddr, daddr, l4, &done);
     rewrite_v4(ctx, l4, Side::Dst, daddr, to_addr, to_port)?;
-    into_container(ctx, to_addr, endpoint)
+    into_container(ctx, endpoint)
 }
 
-/// Sends a packet already addressed to container `endpoint` (at `addr`)
-/// into it.
+/// Sends a packet already addressed to container `endpoint` into it.
 #[inline(always)]
-pub fn into_container(
-    ctx: &TcContext,
-    addr: [u8; 4],
-    endpoint: &Endpoint,
-) -> Result<i32, DropReason> {
-    let key = Ipv4Key { ip: addr };
+pub fn into_container(ctx: &TcContext, endpoint: &Endpoint) -> Result<i32, DropReason> {
     // The host is the router hop into the container, as with Docker.
     if let Ttl::Expired = ttl_dec(ctx)? {
         return Err(DropReason::TtlExpired);
     }
     set_macs(ctx, &endpoint.mac, &endpoint.host_mac)?;
-    count_rx(&key, ctx.len());
+    count_rx(endpoint, ctx.len());
     // SAFETY: a plain helper call.
     if unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);

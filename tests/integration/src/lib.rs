@@ -690,7 +690,6 @@ impl World {
         let datapath = self.datapath();
         let map_entries = [
             "endpoints",
-            "ep_stats",
             "portmap",
             "port_stats",
             "sock_netns",

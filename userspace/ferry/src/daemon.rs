@@ -1711,6 +1711,8 @@ impl Inner {
                     net_id: network.net_id,
                     mac,
                     host_mac,
+                    // Given by the datapath.
+                    stats: 0,
                 },
             )
             .map_err(|e| map_full(e, "containers", "--endpoint-max"))?;

@@ -620,23 +620,72 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))
     }
 
-    /// Publishes a container to the datapath, with zeroed counters. A full
-    /// map is [`DatapathError::Full`], with nothing left behind.
-    pub fn add_endpoint(&mut self, ip: Ipv4Addr, endpoint: Endpoint) -> Result<(), DatapathError> {
+    /// Publishes a container to the datapath. A new one gets the lowest
+    /// free counter slot (`Endpoint::stats`, whatever the caller set),
+    /// zeroed; one already there (adoption) keeps its slot and counters.
+    /// A full map is [`DatapathError::Full`], with nothing left behind.
+    pub fn add_endpoint(
+        &mut self,
+        ip: Ipv4Addr,
+        mut endpoint: Endpoint,
+    ) -> Result<(), DatapathError> {
         let key = Ipv4Key { ip: ip.octets() };
+        let capacity = self.ep_stats_len()?;
+        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        let slot = match endpoints.get(&key, 0) {
+            Ok(present) => Some(present.stats),
+            Err(aya::maps::MapError::KeyNotFound) => None,
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    map: MAP_ENDPOINTS,
+                    source,
+                });
+            }
+        };
+        endpoint.stats = match slot {
+            Some(slot) => slot,
+            None => {
+                // Slots in use are read off the endpoints themselves, so
+                // there is no second record to drift from the map (a few
+                // hundred lookups at most on a busy host).
+                let used: std::collections::HashSet<u32> = endpoints
+                    .iter()
+                    .filter_map(Result::ok)
+                    .map(|(_, e)| e.stats)
+                    .collect();
+                let free = (0..capacity).find(|s| !used.contains(s));
+                let Some(free) = free else {
+                    return Err(DatapathError::Full {
+                        map: MAP_ENDPOINTS,
+                        capacity,
+                    });
+                };
+                self.zero_ep_stats(free)?;
+                free
+            }
+        };
         let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        let inserted = endpoints.insert(key, endpoint, 0);
-        // The counters are made second: their map has the same capacity,
-        // so the one a user knows by name is the one found full.
-        let added = match inserted {
-            Ok(()) => self.add_stats(MAP_EP_STATS, key),
-            Err(e) => Err(self.insert_error(MAP_ENDPOINTS, e)),
-        };
-        if added.is_err() {
-            let _ = self.remove_endpoint(ip);
-        }
-        added
+        endpoints
+            .insert(key, endpoint, 0)
+            .map_err(|e| self.insert_error(MAP_ENDPOINTS, e))
+    }
+
+    /// Slots in `ep_stats` (its capacity, which a pinned map keeps).
+    fn ep_stats_len(&mut self) -> Result<u32, DatapathError> {
+        let stats: PerCpuArray<_, EndpointStats> =
+            PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        Ok(stats.len())
+    }
+
+    fn zero_ep_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
+        let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
+        let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
+            .map_err(|e| DatapathError::Cpus(e.to_string()))?;
+        let mut stats: PerCpuArray<_, EndpointStats> =
+            PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        stats.set(slot, zeros, 0).map_err(map_err(MAP_EP_STATS))
     }
 
     /// What a failed insert into `name` means: the map is full, or the
@@ -660,20 +709,35 @@ impl Datapath {
         }
     }
 
-    /// Removes a container from the datapath. Missing entries are fine.
+    /// Removes a container from the datapath (its counter slot is free
+    /// again, zeroed when next given out). Missing is fine.
     pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
         let key = Ipv4Key { ip: ip.octets() };
         let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        ignore_missing(endpoints.remove(&key)).map_err(map_err(MAP_ENDPOINTS))?;
-        let mut stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        ignore_missing(stats.remove(&key)).map_err(map_err(MAP_EP_STATS))
+        ignore_missing(endpoints.remove(&key)).map_err(map_err(MAP_ENDPOINTS))
     }
 
-    /// A container's counters, summed over CPUs.
+    /// A container's counters, summed over CPUs (zero for an unknown one).
     pub fn endpoint_stats(&mut self, ip: Ipv4Addr) -> Result<EndpointStats, DatapathError> {
-        self.read_stats(MAP_EP_STATS, &Ipv4Key { ip: ip.octets() })
+        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        let slot = match endpoints.get(&Ipv4Key { ip: ip.octets() }, 0) {
+            Ok(e) => e.stats,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(EndpointStats::default()),
+            Err(source) => {
+                return Err(DatapathError::Map {
+                    map: MAP_ENDPOINTS,
+                    source,
+                });
+            }
+        };
+        let stats: PerCpuArray<_, EndpointStats> =
+            PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
+        let values = stats.get(&slot, 0).map_err(map_err(MAP_EP_STATS))?;
+        Ok(values
+            .iter()
+            .fold(EndpointStats::default(), |acc, v| acc.merged(*v)))
     }
 
     /// Drop counters by reason, summed over CPUs.
@@ -806,8 +870,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the entries that belong to nothing alive: endpoints and
-    /// their counters for addresses not in `live.ips`, published ports and
+    /// Removes the entries that belong to nothing alive: endpoints for
+    /// addresses not in `live.ips`, published ports and
     /// their counters not in `live.ports`, socket-hook namespaces not in
     /// `live.netns`. What a crash between two steps of a run or a removal
     /// leaves; returns a line for each entry removed.
@@ -815,12 +879,7 @@ impl Datapath {
         let mut removed = Vec::new();
         let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
             BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        let mut ips: Vec<Ipv4Key> = endpoints.keys().filter_map(Result::ok).collect();
-        let ep_stats: PerCpuHashMap<_, Ipv4Key, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        ips.extend(ep_stats.keys().filter_map(Result::ok));
-        ips.sort_by_key(|k| k.ip);
-        ips.dedup();
+        let ips: Vec<Ipv4Key> = endpoints.keys().filter_map(Result::ok).collect();
         for key in ips {
             let ip = Ipv4Addr::from(key.ip);
             if !live.ips.contains(&ip) {

@@ -35,12 +35,14 @@ const A: Endpoint = Endpoint {
     net_id: 0,
     mac: [0x02, 0x42, 10, 66, 0, 2],
     host_mac: [0x02, 0xfe, 10, 66, 0, 2],
+    stats: 0,
 };
 const B: Endpoint = Endpoint {
     ifindex: 77,
     net_id: 0,
     mac: [0x02, 0x42, 10, 66, 0, 3],
     host_mac: [0x02, 0xfe, 10, 66, 0, 3],
+    stats: 0,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -137,6 +139,38 @@ fn from_container_forward_to_local_peer() {
     let b = dp.datapath.endpoint_stats(B_IP).expect("stats");
     assert_eq!((a.tx_packets, a.tx_bytes), (1, frame.len() as u64));
     assert_eq!((b.rx_packets, b.rx_bytes), (1, frame.len() as u64));
+}
+
+/// Expects: an endpoint added again (adoption) keeps its counters; one
+/// removed frees its slot, and the next new endpoint gets that slot zeroed
+/// while the others keep counting.
+#[test]
+fn endpoint_counter_slots_are_kept_freed_and_zeroed() {
+    let mut dp = Loaded::new();
+    let frame = ipv4_frame(A.mac, A.host_mac, A_IP, B_IP, 0);
+    dp.run(PROG_FROM_CONTAINER, &frame);
+    dp.datapath.add_endpoint(A_IP, A).expect("adopt A");
+    let tx = |dp: &mut Loaded, ip| dp.datapath.endpoint_stats(ip).expect("stats").tx_packets;
+    assert_eq!(tx(&mut dp, A_IP), 1, "adoption keeps the count");
+
+    dp.datapath.remove_endpoint(A_IP).expect("remove A");
+    assert_eq!(tx(&mut dp, A_IP), 0, "a removed endpoint has no counters");
+    let c_ip = Ipv4Addr::new(10, 66, 0, 4);
+    dp.datapath.add_endpoint(c_ip, A).expect("endpoint C");
+    let pinned = aya::maps::MapData::from_pin(dp.pin_dir.join("endpoints")).expect("pin");
+    let endpoints: aya::maps::HashMap<_, ferry_common::Ipv4Key, Endpoint> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(pinned)).expect("endpoints");
+    let slot = |ip: Ipv4Addr| {
+        let key = ferry_common::Ipv4Key { ip: ip.octets() };
+        endpoints.get(&key, 0).expect("endpoint").stats
+    };
+    assert_eq!((slot(c_ip), slot(B_IP)), (0, 1), "C has A's old slot");
+    assert_eq!(tx(&mut dp, c_ip), 0, "a reused slot starts at zero");
+    let c_frame = ipv4_frame(A.mac, A.host_mac, c_ip, B_IP, 0);
+    assert_eq!(dp.run(PROG_FROM_CONTAINER, &c_frame).0, TC_ACT_REDIRECT);
+    assert_eq!(tx(&mut dp, c_ip), 1);
+    let b = dp.datapath.endpoint_stats(B_IP).expect("stats");
+    assert_eq!(b.rx_packets, 2, "B counted both, through its own slot");
 }
 
 /// Expects: IP options do not confuse the parser; still REDIRECT.
