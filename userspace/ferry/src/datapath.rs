@@ -631,21 +631,12 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let key = Ipv4Key { ip: ip.octets() };
         let capacity = self.ep_stats_len()?;
-        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        let slot = match endpoints.get(&key, 0) {
-            Ok(present) => Some(present.stats),
-            Err(aya::maps::MapError::KeyNotFound) => None,
-            Err(source) => {
-                return Err(DatapathError::Map {
-                    map: MAP_ENDPOINTS,
-                    source,
-                });
-            }
-        };
-        endpoint.stats = match slot {
-            Some(slot) => slot,
+        endpoint.stats = match self.endpoint(&key)? {
+            Some(present) => present.stats,
             None => {
+                let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
+                    BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?)
+                        .map_err(map_err(MAP_ENDPOINTS))?;
                 // Slots in use are read off the endpoints themselves, so
                 // there is no second record to drift from the map (a few
                 // hundred lookups at most on a busy host).
@@ -672,6 +663,20 @@ impl Datapath {
             .map_err(|e| self.insert_error(MAP_ENDPOINTS, e))
     }
 
+    /// The endpoint at `key`, if any.
+    fn endpoint(&mut self, key: &Ipv4Key) -> Result<Option<Endpoint>, DatapathError> {
+        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
+            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
+        match endpoints.get(key, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                map: MAP_ENDPOINTS,
+                source,
+            }),
+        }
+    }
+
     /// Slots in `ep_stats` (its capacity, which a pinned map keeps).
     fn ep_stats_len(&mut self) -> Result<u32, DatapathError> {
         let stats: PerCpuArray<_, EndpointStats> =
@@ -680,9 +685,7 @@ impl Datapath {
     }
 
     fn zero_ep_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
-        let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
-            .map_err(|e| DatapathError::Cpus(e.to_string()))?;
+        let zeros = zeroed_counters()?;
         let mut stats: PerCpuArray<_, EndpointStats> =
             PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
         stats.set(slot, zeros, 0).map_err(map_err(MAP_EP_STATS))
@@ -720,24 +723,15 @@ impl Datapath {
 
     /// A container's counters, summed over CPUs (zero for an unknown one).
     pub fn endpoint_stats(&mut self, ip: Ipv4Addr) -> Result<EndpointStats, DatapathError> {
-        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        let slot = match endpoints.get(&Ipv4Key { ip: ip.octets() }, 0) {
-            Ok(e) => e.stats,
-            Err(aya::maps::MapError::KeyNotFound) => return Ok(EndpointStats::default()),
-            Err(source) => {
-                return Err(DatapathError::Map {
-                    map: MAP_ENDPOINTS,
-                    source,
-                });
-            }
+        let Some(endpoint) = self.endpoint(&Ipv4Key { ip: ip.octets() })? else {
+            return Ok(EndpointStats::default());
         };
         let stats: PerCpuArray<_, EndpointStats> =
             PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        let values = stats.get(&slot, 0).map_err(map_err(MAP_EP_STATS))?;
-        Ok(values
-            .iter()
-            .fold(EndpointStats::default(), |acc, v| acc.merged(*v)))
+        let values = stats
+            .get(&endpoint.stats, 0)
+            .map_err(map_err(MAP_EP_STATS))?;
+        Ok(summed(&values))
     }
 
     /// Drop counters by reason, summed over CPUs.
@@ -785,9 +779,7 @@ impl Datapath {
     /// Makes a zeroed per-CPU counter entry for `key` in the stats map
     /// `name`, keeping one that exists (adoption keeps its counters).
     fn add_stats<K: aya::Pod>(&mut self, name: &'static str, key: K) -> Result<(), DatapathError> {
-        let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
-        let zeros = PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
-            .map_err(|e| DatapathError::Cpus(e.to_string()))?;
+        let zeros = zeroed_counters()?;
         let mut stats: PerCpuHashMap<_, K, EndpointStats> =
             PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         match stats.insert(key, zeros, BPF_NOEXIST) {
@@ -810,9 +802,7 @@ impl Datapath {
         let stats: PerCpuHashMap<_, K, EndpointStats> =
             PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
         match stats.get(key, 0) {
-            Ok(values) => Ok(values
-                .iter()
-                .fold(EndpointStats::default(), |acc, v| acc.merged(*v))),
+            Ok(values) => Ok(summed(&values)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(EndpointStats::default()),
             Err(source) => Err(DatapathError::Map { map: name, source }),
         }
@@ -996,6 +986,20 @@ fn remove_stale_pins(pin_dir: &Path) {
     stale("links", &|name| {
         !name.starts_with("sock_") || SOCK_PROGRAMS.contains(&name)
     });
+}
+
+/// Zeroed counters, one per possible CPU (as per-CPU map writes take).
+fn zeroed_counters() -> Result<PerCpuValues<EndpointStats>, DatapathError> {
+    let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
+    PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
+        .map_err(|e| DatapathError::Cpus(e.to_string()))
+}
+
+/// Per-CPU counters summed.
+fn summed(values: &PerCpuValues<EndpointStats>) -> EndpointStats {
+    values
+        .iter()
+        .fold(EndpointStats::default(), |acc, v| acc.merged(*v))
 }
 
 /// Removes the pins of maps whose layout (type, key or value size, flags)
