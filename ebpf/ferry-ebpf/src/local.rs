@@ -49,7 +49,7 @@ fn try_local_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Every packet here is for the host, so the published-port lookup comes
     // first: for ordinary loopback traffic it is the only cost.
-    let Some(published) = published(daddr, &l4) else {
+    let Some(published) = published(daddr, l4.dport, l4.proto) else {
         return PASS;
     };
     let key = ct::key_of(saddr, daddr, &l4);

@@ -10,14 +10,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use ferry_common::{
-    CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, IPPROTO_ICMP, PortKey, SNAT_PORT_MAX,
-    SNAT_PORT_MIN,
+    CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, IPPROTO_ICMP, SNAT_PORT_MAX, SNAT_PORT_MIN,
 };
 
 use crate::{
     csum::{Side, rewrite_v4},
     frag,
-    maps::{ct, portmap},
+    maps::ct,
     parse::L4,
 };
 
@@ -160,7 +159,7 @@ fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2],
     for i in 0..SNAT_TRIES {
         let port = (u32::from(SNAT_PORT_MIN) + (start + i * 4099) % span) as u16;
         let port = port.to_be_bytes();
-        if !icmp && published(snat_addr, port, key.proto) {
+        if !icmp && crate::uplink::published(snat_addr, port, key.proto).is_some() {
             continue;
         }
         let reply_key = if icmp {
@@ -188,20 +187,4 @@ fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2],
         }
     }
     Err(DropReason::SnatExhausted)
-}
-
-/// Whether `port` is published on `addr` (or on every address).
-#[inline(always)]
-fn published(addr: [u8; 4], port: [u8; 2], proto: u8) -> bool {
-    let exact = PortKey {
-        ip: addr,
-        port,
-        proto,
-        pad: 0,
-    };
-    let any = PortKey {
-        ip: [0; 4],
-        ..exact
-    };
-    portmap.get_ptr(&exact).is_some() || portmap.get_ptr(&any).is_some()
 }

@@ -14,10 +14,10 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use ferry_common::{
-    IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, NETNS_HOST, PortKey, PortTarget, SockPeer, SockRevKey,
+    IPPROTO_TCP, IPPROTO_UDP, Ipv4Key, NETNS_HOST, PortTarget, SockPeer, SockRevKey,
 };
 
-use crate::maps::{host_addrs, portmap, sock_netns, sock_peer, sock_revnat};
+use crate::maps::{host_addrs, sock_netns, sock_peer, sock_revnat};
 
 const ALLOW: i32 = 1;
 
@@ -147,26 +147,7 @@ fn published_target(ctx: &SockAddrContext, kind: u32) -> Option<(PortTarget, Por
     if !(host_addr || (loopback && kind == NETNS_HOST)) {
         return None;
     }
-    let exact = PortKey {
-        ip,
-        port,
-        proto,
-        pad: 0,
-    };
-    // SAFETY: as in `served`.
-    let target = match unsafe { portmap.get(&exact) } {
-        Some(t) => *t,
-        // SAFETY: as in `served`.
-        None => match unsafe {
-            portmap.get(PortKey {
-                ip: [0; 4],
-                ..exact
-            })
-        } {
-            Some(t) => *t,
-            None => return None,
-        },
-    };
+    let target = crate::uplink::published(ip, port, proto)?;
     let asked = PortTarget {
         ip,
         port,

@@ -81,7 +81,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         return PASS;
     }
-    let Some(target) = published(daddr, &l4) else {
+    let Some(target) = published(daddr, l4.dport, l4.proto) else {
         return PASS;
     };
     let Some(endpoint) = endpoint_of(target.ip) else {
@@ -142,14 +142,15 @@ pub fn track_published(
     crate::debug::new_flow("dnat", key, target.ip, target.port);
 }
 
-/// The published port this packet (for a host address) is for: the exact
-/// address first, then a publish on every address.
+/// The publish of `port`/`proto` on host address `ip` (or loopback): one
+/// on that address first, then one on every address. Every hook that
+/// meets a published port asks here.
 #[inline(always)]
-pub fn published(daddr: [u8; 4], l4: &L4) -> Option<PortTarget> {
+pub fn published(ip: [u8; 4], port: [u8; 2], proto: u8) -> Option<PortTarget> {
     let mut key = PortKey {
-        ip: daddr,
-        port: l4.dport,
-        proto: l4.proto,
+        ip,
+        port,
+        proto,
         pad: 0,
     };
     // SAFETY: hash map values are valid for the program run; copied out.
