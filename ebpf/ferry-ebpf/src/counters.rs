@@ -21,7 +21,7 @@ pub fn count_drop(reason: DropReason) {
 #[inline(always)]
 pub fn drop_packet(reason: DropReason) -> i32 {
     count_drop(reason);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// The tc verdict for a program's result: its own, or a counted drop.
@@ -84,12 +84,12 @@ pub fn count_port(addr: [u8; 4], port: [u8; 2], proto: u8, way: Way, bytes: u32)
         proto,
         pad: 0,
     };
-    if let Some(stats) = port_stats.get_ptr_mut(&key) {
+    if let Some(stats) = port_stats.get_ptr_mut(key) {
         add(stats, way, bytes);
         return;
     }
     key.ip = addr;
-    if let Some(stats) = port_stats.get_ptr_mut(&key) {
+    if let Some(stats) = port_stats.get_ptr_mut(key) {
         add(stats, way, bytes);
     }
 }

@@ -24,7 +24,7 @@ pub fn record(saddr: [u8; 4], daddr: [u8; 4], l4: &L4, entry: &CtEntry) {
     };
     // A full map evicts the oldest datagram; a failed insert costs this
     // datagram's later fragments, counted as fragment_unknown.
-    let _ = frags.insert(&key, entry, 0);
+    let _ = frags.insert(key, entry, 0);
 }
 
 /// The translation recorded for a later fragment's datagram.

@@ -36,7 +36,7 @@ pub fn local_ingress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_local_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
-    const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK as i32);
+    const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK);
     let Some((eth, ip)) = ipv4_frame(ctx) else {
         return PASS;
     };

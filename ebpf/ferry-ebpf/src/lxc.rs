@@ -103,7 +103,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
 
     let policy = network_flags(me.net_id);
     // SAFETY: as in `sender`.
-    let Some(peer) = (unsafe { endpoints.get(&dst) }) else {
+    let Some(peer) = (unsafe { endpoints.get(dst) }) else {
         // An internal network's containers reach only each other.
         if policy & NET_INTERNAL != 0 {
             return Err(DropReason::PolicyDenied);
@@ -125,7 +125,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
     if verdict != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// The `NET_*` policy bits of a network. The default network (`net_id`
@@ -137,7 +137,7 @@ fn network_flags(net_id: u32) -> u32 {
         return 0;
     }
     // SAFETY: hash map values are valid for the program run; copied out.
-    unsafe { networks.get(&net_id) }.map_or(0, |p| p.flags)
+    unsafe { networks.get(net_id) }.map_or(0, |p| p.flags)
 }
 
 /// A validated packet from a container, not for a local container: to the
@@ -156,7 +156,7 @@ fn to_outside(
 ) -> Result<i32, DropReason> {
     // SAFETY: as in `sender`.
     if unsafe { host_addrs.get(dst) }.is_some() {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     // Parse first: the TTL rewrite below invalidates packet pointers.
     let fragment = later_fragment_of(ip);
@@ -172,7 +172,7 @@ fn to_outside(
     // expiring packet goes to the host stack (forwarding is on for this
     // veth), which answers with ICMP time exceeded: traceroute works.
     if let Ttl::Expired = ttl_dec(ctx)? {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     if let Some(fragment) = fragment {
         return later_fragment_out(ctx, &fragment);
@@ -337,7 +337,7 @@ fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReas
     // SAFETY: bounds checked by `ptr_at`.
     let asks_gateway = unsafe { (*arp).oper() == ARP_OP_REQUEST && (*arp).tpa == GATEWAY_V4 };
     if !asks_gateway {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     // Turn the request into the reply, in place, and send it back.
     // SAFETY: both headers were bounds checked above.
@@ -355,7 +355,7 @@ fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReas
     if verdict != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// tc egress on a container's host-side veth: what the host stack delivers
@@ -365,22 +365,22 @@ fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReas
 pub fn to_container(ctx: TcContext) -> i32 {
     pull(&ctx, ETH_HLEN + IPV4_MIN_HLEN);
     let Ok(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: bounds checked by `ptr_at`.
     if unsafe { (*eth).proto() } != ETH_P_IP {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let Ok(ip) = ptr_at::<Ipv4Hdr>(&ctx, ETH_HLEN) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     // SAFETY: bounds checked by `ptr_at`.
     let dst = Ipv4Key {
         ip: unsafe { (*ip).dst },
     };
     // SAFETY: hash map values are valid for the program run.
-    if let Some(ep) = unsafe { endpoints.get(&dst) } {
+    if let Some(ep) = unsafe { endpoints.get(dst) } {
         count_rx(ep, ctx.len());
     }
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }

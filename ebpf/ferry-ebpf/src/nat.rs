@@ -75,7 +75,7 @@ pub fn send(fib: &FibParams) -> Result<i32, DropReason> {
     if rc != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// A packet of a masqueraded flow already tracked (`CT_SNAT` entry).
@@ -181,7 +181,7 @@ fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2],
                 pad: [0; 3],
             }
         };
-        if ct.insert(&reply_key, reply, BPF_NOEXIST).is_ok() {
+        if ct.insert(reply_key, reply, BPF_NOEXIST).is_ok() {
             crate::ct::count_created();
             return Ok(port);
         }

@@ -57,7 +57,7 @@ fn served(ctx: &SockAddrContext) -> Option<u32> {
     // SAFETY: a plain helper call on the program's context.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // SAFETY: hash map values are valid for the program run; copied out.
-    unsafe { sock_netns.get(&cookie) }.copied()
+    unsafe { sock_netns.get(cookie) }.copied()
 }
 
 /// How a translated socket talks to its container, and so where what it
@@ -110,7 +110,7 @@ fn translate(ctx: &SockAddrContext, peer: Peer) {
                 port: target.port,
                 pad: [0; 2],
             };
-            let _ = sock_revnat.insert(&key, asked, 0);
+            let _ = sock_revnat.insert(key, asked, 0);
         }
     }
     let sa = ctx.sock_addr;
@@ -187,7 +187,7 @@ fn restore(ctx: &SockAddrContext) {
                 pad: [0; 2],
             };
             // SAFETY: as in `served`.
-            let Some(orig) = (unsafe { sock_revnat.get(&key) }).copied() else {
+            let Some(orig) = (unsafe { sock_revnat.get(key) }).copied() else {
                 return;
             };
             orig

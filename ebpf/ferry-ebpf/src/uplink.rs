@@ -34,7 +34,7 @@ pub fn uplink_ingress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
-    const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK as i32);
+    const PASS: Result<i32, DropReason> = Ok(TC_ACT_OK);
     let Some((eth, ip)) = ipv4_frame(ctx) else {
         return PASS;
     };
@@ -154,12 +154,12 @@ pub fn published(ip: [u8; 4], port: [u8; 2], proto: u8) -> Option<PortTarget> {
         pad: 0,
     };
     // SAFETY: hash map values are valid for the program run; copied out.
-    if let Some(target) = unsafe { portmap.get(&key) } {
+    if let Some(target) = unsafe { portmap.get(key) } {
         return Some(*target);
     }
     key.ip = [0; 4];
     // SAFETY: as above.
-    unsafe { portmap.get(&key) }.copied()
+    unsafe { portmap.get(key) }.copied()
 }
 
 /// An ICMP error from outside about a flow translated to a container
@@ -169,13 +169,13 @@ pub fn published(ip: [u8; 4], port: [u8; 2], proto: u8) -> Option<PortTarget> {
 fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReason> {
     let key = ct::key_of_quoted(err);
     let Some(entry) = ct::lookup(&key) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     if entry.kind != CT_DNAT && entry.kind != CT_SNAT_REPLY {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     }
     let Some(endpoint) = endpoint_of(entry.nat_addr) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     rewrite_icmp_error(
         ctx,
@@ -194,10 +194,10 @@ fn error_to_container(ctx: &TcContext, err: &IcmpError) -> Result<i32, DropReaso
 #[inline(always)]
 fn later_fragment_in(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropReason> {
     let Some(entry) = frag::lookup(fragment).filter(|e| e.kind == CT_DNAT) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     let Some(endpoint) = endpoint_of(entry.nat_addr) else {
-        return Ok(TC_ACT_OK as i32);
+        return Ok(TC_ACT_OK);
     };
     rewrite_addr(ctx, Side::Dst, fragment.daddr, entry.nat_addr)?;
     into_container(ctx, &endpoint)
@@ -245,7 +245,7 @@ pub fn into_container(ctx: &TcContext, endpoint: &Endpoint) -> Result<i32, DropR
     if unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
 
 /// Reverse translation of a reply from a container to a published-port
@@ -272,5 +272,5 @@ pub fn send_to_client(ctx: &TcContext, entry: &CtEntry) -> Result<i32, DropReaso
     if unsafe { aya_ebpf::helpers::bpf_redirect(entry.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
-    Ok(TC_ACT_REDIRECT as i32)
+    Ok(TC_ACT_REDIRECT)
 }
