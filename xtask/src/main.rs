@@ -24,7 +24,7 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install every prerequisite (Debian packages, nightly rust-src,
+    /// Install every prerequisite (Debian packages, nightly rust-src and clippy,
     /// bpf-linker); skips what is present.
     Setup,
     /// Build the eBPF object and the binaries (release).

@@ -39,7 +39,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> anyhow::Result<()> {
     apt_packages()?;
-    nightly_rust_src()?;
+    nightly_components()?;
     bpf_linker()?;
     step("setup: everything is in place");
     Ok(())
@@ -73,35 +73,39 @@ fn apt_packages() -> anyhow::Result<()> {
     .context("apt-get install failed")
 }
 
-fn nightly_rust_src() -> anyhow::Result<()> {
+/// What the nightly toolchain needs: the standard library's source (the
+/// eBPF programs build `core` for their target) and clippy (they are
+/// linted for that target too).
+const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
+fn nightly_components() -> anyhow::Result<()> {
     let toolchains = capture(Command::new("rustup").args(["toolchain", "list"]))
         .context("rustup is required")?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         step("setup: installing the nightly toolchain");
-        run_cmd(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))?;
-        return Ok(());
+        let mut install = Command::new("rustup");
+        install.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+        for c in NIGHTLY_COMPONENTS {
+            install.args(["--component", c]);
+        }
+        return run_cmd(&mut install);
     }
-    let components = capture(Command::new("rustup").args([
+    let installed = capture(Command::new("rustup").args([
         "component",
         "list",
         "--toolchain",
         "nightly",
         "--installed",
     ]))?;
-    if components.lines().any(|l| l.starts_with("rust-src")) {
-        step("setup: nightly rust-src present");
-        return Ok(());
+    for c in NIGHTLY_COMPONENTS {
+        if installed.lines().any(|l| l.starts_with(c)) {
+            step(&format!("setup: nightly {c} present"));
+            continue;
+        }
+        step(&format!("setup: adding {c} to nightly"));
+        run_cmd(Command::new("rustup").args(["component", "add", c, "--toolchain", "nightly"]))?;
     }
-    step("setup: adding rust-src to nightly");
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 fn bpf_linker() -> anyhow::Result<()> {

@@ -26,6 +26,25 @@ pub fn run(cargo_args: &[String]) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The workspace clippy above sees the eBPF crate built for the host,
+    // where its modules are compiled out; its real target is linted here.
+    step("lint: cargo clippy -D warnings on the eBPF programs (bpfel-unknown-none)");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root.join("ebpf/ferry-ebpf"))
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--target-dir",
+            ])
+            .arg(root.join("target/ebpf-clippy"))
+            .args(["--", "-D", "warnings"]),
+    )?;
     step("test: unit and integration tests");
     run_cmd(
         Command::new("cargo")
