@@ -1,4 +1,4 @@
-//! `cargo xtask build`: the eBPF object (via userspace/ferry/build.rs) and
+//! `cargo xtask build`: the eBPF object (via userspace/ferry-net/build.rs) and
 //! the release binaries with it embedded.
 
 use std::{path::PathBuf, process::Command};

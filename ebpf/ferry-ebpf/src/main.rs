@@ -3,7 +3,7 @@
 //! the host's loopback; `xdp`: the uplinks' early prefilter; `sock`: cgroup socket hooks) and one
 //! per subsystem (`parse`, `csum`, `ct`, `nat`, `frag`, `counters`), all maps in `maps`.
 //!
-//! Built for `bpfel-unknown-none` by `userspace/ferry/build.rs`; on any other
+//! Built for `bpfel-unknown-none` by `userspace/ferry-net/build.rs`; on any other
 //! target this crate is an empty binary so workspace-wide tooling still works.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 

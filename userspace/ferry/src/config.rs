@@ -15,8 +15,6 @@ pub const DEFAULT_CGROUP_PARENT: &str = "ferry";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid subnet {value:?}: {reason}")]
-    Subnet { value: String, reason: String },
     #[error("unknown group {0:?} for the API socket")]
     Group(String),
 }
@@ -95,36 +93,6 @@ pub fn default_cgroup() -> PathBuf {
     }
 }
 
-/// Parses and checks a container subnet: IPv4 CIDR, network address given
-/// exactly, room for at least one container besides the reserved addresses.
-pub fn parse_subnet(value: &str) -> Result<Ipv4Net, ConfigError> {
-    let err = |reason: &str| ConfigError::Subnet {
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let net: Ipv4Net = value
-        .parse()
-        .map_err(|_| err("expected an IPv4 CIDR such as 10.88.0.0/16"))?;
-    if net.network() != net.addr() {
-        return Err(err(&format!(
-            "host bits are set; did you mean {}?",
-            net.trunc()
-        )));
-    }
-    if net.prefix_len() > 30 {
-        return Err(err(
-            "prefix longer than /30 leaves no address for containers",
-        ));
-    }
-    if net.contains(&Ipv4Addr::new(169, 254, 1, 1)) || net.addr().is_loopback() {
-        return Err(err("overlaps loopback or the 169.254.1.1 gateway"));
-    }
-    if net.addr().is_multicast() || net.addr().is_broadcast() {
-        return Err(err("not a unicast range"));
-    }
-    Ok(net)
-}
-
 /// `--metrics`: `IP:PORT`, or a bare `PORT` on loopback.
 pub fn parse_metrics_addr(value: &str) -> Result<std::net::SocketAddr, String> {
     if let Ok(port) = value.parse::<u16>() {
@@ -149,34 +117,6 @@ pub fn parse_group(name: &str) -> Result<u32, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnet_accepts_plain_cidrs() {
-        let net = parse_subnet("10.88.0.0/16").expect("valid");
-        assert_eq!(net.prefix_len(), 16);
-        assert!(parse_subnet("192.168.7.0/30").is_ok());
-    }
-
-    #[test]
-    fn subnet_rejects_bad_input_with_a_reason() {
-        for (input, reason) in [
-            ("10.88.0.0/33", "CIDR"),
-            ("banana", "CIDR"),
-            ("10.88.0.1/16", "host bits"),
-            ("10.0.0.0/31", "/30"),
-            ("169.254.0.0/16", "gateway"),
-            ("127.0.0.0/8", "loopback"),
-            ("224.0.0.0/8", "unicast"),
-            ("fd00::/64", "CIDR"),
-        ] {
-            let err = parse_subnet(input).expect_err(input).to_string();
-            assert!(err.contains(reason), "{input}: {err}");
-            assert!(
-                err.contains(input),
-                "{input}: error does not name the input: {err}"
-            );
-        }
-    }
 
     #[test]
     fn metrics_address_defaults_to_loopback() {

@@ -1,29 +1,22 @@
 //! ferry: containers with bridge-mode isolation whose forwarding runs in eBPF.
 //!
-//! The library holds everything `ferryd` (the daemon) and `ferry` (the CLI)
-//! share. Each module owns one kind of kernel object or one piece of state.
+//! This crate is the daemon (`ferryd`: API, state, orchestration) and the
+//! CLI (`ferry`). The network agent is `ferry-net`, the container runtime
+//! `ferry-runtime`; ferryd is where the two meet. Their modules are
+//! re-exported under their own names, so the daemon reads `crate::datapath`
+//! or `crate::cgroup` whichever crate owns it.
 
 pub mod api;
-pub mod cgroup;
 pub mod client;
 pub mod config;
-pub mod conntrack;
-pub mod container;
 pub mod daemon;
-pub mod datapath;
-pub mod dns;
 pub mod format;
-pub mod ipam;
-pub mod link;
-pub mod logs;
 pub mod metrics;
-pub mod netns;
-pub mod network;
-pub mod portmap;
-pub mod preflight;
-pub mod rootfs;
 pub mod state;
 pub mod validate;
+
+pub use ferry_net::{conntrack, datapath, dns, ipam, link, netns, network, portmap, preflight};
+pub use ferry_runtime::{cgroup, container, logs, rootfs};
 
 /// An error and its causes on one line, each cause once: many errors here
 /// already name their source in their own message, which anyhow's `{:#}`

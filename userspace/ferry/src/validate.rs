@@ -113,11 +113,7 @@ pub fn extra_host(entry: &str) -> Result<(&str, std::net::Ipv4Addr), InvalidInpu
 
 /// Docker's rule for container names.
 pub fn name(name: &str) -> Result<(), InvalidInput> {
-    let mut chars = name.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-        && name.len() <= 128;
-    if ok {
+    if ferry_net::network::valid_name(name) {
         Ok(())
     } else {
         Err(InvalidInput::Name(name.to_owned()))

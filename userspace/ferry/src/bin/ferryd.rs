@@ -144,7 +144,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config {
         ct_timeouts,
         ct_gc_interval: std::time::Duration::from_secs(args.ct_gc_interval.max(1)),
-        subnet: config::parse_subnet(&args.subnet)?,
+        subnet: ferry::network::parse_subnet(&args.subnet)?,
         socket_gid: args.group.as_deref().map(config::parse_group).transpose()?,
         state_dir: args.state_dir,
         run_dir: args.run_dir,

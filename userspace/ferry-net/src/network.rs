@@ -13,10 +13,7 @@ use ferry_common::{NET_INTERNAL, NET_NO_ICC};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    config::parse_subnet,
-    ipam::{Ipam, IpamError},
-};
+use crate::ipam::{Ipam, IpamError};
 
 /// The default network's name, as in Docker.
 pub const DEFAULT_NETWORK: &str = "bridge";
@@ -31,6 +28,51 @@ const POOL: &str = "10.90.0.0/15";
 pub const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
 
 #[derive(Debug, thiserror::Error)]
+#[error("invalid subnet {value:?}: {reason}")]
+pub struct SubnetError {
+    value: String,
+    reason: String,
+}
+
+/// Parses and checks a container subnet: IPv4 CIDR, network address given
+/// exactly, room for at least one container besides the reserved addresses.
+pub fn parse_subnet(value: &str) -> Result<Ipv4Net, SubnetError> {
+    let err = |reason: &str| SubnetError {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let net: Ipv4Net = value
+        .parse()
+        .map_err(|_| err("expected an IPv4 CIDR such as 10.88.0.0/16"))?;
+    if net.network() != net.addr() {
+        return Err(err(&format!(
+            "host bits are set; did you mean {}?",
+            net.trunc()
+        )));
+    }
+    if net.prefix_len() > 30 {
+        return Err(err(
+            "prefix longer than /30 leaves no address for containers",
+        ));
+    }
+    if net.contains(&Ipv4Addr::new(169, 254, 1, 1)) || net.addr().is_loopback() {
+        return Err(err("overlaps loopback or the 169.254.1.1 gateway"));
+    }
+    if net.addr().is_multicast() || net.addr().is_broadcast() {
+        return Err(err("not a unicast range"));
+    }
+    Ok(net)
+}
+
+/// Whether `name` can name a network (or a container): Docker's rule.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && name.len() <= 128
+}
+
+#[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error("network {0} not found")]
     NotFound(String),
@@ -41,7 +83,7 @@ pub enum NetworkError {
     #[error("invalid network name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     Name(String),
     #[error(transparent)]
-    Subnet(#[from] crate::config::ConfigError),
+    Subnet(#[from] SubnetError),
     #[error("subnet {subnet} overlaps {other} of network {name}")]
     Overlap {
         subnet: Ipv4Net,
@@ -181,7 +223,9 @@ impl Networks {
         if RESERVED.contains(&name) {
             return Err(NetworkError::Reserved(name.to_owned()));
         }
-        crate::validate::name(name).map_err(|_| NetworkError::Name(name.to_owned()))?;
+        if !valid_name(name) {
+            return Err(NetworkError::Name(name.to_owned()));
+        }
         if self.defs.contains_key(name) {
             return Err(NetworkError::Exists(name.to_owned()));
         }
@@ -330,6 +374,34 @@ impl Networks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subnet_accepts_plain_cidrs() {
+        let net = parse_subnet("10.88.0.0/16").expect("valid");
+        assert_eq!(net.prefix_len(), 16);
+        assert!(parse_subnet("192.168.7.0/30").is_ok());
+    }
+
+    #[test]
+    fn subnet_rejects_bad_input_with_a_reason() {
+        for (input, reason) in [
+            ("10.88.0.0/33", "CIDR"),
+            ("banana", "CIDR"),
+            ("10.88.0.1/16", "host bits"),
+            ("10.0.0.0/31", "/30"),
+            ("169.254.0.0/16", "gateway"),
+            ("127.0.0.0/8", "loopback"),
+            ("224.0.0.0/8", "unicast"),
+            ("fd00::/64", "CIDR"),
+        ] {
+            let err = parse_subnet(input).expect_err(input).to_string();
+            assert!(err.contains(reason), "{input}: {err}");
+            assert!(
+                err.contains(input),
+                "{input}: error does not name the input: {err}"
+            );
+        }
+    }
 
     fn networks(dir: &Path) -> Networks {
         Networks::load(dir, "10.88.0.0/16".parse().expect("subnet")).expect("load")

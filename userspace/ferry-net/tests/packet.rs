@@ -10,16 +10,16 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use ferry::{
+use ferry_common::{
+    DropReason, Endpoint, GATEWAY_V4, NET_INTERNAL, NET_NO_ICC, PortKey, PortTarget, SNAT_PORT_MAX,
+    SNAT_PORT_MIN,
+};
+use ferry_net::{
     datapath::{
         Datapath, PROG_FROM_CONTAINER, PROG_LOCAL_INGRESS, PROG_TO_CONTAINER, PROG_UPLINK_INGRESS,
         PROG_XDP_PREFILTER,
     },
     preflight,
-};
-use ferry_common::{
-    DropReason, Endpoint, GATEWAY_V4, NET_INTERNAL, NET_NO_ICC, PortKey, PortTarget, SNAT_PORT_MAX,
-    SNAT_PORT_MIN,
 };
 
 const TC_ACT_OK: u32 = 0;
