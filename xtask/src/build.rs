@@ -6,12 +6,14 @@ use std::{path::PathBuf, process::Command};
 use crate::{run_cmd, step, workspace_root};
 
 pub fn run() -> anyhow::Result<()> {
-    step("build: ferryd and ferry (release, eBPF object embedded)");
+    step("build: ferryd, ferry and ferry-cni (release, eBPF object embedded)");
     run_cmd(Command::new("cargo").current_dir(workspace_root()).args([
         "build",
         "--release",
         "--package",
         "ferry",
+        "--package",
+        "ferry-cni",
         "--bins",
     ]))
 }

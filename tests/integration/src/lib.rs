@@ -19,6 +19,8 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
+pub mod cni;
+
 /// Address of the host namespace on the uplink, and of the client.
 pub const HOST_UPLINK_IP: &str = "10.200.0.1";
 pub const CLIENT_IP: &str = "10.200.0.2";
@@ -668,6 +670,8 @@ pub struct Footprint {
     pub cgroups: Vec<PathBuf>,
     /// Container state directories.
     pub state: Vec<String>,
+    /// Stored endpoints of other engines.
+    pub endpoints: Vec<String>,
     /// Mounts (seen from the host mount namespace) below the world's dir.
     pub mounts: Vec<String>,
     /// Files below the pin directory.
@@ -703,13 +707,16 @@ impl World {
         .collect();
         let mut cgroups = self.container_cgroups();
         cgroups.sort();
-        let state = std::fs::read_dir(self.dir.join("state/containers"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-            })
-            .unwrap_or_default();
+        let files = |dir: &str| {
+            std::fs::read_dir(self.dir.join(dir))
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        let state = files("state/containers");
         let dir = self.dir.display().to_string();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
@@ -724,6 +731,7 @@ impl World {
             map_entries,
             cgroups,
             state: names(state.join("\n")),
+            endpoints: names(files("state/endpoints").join("\n")),
             mounts,
             pins: names(pins),
         }

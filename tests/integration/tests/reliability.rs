@@ -283,8 +283,8 @@ fn a_restart_clears_what_a_crash_left_behind() {
     let log = world.ferryd_log();
     for says in [
         "removed the cgroups of no running container",
-        "removed a veth of no running container",
-        "removed a datapath entry of no running container",
+        "removed a veth of no endpoint",
+        "removed a datapath entry of no endpoint",
         "unmounted a leftover mount",
         "removed a stale pin",
         "removing a container directory without a config",

@@ -8,9 +8,11 @@
 //! Docker plugin are its clients. It must never import the runtime
 //! (`ferry-runtime`): a plugin links this crate's callers, not containers.
 
+pub mod agent;
 pub mod conntrack;
 pub mod datapath;
 pub mod dns;
+pub mod endpoint;
 pub mod ipam;
 pub mod link;
 pub mod netns;

@@ -48,6 +48,21 @@ pub fn mac_to_string(mac: &Mac) -> String {
         .join(":")
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff`; a unicast address only (an interface cannot
+/// have a multicast one).
+pub fn parse_mac(text: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    (parts.next().is_none() && mac[0] & 1 == 0 && mac != [0; 6]).then_some(mac)
+}
+
 /// An rtnetlink connection in one network namespace.
 #[derive(Clone)]
 pub struct Netlink {
@@ -350,5 +365,27 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::fail("add route via", gateway))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_parse_back_from_their_text() {
+        let mac = [0x02, 0x42, 0x0a, 0x58, 0x00, 0x02];
+        assert_eq!(parse_mac(&mac_to_string(&mac)), Some(mac));
+        for bad in [
+            "",
+            "02:42:0a:58:00",
+            "02:42:0a:58:00:02:03",
+            "01:00:5e:00:00:01",
+            "zz:42:0a:58:00:02",
+            "2:42:0a:58:00:02",
+            "00:00:00:00:00:00",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
     }
 }

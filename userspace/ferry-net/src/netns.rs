@@ -22,6 +22,8 @@ pub enum NetnsError {
     },
     #[error("cannot enter network namespace: {0}")]
     Enter(#[source] nix::Error),
+    #[error("{path} is not a network namespace")]
+    NotNetns { path: PathBuf },
 }
 
 /// Keeps the current thread inside another network namespace until dropped,
@@ -61,6 +63,23 @@ pub fn open(path: &Path) -> Result<File, NetnsError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// Opens `path` and checks that it is a network namespace (a bind mount
+/// under /run/netns, or /proc/<pid>/ns/net), not any other file.
+pub fn open_net(path: &Path) -> Result<File, NetnsError> {
+    let file = open(path)?;
+    // NS_GET_NSTYPE (linux/nsfs.h: _IO(0xb7, 0x3)) answers the namespace's
+    // CLONE_NEW* type; any other file fails it.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl takes no argument and the fd is open for the call.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
+    if kind != libc::CLONE_NEWNET {
+        return Err(NetnsError::NotNetns {
+            path: path.to_owned(),
+        });
+    }
+    Ok(file)
 }
 
 /// The network namespace of a process.

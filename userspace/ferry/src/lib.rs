@@ -7,7 +7,6 @@
 //! or `crate::cgroup` whichever crate owns it.
 
 pub mod api;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod format;
@@ -15,6 +14,7 @@ pub mod metrics;
 pub mod state;
 pub mod validate;
 
+pub use ferry_api::client;
 pub use ferry_net::{conntrack, datapath, dns, ipam, link, netns, network, portmap, preflight};
 pub use ferry_runtime::{cgroup, container, logs, rootfs};
 

@@ -3,7 +3,6 @@
 
 use std::{
     fs, io,
-    net::Ipv4Addr,
     path::{Path, PathBuf},
 };
 
@@ -44,35 +43,8 @@ impl Status {
     }
 }
 
-/// The container's network attachment, present while it runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkRecord {
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub host_ifname: String,
-    pub host_ifindex: u32,
-    pub host_mac: [u8; 6],
-    /// Cookie of the container's network namespace (socket hooks).
-    #[serde(default)]
-    pub netns_cookie: u64,
-    /// The network's name.
-    #[serde(default = "default_network")]
-    pub network: String,
-    /// Other names of the container on that network.
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    /// The interface inside the container.
-    #[serde(default = "first_ifname")]
-    pub ifname: String,
-}
-
-fn first_ifname() -> String {
-    "eth0".to_owned()
-}
-
-fn default_network() -> String {
-    crate::network::DEFAULT_NETWORK.to_owned()
-}
+/// A container's network attachment, present while it runs.
+pub use ferry_net::agent::NetworkRecord;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -112,6 +84,16 @@ impl ContainerRecord {
     /// Every network attachment: the first (eth0), then connected ones.
     pub fn attachments(&self) -> impl Iterator<Item = &NetworkRecord> {
         self.network.iter().chain(&self.extra_networks)
+    }
+
+    /// Its names in the embedded DNS: name and short ID.
+    pub fn dns_names(&self) -> Vec<String> {
+        vec![self.name.clone(), self.short_id().to_owned()]
+    }
+
+    /// How a port conflict names it.
+    pub fn owner_name(&self) -> String {
+        format!("container {}", self.name)
     }
 
     pub fn short_id(&self) -> &str {
@@ -249,6 +231,8 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn record(id: &str, created: u64) -> ContainerRecord {

@@ -15,6 +15,8 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
+mod endpoints;
+
 use crate::{
     daemon::Daemon,
     link::mac_to_string,
@@ -32,12 +34,12 @@ pub const MAX_BODY: usize = 1 << 20;
 /// with an [`ApiError`] naming the problem.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
-struct Body<T>(T);
+pub(crate) struct Body<T>(pub(crate) T);
 
 /// A query string, refused like [`Body`].
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
-struct Query<T>(T);
+pub(crate) struct Query<T>(pub(crate) T);
 
 /// `POST /containers/run`: create and start a container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -147,9 +149,23 @@ pub struct NetworkMember {
     pub aliases: Vec<String>,
 }
 
+/// One endpoint on a network: a running container's attachment or an
+/// endpoint of another engine.
+pub struct Member<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub net: &'a crate::state::NetworkRecord,
+}
+
+impl<'a> Member<'a> {
+    pub fn of(id: &'a str, name: &'a str, net: &'a crate::state::NetworkRecord) -> Self {
+        Self { id, name, net }
+    }
+}
+
 impl NetworkJson {
-    /// A network and its running `members` (records with an attachment to it).
-    pub fn of(def: &crate::network::NetworkDef, members: &[&ContainerRecord]) -> Self {
+    /// A network and its `members`.
+    pub fn of(def: &crate::network::NetworkDef, members: &[Member<'_>]) -> Self {
         let gateway = std::net::Ipv4Addr::from(ferry_common::GATEWAY_V4).to_string();
         Self {
             name: def.name.clone(),
@@ -166,17 +182,16 @@ impl NetworkJson {
             options: BTreeMap::from([(crate::network::OPT_ICC.to_owned(), def.icc.to_string())]),
             containers: members
                 .iter()
-                .filter_map(|r| {
-                    let n = r.attachments().find(|n| n.network == def.name)?;
-                    Some((
-                        r.id.clone(),
+                .map(|m| {
+                    (
+                        m.id.to_owned(),
                         NetworkMember {
-                            name: r.name.clone(),
-                            ipv4_address: format!("{}/{}", n.ip, def.subnet.prefix_len()),
-                            mac_address: mac_to_string(&n.mac),
-                            aliases: n.aliases.clone(),
+                            name: m.name.to_owned(),
+                            ipv4_address: format!("{}/{}", m.net.ip, def.subnet.prefix_len()),
+                            mac_address: mac_to_string(&m.net.mac),
+                            aliases: m.net.aliases.clone(),
                         },
-                    ))
+                    )
                 })
                 .collect(),
             net_id: def.net_id,
@@ -495,10 +510,7 @@ pub struct MapJson {
     pub capacity: u32,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub message: String,
-}
+pub use ferry_api::ErrorBody;
 
 /// An API failure: the HTTP status says which kind, the message says what.
 #[derive(Debug, thiserror::Error)]
@@ -565,18 +577,23 @@ impl From<crate::validate::InvalidInput> for ApiError {
     }
 }
 
+impl From<ferry_net::agent::AgentError> for ApiError {
+    fn from(e: ferry_net::agent::AgentError) -> Self {
+        use ferry_net::agent::AgentError as E;
+        match e {
+            E::Invalid(m) => Self::BadRequest(m),
+            E::NotFound(m) => Self::NotFound(m),
+            E::Conflict(m) => Self::Conflict(m),
+            E::Exhausted(m) => Self::Unavailable(m),
+            E::Full(m) => Self::Full(m),
+            E::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
 impl From<crate::network::NetworkError> for ApiError {
     fn from(e: crate::network::NetworkError) -> Self {
-        use crate::{ipam::IpamError, network::NetworkError as E};
-        match &e {
-            E::NotFound(_) => Self::NotFound(e.to_string()),
-            E::Exists(_) | E::Overlap { .. } | E::Ipam(IpamError::InUse(_)) => {
-                Self::Conflict(e.to_string())
-            }
-            E::Ipam(IpamError::Exhausted(_)) | E::PoolExhausted => Self::Unavailable(e.to_string()),
-            E::Save { .. } | E::Load { .. } => Self::Internal(e.to_string()),
-            _ => Self::BadRequest(e.to_string()),
-        }
+        ferry_net::agent::AgentError::from(e).into()
     }
 }
 
@@ -651,6 +668,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/networks/{id}", get(network_inspect).delete(network_remove))
         .route("/networks/{id}/connect", post(network_connect))
         .route("/networks/{id}/disconnect", post(network_disconnect))
+        .merge(endpoints::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&daemon),

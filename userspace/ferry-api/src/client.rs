@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::net::UnixStream;
 
-use crate::api::ErrorBody;
+use crate::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -1,0 +1,758 @@
+//! The network agent: gives a network namespace an interface on one of
+//! ferry's networks (an endpoint), publishes ports to it, names it in the
+//! embedded DNS, and takes it all apart again. It does not care who made
+//! the namespace: ferry's runtime, a CNI runtime or Docker are all callers
+//! of the same `attach`, `publish` and `detach`.
+//!
+//! Every step of an attach or a publish is recorded in a [`Partial`], so a
+//! caller whose later step fails hands it to [`Agent::rollback`] and nothing
+//! is left behind.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    os::fd::{AsFd as _, BorrowedFd},
+};
+
+use ferry_common::{Endpoint, GATEWAY_V4, NETNS_CONTAINER, PortKey, PortTarget};
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::{
+    datapath::{self, Datapath},
+    dns,
+    ipam::IpamError,
+    link::{Mac, Netlink},
+    netns::{self, NetNsGuard},
+    network::{DEFAULT_NETWORK, NetworkDef, NetworkError, Networks},
+    portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
+};
+
+/// Host-side veths are this prefix and 12 characters of the endpoint's id.
+pub const HOST_VETH_PREFIX: &str = "fy";
+
+/// What went wrong, by the kind of answer the caller owes its own client.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// No address (or network) left to give.
+    #[error("{0}")]
+    Exhausted(String),
+    /// A datapath map has no room left.
+    #[error("{0}")]
+    Full(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    fn internal(e: impl std::fmt::Display) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<NetworkError> for AgentError {
+    fn from(e: NetworkError) -> Self {
+        use NetworkError as E;
+        match &e {
+            E::NotFound(_) => Self::NotFound(e.to_string()),
+            E::Exists(_) | E::Overlap { .. } | E::Ipam(IpamError::InUse(_)) => {
+                Self::Conflict(e.to_string())
+            }
+            E::Ipam(IpamError::Exhausted(_)) | E::PoolExhausted => Self::Exhausted(e.to_string()),
+            E::Save { .. } | E::Load { .. } => Self::Internal(e.to_string()),
+            _ => Self::Invalid(e.to_string()),
+        }
+    }
+}
+
+/// One interface of a namespace on a network, as made by [`Agent::attach`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkRecord {
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub host_mac: [u8; 6],
+    /// Cookie of the namespace (socket hooks).
+    #[serde(default)]
+    pub netns_cookie: u64,
+    /// The network's name.
+    #[serde(default = "default_network")]
+    pub network: String,
+    /// Other names of the endpoint on that network.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The interface inside the namespace.
+    #[serde(default = "first_ifname")]
+    pub ifname: String,
+}
+
+fn first_ifname() -> String {
+    "eth0".to_owned()
+}
+
+fn default_network() -> String {
+    DEFAULT_NETWORK.to_owned()
+}
+
+/// An endpoint's interface names: inside its namespace and on the host,
+/// and whether it is the namespace's first (default route, socket hooks).
+pub struct Link {
+    pub ifname: String,
+    pub host_ifname: String,
+    pub first: bool,
+}
+
+impl Link {
+    /// `ifname` (eth0 for ferry's containers) and `fy<12 hex of the id>`.
+    pub fn first(id: &str, ifname: &str) -> Self {
+        Self {
+            ifname: ifname.to_owned(),
+            host_ifname: format!("{HOST_VETH_PREFIX}{}", &id[..12]),
+            first: true,
+        }
+    }
+
+    /// The next free `ethN` and `fy<11 hex of the id><g..z>` (never a hex
+    /// digit, so never the first link's name) of a namespace that has
+    /// `taken` attachments.
+    pub fn next(id: &str, taken: &[&NetworkRecord]) -> Option<Self> {
+        let ifname = (1..)
+            .map(|n| format!("eth{n}"))
+            .find(|n| taken.iter().all(|t| &t.ifname != n))?;
+        let host_ifname = ('g'..='z')
+            .map(|c| format!("{HOST_VETH_PREFIX}{}{c}", &id[..11]))
+            .find(|n| taken.iter().all(|t| &t.host_ifname != n))?;
+        Some(Self {
+            ifname,
+            host_ifname,
+            first: false,
+        })
+    }
+}
+
+/// Whether `name` is one of ferry's host-side veths (by its shape: the
+/// prefix, 11 hex digits of an id, and a hex digit or a letter g-z).
+pub fn is_host_veth(name: &str) -> bool {
+    name.strip_prefix(HOST_VETH_PREFIX).is_some_and(|rest| {
+        rest.len() == 12
+            && rest[..11].bytes().all(|b| b.is_ascii_hexdigit())
+            && rest[11..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
+    })
+}
+
+/// Locally administered MACs derived from the address, readable in `ip
+/// neigh` and tcpdump: 02:42:<ip> in the namespace (as Docker), 02:fe:<ip>
+/// for its gateway on the host side.
+pub fn macs_for(ip: Ipv4Addr) -> (Mac, Mac) {
+    let [a, b, c, d] = ip.octets();
+    ([0x02, 0x42, a, b, c, d], [0x02, 0xfe, a, b, c, d])
+}
+
+/// The datapath key of a published port.
+pub fn port_key(mapping: &PortMapping) -> PortKey {
+    PortKey {
+        ip: mapping.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+        port: mapping.host_port.to_be_bytes(),
+        proto: mapping.proto.number(),
+        pad: 0,
+    }
+}
+
+/// A datapath map without room for one more of `what` is the user's to
+/// fix (remove some, or give the maps more room); other map errors are
+/// ferry's.
+fn map_full(e: datapath::DatapathError, what: &str, flag: &str) -> AgentError {
+    match e {
+        datapath::DatapathError::Full { .. } => AgentError::Full(format!(
+            "{e}: no room for more {what}; remove some, or stop ferryd, run `ferryd reset` and \
+             start it with a larger {flag}"
+        )),
+        e => AgentError::internal(e),
+    }
+}
+
+/// Pieces of an attach or publish, undone in reverse by `rollback`.
+#[derive(Default)]
+pub struct Partial {
+    ip: Option<Ipv4Addr>,
+    host_ifindex: Option<u32>,
+    host_ifname: Option<String>,
+    ports: Vec<PortKey>,
+    netns_cookie: Option<u64>,
+    /// Names registered for the embedded DNS: (network, address).
+    dns: Option<(String, Ipv4Addr)>,
+}
+
+/// What an attach asks for.
+pub struct AttachSpec<'a> {
+    /// The owner's id (DNS table, port reservations).
+    pub owner: &'a str,
+    /// The namespace to put the interface in.
+    pub netns: BorrowedFd<'a>,
+    pub network: &'a NetworkDef,
+    /// A static address (`--ip`), else the network's next free one.
+    pub ip: Option<Ipv4Addr>,
+    /// A static MAC, else one derived from the address.
+    pub mac: Option<Mac>,
+    pub link: &'a Link,
+}
+
+/// Host ports one owner holds, and the name a conflict reports.
+struct Held {
+    name: String,
+    ports: Vec<PortMapping>,
+    reservations: Vec<Reservation>,
+}
+
+pub struct Agent {
+    pub datapath: Datapath,
+    pub networks: Networks,
+    pub netlink: Netlink,
+    /// Host ports held for each owner's publishes.
+    held: HashMap<String, Held>,
+    /// Names on each user-defined network, for the embedded DNS.
+    pub dns_table: dns::Table,
+    /// Each DNS-serving owner's server task.
+    dns_tasks: HashMap<String, tokio::task::AbortHandle>,
+    /// Where names that are not endpoints' are asked by default.
+    dns_upstreams: Vec<SocketAddr>,
+}
+
+impl Agent {
+    pub fn new(
+        datapath: Datapath,
+        networks: Networks,
+        netlink: Netlink,
+        dns_upstreams: Vec<SocketAddr>,
+    ) -> Self {
+        Self {
+            datapath,
+            networks,
+            netlink,
+            held: HashMap::new(),
+            dns_table: dns::Table::default(),
+            dns_tasks: HashMap::new(),
+            dns_upstreams,
+        }
+    }
+
+    /// Gives the namespace an address and a veth wired to the datapath.
+    /// Everything made is recorded in `partial` for rollback.
+    pub async fn attach(
+        &mut self,
+        spec: &AttachSpec<'_>,
+        partial: &mut Partial,
+    ) -> Result<NetworkRecord, AgentError> {
+        let (network, link) = (spec.network, spec.link);
+        let ip = self.networks.allocate(&network.name, spec.ip)?;
+        partial.ip = Some(ip);
+        let (derived_mac, host_mac) = macs_for(ip);
+        let mac = spec.mac.unwrap_or(derived_mac);
+        let host_ifname = link.host_ifname.clone();
+
+        // The namespace's side, configured through a netlink socket opened
+        // inside it. IPv6 is off there (and on the host side) because the
+        // datapath forwards IPv4 only so far.
+        let (inside, netns_cookie) = netlink_in(spec.netns)?;
+        if inside
+            .index_of(&link.ifname)
+            .await
+            .map_err(AgentError::internal)?
+            .is_some()
+        {
+            return Err(AgentError::Conflict(format!(
+                "the namespace already has an interface {}",
+                link.ifname
+            )));
+        }
+        if link.first {
+            partial.netns_cookie = Some(netns_cookie);
+            self.datapath
+                .add_netns(netns_cookie, NETNS_CONTAINER)
+                .map_err(AgentError::internal)?;
+        }
+        partial.host_ifname = Some(host_ifname.clone());
+        let host_ifindex = self
+            .netlink
+            .create_veth(&host_ifname, host_mac, &link.ifname, mac, spec.netns)
+            .await
+            .map_err(AgentError::internal)?;
+        partial.host_ifindex = Some(host_ifindex);
+        netns::write_net_sysctl(&format!("ipv6/conf/{host_ifname}/disable_ipv6"), "1")
+            .map_err(|e| AgentError::internal(format!("disabling IPv6 on {host_ifname}: {e}")))?;
+        // bpf_fib_lookup honours the ingress device's forwarding switch. The
+        // stack itself never forwards an endpoint's packet: from_container
+        // decides every one (see lxc.rs `to_outside`).
+        netns::write_net_sysctl(&format!("ipv4/conf/{host_ifname}/forwarding"), "1").map_err(
+            |e| AgentError::internal(format!("enabling forwarding lookups on {host_ifname}: {e}")),
+        )?;
+
+        self.datapath
+            .add_endpoint(
+                ip,
+                Endpoint {
+                    ifindex: host_ifindex,
+                    net_id: network.net_id,
+                    mac,
+                    host_mac,
+                    // Given by the datapath.
+                    stats: 0,
+                },
+            )
+            .map_err(|e| map_full(e, "endpoints", "--endpoint-max"))?;
+        self.datapath
+            .attach(&host_ifname)
+            .map_err(AgentError::internal)?;
+
+        self.netlink
+            .set_up(host_ifindex)
+            .await
+            .map_err(AgentError::internal)?;
+        self.netlink
+            .add_permanent_neighbour(host_ifindex, ip, mac)
+            .await
+            .map_err(AgentError::internal)?;
+        self.netlink
+            .add_host_route(host_ifindex, ip)
+            .await
+            .map_err(AgentError::internal)?;
+
+        let gateway = Ipv4Addr::from(GATEWAY_V4);
+        let lo = inside.index_of("lo").await.map_err(AgentError::internal)?;
+        let eth = inside
+            .index_of(&link.ifname)
+            .await
+            .map_err(AgentError::internal)?;
+        let (Some(lo), Some(eth)) = (lo, eth) else {
+            return Err(AgentError::internal(
+                "namespace interfaces missing after veth creation",
+            ));
+        };
+        inside.set_up(lo).await.map_err(AgentError::internal)?;
+        inside.set_up(eth).await.map_err(AgentError::internal)?;
+        inside
+            .add_address(eth, ip, 32)
+            .await
+            .map_err(AgentError::internal)?;
+        inside
+            .add_permanent_neighbour(eth, gateway, host_mac)
+            .await
+            .map_err(AgentError::internal)?;
+        // The first interface has the default route; a connected one
+        // routes its network's subnet, from its own address.
+        let subnet = (!link.first).then_some((network.subnet, ip));
+        inside
+            .add_route_onlink(eth, subnet, gateway)
+            .await
+            .map_err(AgentError::internal)?;
+        Ok(NetworkRecord {
+            ip,
+            mac,
+            host_ifname,
+            host_ifindex,
+            host_mac,
+            netns_cookie,
+            network: network.name.clone(),
+            aliases: Vec::new(),
+            ifname: link.ifname.clone(),
+        })
+    }
+
+    /// Reserves the host ports of `specs` for `owner` (named `name` in a
+    /// conflict) and publishes them to `ip`. Everything made is recorded in
+    /// `partial` for rollback.
+    pub async fn publish(
+        &mut self,
+        owner: &str,
+        name: &str,
+        ip: Ipv4Addr,
+        specs: &[PublishSpec],
+        partial: &mut Partial,
+    ) -> Result<Vec<PortMapping>, AgentError> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The host's addresses may have changed since the last publish.
+        self.refresh_host_addrs()
+            .await
+            .map_err(AgentError::internal)?;
+        let mut mappings = Vec::new();
+        for spec in specs {
+            let allocated = portmap::allocate(spec).map_err(|e| self.explain_conflict(e))?;
+            for (mapping, reservation) in allocated {
+                let key = port_key(&mapping);
+                let target = PortTarget {
+                    ip: ip.octets(),
+                    port: mapping.container_port.to_be_bytes(),
+                    pad: [0; 2],
+                };
+                self.datapath
+                    .add_port(key, target)
+                    .map_err(|e| map_full(e, "published ports", "--port-max"))?;
+                partial.ports.push(key);
+                let held = self.held.entry(owner.to_owned()).or_insert_with(|| Held {
+                    name: name.to_owned(),
+                    ports: Vec::new(),
+                    reservations: Vec::new(),
+                });
+                held.ports.push(mapping);
+                held.reservations.push(reservation);
+                mappings.push(mapping);
+            }
+        }
+        Ok(mappings)
+    }
+
+    /// A port in use because another endpoint publishes it says whose.
+    fn explain_conflict(&self, err: ReserveError) -> AgentError {
+        if let ReserveError::InUse { ip, port, proto } = &err {
+            let owner = self.held.values().find(|h| {
+                h.ports.iter().any(|m| {
+                    m.host_port == *port
+                        && m.proto == *proto
+                        && (m.host_ip.is_none() || ip.is_unspecified() || m.host_ip == Some(*ip))
+                })
+            });
+            if let Some(owner) = owner {
+                return AgentError::Conflict(format!(
+                    "{proto} port {port} is already published by {}",
+                    owner.name
+                ));
+            }
+        }
+        AgentError::Conflict(err.to_string())
+    }
+
+    /// Holds the ports of an endpoint taken over from an earlier ferryd.
+    pub fn adopt_ports(&mut self, owner: &str, name: &str, ports: &[PortMapping]) {
+        for mapping in ports {
+            let spec = PublishSpec {
+                host_ip: mapping.host_ip,
+                host_ports: HostPorts::Range(mapping.host_port, mapping.host_port),
+                container_ports: (mapping.container_port, mapping.container_port),
+                proto: mapping.proto,
+            };
+            match portmap::allocate(&spec) {
+                Ok(got) => {
+                    let held = self.held.entry(owner.to_owned()).or_insert_with(|| Held {
+                        name: name.to_owned(),
+                        ports: Vec::new(),
+                        reservations: Vec::new(),
+                    });
+                    for (m, r) in got {
+                        held.ports.push(m);
+                        held.reservations.push(r);
+                    }
+                }
+                Err(e) => warn!(%owner, %e, "cannot hold an adopted port"),
+            }
+        }
+    }
+
+    /// Unpublishes `ports` and lets go of every host port `owner` holds.
+    pub fn unpublish(&mut self, owner: &str, ports: &[PortMapping]) {
+        for mapping in ports {
+            if let Err(e) = self.datapath.remove_port(&port_key(mapping)) {
+                warn!(%owner, %e, "cannot unpublish {mapping}");
+            }
+        }
+        self.held.remove(owner);
+    }
+
+    /// Re-attaches an endpoint recorded by an earlier ferryd to this one's
+    /// programs and holds its address.
+    pub fn adopt(&mut self, owner: &str, net: &NetworkRecord) {
+        if let Err(e) = self.networks.reserve(&net.network, net.ip) {
+            warn!(%owner, %e, "address conflict while adopting");
+        }
+        if let Err(e) = self.datapath.attach(&net.host_ifname) {
+            warn!(%owner, %e, "cannot re-attach the datapath");
+        }
+    }
+
+    /// Takes one attachment apart: DNS names, endpoint, socket hooks (for
+    /// the first), veth, address. Idempotent.
+    pub async fn detach(&mut self, owner: &str, net: &NetworkRecord, first: bool) {
+        self.dns_table.remove(owner, &net.network, net.ip);
+        if let Err(e) = self.datapath.remove_endpoint(net.ip) {
+            warn!(%owner, %e, "cannot remove endpoint");
+        }
+        if first && let Err(e) = self.datapath.remove_netns(net.netns_cookie) {
+            warn!(%owner, %e, "cannot forget the namespace");
+        }
+        self.datapath.forget(&net.host_ifname);
+        // The veth normally dies with its namespace, but that happens
+        // asynchronously in the kernel (and a namespace kept open by its
+        // engine does not die at all): delete it now, by name, so that it
+        // is gone when the caller returns.
+        match self.netlink.index_of(&net.host_ifname).await {
+            Ok(Some(index)) => {
+                if let Err(e) = self.netlink.delete(index).await {
+                    warn!(%owner, %e, "cannot delete veth");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!(%owner, %e, "cannot look up veth"),
+        }
+        self.networks.release(net.ip);
+    }
+
+    /// Undoes whatever an attach and publish got to, every step attempted.
+    pub async fn rollback(&mut self, owner: &str, partial: Partial) {
+        for key in &partial.ports {
+            if let Err(e) = self.datapath.remove_port(key) {
+                warn!(%owner, %e, "rollback: cannot unpublish a port");
+            }
+        }
+        // Only the ports this attempt took: a failed connect of a running
+        // container keeps the ports it published at its start.
+        if let Some(held) = self.held.get_mut(owner) {
+            let mut at = 0;
+            while at < held.ports.len() {
+                if partial.ports.contains(&port_key(&held.ports[at])) {
+                    held.ports.swap_remove(at);
+                    held.reservations.swap_remove(at);
+                } else {
+                    at += 1;
+                }
+            }
+            if held.ports.is_empty() {
+                self.held.remove(owner);
+            }
+        }
+        if let Some(cookie) = partial.netns_cookie
+            && let Err(e) = self.datapath.remove_netns(cookie)
+        {
+            warn!(%owner, %e, "rollback: cannot forget the namespace");
+        }
+        if let Some(ifname) = &partial.host_ifname {
+            self.datapath.forget(ifname);
+        }
+        if let Some(index) = partial.host_ifindex
+            && let Err(e) = self.netlink.delete(index).await
+        {
+            warn!(%owner, %e, "rollback: cannot delete veth");
+        }
+        if let Some((network, ip)) = &partial.dns {
+            self.stop_dns(owner);
+            self.dns_table.remove(owner, network, *ip);
+        }
+        if let Some(ip) = partial.ip {
+            if let Err(e) = self.datapath.remove_endpoint(ip) {
+                warn!(%owner, %e, "rollback: cannot remove endpoint");
+            }
+            self.networks.release(ip);
+        }
+    }
+
+    /// Registers `names` of `owner` on the network of `net`, for the
+    /// embedded DNS of that network's endpoints. Nothing for the default
+    /// network (as Docker's). Recorded in `partial`.
+    pub fn join_dns(
+        &self,
+        owner: &str,
+        names: &[String],
+        net: &NetworkRecord,
+        partial: Option<&mut Partial>,
+    ) {
+        let Ok(def) = self.networks.find(&net.network) else {
+            return;
+        };
+        if def.is_default() {
+            return;
+        }
+        let mut all = names.to_vec();
+        all.extend(net.aliases.iter().cloned());
+        self.dns_table
+            .add(owner, &net.network, def.internal, &all, net.ip);
+        if let Some(partial) = partial {
+            partial.dns = Some((net.network.clone(), net.ip));
+        }
+    }
+
+    /// Serves 127.0.0.11:53 in `netns` for `owner`: the names of all its
+    /// networks, the rest forwarded to `dns` (else the default upstreams).
+    pub fn serve_dns(
+        &mut self,
+        owner: &str,
+        netns: std::fs::File,
+        dns: &[String],
+    ) -> Result<(), String> {
+        let socket = dns::bind_in(netns).map_err(|e| format!("binding 127.0.0.11:53: {e}"))?;
+        let upstreams = if dns.is_empty() {
+            self.default_upstreams()
+        } else {
+            dns.iter()
+                .filter_map(|d| d.parse::<Ipv4Addr>().ok())
+                .map(|ip| SocketAddr::from((ip, 53)))
+                .collect()
+        };
+        let task = tokio::spawn(dns::serve(
+            socket,
+            self.dns_table.clone(),
+            owner.to_owned(),
+            upstreams,
+        ));
+        if let Some(old) = self.dns_tasks.insert(owner.to_owned(), task.abort_handle()) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    /// Stops serving the owner's DNS (its socket closes with the task).
+    pub fn stop_dns(&mut self, owner: &str) {
+        if let Some(task) = self.dns_tasks.remove(owner) {
+            task.abort();
+        }
+    }
+
+    /// `--dns-upstream`, else the host's resolv.conf nameservers.
+    fn default_upstreams(&self) -> Vec<SocketAddr> {
+        if self.dns_upstreams.is_empty() {
+            dns::nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        } else {
+            self.dns_upstreams.clone()
+        }
+    }
+
+    /// Syncs `host_addrs` with this namespace's IPv4 addresses. Loopback
+    /// addresses are left out: nothing outside the host can reach them, and
+    /// in a namespace 127.0.0.1 is its own (the socket hooks treat loopback
+    /// separately, for the host's namespace only).
+    pub async fn refresh_host_addrs(&mut self) -> Result<(), AgentError> {
+        let mut addrs = self
+            .netlink
+            .ipv4_addresses()
+            .await
+            .map_err(AgentError::internal)?;
+        addrs.retain(|a| !a.is_loopback());
+        self.datapath
+            .set_host_addrs(&addrs)
+            .map_err(AgentError::internal)
+    }
+
+    /// Removes host veths and datapath entries of no live endpoint (what a
+    /// crash in the middle of an attach or a detach leaves), logging each.
+    pub async fn prune(&mut self, nets: &[&NetworkRecord], ports: &[PortKey], host_cookie: u64) {
+        let live = datapath::Live {
+            ips: nets.iter().map(|n| n.ip).collect(),
+            ports: ports.to_vec(),
+            netns: nets
+                .iter()
+                .map(|n| n.netns_cookie)
+                .chain([host_cookie])
+                .collect(),
+            networks: self
+                .networks
+                .list()
+                .filter(|d| !d.is_default())
+                .map(|d| d.net_id)
+                .collect(),
+        };
+        let veths: Vec<&str> = nets.iter().map(|n| n.host_ifname.as_str()).collect();
+        match self.netlink.links().await {
+            Ok(links) => {
+                for (index, name) in links {
+                    if !is_host_veth(&name) || veths.contains(&name.as_str()) {
+                        continue;
+                    }
+                    match self.netlink.delete(index).await {
+                        Ok(()) => warn!(veth = %name, "removed a veth of no endpoint"),
+                        Err(e) => warn!(veth = %name, %e, "cannot remove a veth of no endpoint"),
+                    }
+                }
+            }
+            Err(e) => warn!(%e, "cannot list interfaces to find leftover veths"),
+        }
+        match self.datapath.prune(&live) {
+            Ok(removed) => {
+                for entry in removed {
+                    warn!(%entry, "removed a datapath entry of no endpoint");
+                }
+            }
+            Err(e) => warn!(%e, "cannot check the datapath maps for leftover entries"),
+        }
+    }
+}
+
+/// A netlink socket inside `ns`, and that namespace's cookie. IPv6 is
+/// switched off there first.
+pub fn netlink_in(ns: BorrowedFd<'_>) -> Result<(Netlink, u64), AgentError> {
+    let _guard = NetNsGuard::enter(ns.as_fd()).map_err(AgentError::internal)?;
+    for key in [
+        "ipv6/conf/all/disable_ipv6",
+        "ipv6/conf/default/disable_ipv6",
+    ] {
+        netns::write_net_sysctl(key, "1")
+            .map_err(|e| AgentError::internal(format!("sysctl {key}: {e}")))?;
+    }
+    let cookie =
+        netns::current_cookie().map_err(|e| AgentError::internal(format!("netns cookie: {e}")))?;
+    Ok((Netlink::current().map_err(AgentError::internal)?, cookie))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_veths_are_known_by_their_shape() {
+        assert!(is_host_veth("fyd763e2d11f6b"));
+        for other in [
+            "fy",
+            "fyd763e2d11f6",
+            "fyd763e2d11f6bb",
+            "fyxyz3e2d11f6b",
+            "eth0",
+            "uplink0",
+        ] {
+            assert!(!is_host_veth(other), "{other}");
+        }
+    }
+
+    #[test]
+    fn links_get_distinct_interface_and_veth_names() {
+        let id = "d763e2d11f6b0123";
+        let first = Link::first(id, "eth0");
+        assert_eq!(
+            (first.ifname.as_str(), first.host_ifname.as_str()),
+            ("eth0", "fyd763e2d11f6b")
+        );
+        let mut taken = vec![NetworkRecord {
+            ip: Ipv4Addr::new(10, 90, 0, 2),
+            mac: [0; 6],
+            host_ifname: first.host_ifname.clone(),
+            host_ifindex: 1,
+            host_mac: [0; 6],
+            netns_cookie: 1,
+            network: "a".into(),
+            aliases: vec![],
+            ifname: first.ifname.clone(),
+        }];
+        let second = Link::next(id, &taken.iter().collect::<Vec<_>>()).expect("second");
+        assert_eq!(
+            (second.ifname.as_str(), second.host_ifname.as_str()),
+            ("eth1", "fyd763e2d11f6g")
+        );
+        assert!(is_host_veth(&second.host_ifname) && !second.first);
+        taken.push(NetworkRecord {
+            host_ifname: second.host_ifname,
+            ifname: second.ifname,
+            ..taken[0].clone()
+        });
+        let third = Link::next(id, &taken.iter().collect::<Vec<_>>()).expect("third");
+        assert_eq!(
+            (third.ifname.as_str(), third.host_ifname.as_str()),
+            ("eth2", "fyd763e2d11f6h")
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! `ferryd reset`: everything ferryd made, taken apart while it is stopped.
+
+use std::io;
+
+use nix::{
+    sys::{
+        signal::{Signal, kill},
+        wait::waitpid,
+    },
+    unistd::Pid,
+};
+use tracing::info;
+
+use ferry_net::endpoint::EndpointStore;
+
+use super::{lock, uplinks};
+use crate::{
+    cgroup::Cgroups, config::Config, datapath, link::Netlink, netns, portmap, preflight,
+    state::Store,
+};
+
+/// `ferryd reset`: removes every container, attachment, pin and state file
+/// that ferryd with this configuration owns. Refuses while ferryd runs.
+pub async fn reset(config: &Config) -> anyhow::Result<()> {
+    preflight::require_root()?;
+    std::fs::create_dir_all(&config.run_dir)?;
+    let _lock = lock(&config.run_dir)?;
+    let mut failures = Vec::new();
+    let netlink = Netlink::current()?;
+    let store = Store::new(&config.state_dir)?;
+    let cgroups = Cgroups::detect(&config.cgroup_parent, &config.cgroup)?;
+    let (records, orphans) = store.load_all()?;
+    for id in &orphans {
+        if let Err(e) = cgroups.remove(id) {
+            failures.push(e.to_string());
+        }
+        if let Err(e) = store.remove(id) {
+            failures.push(e.to_string());
+        }
+    }
+    for record in &records {
+        if let Some(monitor) = record.monitor_alive() {
+            // The workload dies with its monitor (PDEATHSIG).
+            let _ = kill(Pid::from_raw(monitor as i32), Signal::SIGKILL);
+            let _ = waitpid(Pid::from_raw(monitor as i32), None);
+        }
+        if let Err(e) = cgroups.remove(&record.id) {
+            failures.push(e.to_string());
+        }
+        for net in record.attachments() {
+            delete_veth(&netlink, &net.host_ifname, &mut failures).await;
+        }
+        if let Err(e) = store.remove(&record.id) {
+            failures.push(e.to_string());
+        }
+        info!(id = %record.short_id(), "removed");
+    }
+    // Endpoints of other engines: their namespaces stay the engines', the
+    // interfaces ferry put in them go.
+    let endpoints = EndpointStore::new(&config.state_dir)?;
+    for endpoint in endpoints.load_all()? {
+        delete_veth(&netlink, &endpoint.network.host_ifname, &mut failures).await;
+        if let Err(e) = endpoints.remove(&endpoint.id) {
+            failures.push(e.to_string());
+        }
+        info!(id = %endpoint.short_id(), kind = %endpoint.kind, key = %endpoint.key, "endpoint removed");
+    }
+    let tc_ingress = uplinks(config, &netlink)
+        .await?
+        .into_iter()
+        .map(|uplink| (uplink, datapath::PROG_UPLINK_INGRESS))
+        .chain([(datapath::LOOPBACK.to_owned(), datapath::PROG_LOCAL_INGRESS)]);
+    for (ifname, program) in tc_ingress {
+        match aya::programs::tc::qdisc_detach_program(
+            &ifname,
+            aya::programs::TcAttachType::Ingress,
+            program,
+        ) {
+            Ok(()) => info!(%ifname, program, "detached"),
+            Err(aya::programs::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => failures.push(format!("detach {program} from {ifname}: {e}")),
+        }
+    }
+    if let Err(e) = cgroups.remove_parents() {
+        failures.push(e.to_string());
+    }
+    if let Err(e) = netns::loopback_hairpin(false) {
+        failures.push(format!("restore lo's settings: {e}"));
+    }
+    if let Err(e) = portmap::reserve_snat_ports(false) {
+        failures.push(format!("release the masquerade ports: {e}"));
+    }
+    for (path, is_dir) in [(&config.pin_dir, true), (&config.socket, false)] {
+        let result = if is_dir {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match result {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                failures.push(format!("remove {}: {e}", path.display()))
+            }
+            _ => {}
+        }
+    }
+    if failures.is_empty() {
+        info!("reset complete");
+        Ok(())
+    } else {
+        anyhow::bail!("reset incomplete:\n  {}", failures.join("\n  "))
+    }
+}
+
+/// Deletes a host-side veth by name (its peer goes with it); a missing one
+/// is fine.
+async fn delete_veth(netlink: &Netlink, name: &str, failures: &mut Vec<String>) {
+    match netlink.index_of(name).await {
+        Ok(Some(index)) => {
+            if let Err(e) = netlink.delete(index).await {
+                failures.push(format!("delete {name}: {e}"));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => failures.push(format!("look up {name}: {e}")),
+    }
+}
