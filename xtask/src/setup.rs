@@ -32,6 +32,11 @@ const PACKAGES: &[&str] = &[
     // the runtime tests' workloads use.
     "busybox-static",
     "python3",
+    // A real CNI runtime for ferry-cni's tests (runc: crun refuses hybrid
+    // cgroups).
+    "podman",
+    "runc",
+    "containernetworking-plugins",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -20,6 +20,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 pub mod cni;
+pub mod podman;
 
 /// Address of the host namespace on the uplink, and of the client.
 pub const HOST_UPLINK_IP: &str = "10.200.0.1";

@@ -1,5 +1,7 @@
 //! `ferry`: the command-line client of ferryd, with Docker's verbs.
 
+mod engines;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -10,7 +12,7 @@ use ferry::{
         NetworkCreate, NetworkDisconnect, NetworkJson, RunRequest, Stats, WaitResponse,
     },
     cgroup::{Resources, parse_size},
-    client::Client,
+    client::{Client, ClientError},
     config,
     conntrack::Flow,
     format::render,
@@ -137,6 +139,16 @@ enum Command {
     Network {
         #[command(subcommand)]
         action: NetworkAction,
+    },
+    /// Endpoints other engines made on ferry's networks.
+    Endpoint {
+        #[command(subcommand)]
+        action: engines::EndpointAction,
+    },
+    /// The CNI plugin, for podman, containerd and Kubernetes.
+    Cni {
+        #[command(subcommand)]
+        action: engines::CniAction,
     },
 }
 
@@ -600,13 +612,23 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Port { container } => {
-            let c: ContainerJson = client
-                .call(
+            let found = client
+                .call::<ContainerJson>(
                     Method::GET,
                     &format!("/containers/{container}/json"),
                     NO_BODY,
                 )
-                .await?;
+                .await;
+            let c = match found {
+                Ok(c) => c,
+                Err(ClientError::Api { status, .. })
+                    if status == hyper::StatusCode::NOT_FOUND
+                        && engines::endpoint_port(&client, &container).await? =>
+                {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e.into()),
+            };
             for (port, bindings) in &c.network_settings.ports {
                 for b in bindings {
                     println!("{port} -> {}:{}", b.host_ip, b.host_port);
@@ -705,6 +727,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
         Command::Network { action } => return network(&client, action).await,
+        Command::Endpoint { action } => engines::endpoint(&client, action).await?,
+        Command::Cni { action } => engines::cni(action, &args.host)?,
         Command::Conntrack { action } => match action {
             ConntrackAction::List {
                 container,
