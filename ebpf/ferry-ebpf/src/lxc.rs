@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CT_DNAT_REPLY, CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Endpoint, FragKey,
-    GATEWAY_V4, IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC,
+    IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC,
 };
 
 use crate::{
@@ -316,10 +316,13 @@ fn leave_like(
     }
 }
 
-/// ARP from a container: validated like IPv4; a request for the gateway is
-/// answered here (the gateway address exists nowhere), anything else goes to
-/// the host, whose entries for containers are permanent and cannot be
-/// poisoned.
+/// ARP from a container: validated like IPv4; a request for any address but
+/// its own is answered here with the host side's MAC (every packet of a
+/// container leaves through its veth, whatever its next hop: 169.254.1.1
+/// for ferry's containers, the network's gateway for those Docker
+/// configures, and no host route or proxy_arp is needed for either).
+/// Anything else (replies, duplicate address probes) goes to the host,
+/// whose entries for containers are permanent and cannot be poisoned.
 #[inline(always)]
 fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReason> {
     let arp: *mut ArpHdr = ptr_at(ctx, ETH_HLEN)?;
@@ -335,8 +338,13 @@ fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReas
     }
     count_tx(me, ctx.len());
     // SAFETY: bounds checked by `ptr_at`.
-    let asks_gateway = unsafe { (*arp).oper() == ARP_OP_REQUEST && (*arp).tpa == GATEWAY_V4 };
-    if !asks_gateway {
+    let (asks_other, target) = unsafe {
+        (
+            (*arp).oper() == ARP_OP_REQUEST && (*arp).tpa != (*arp).spa,
+            (*arp).tpa,
+        )
+    };
+    if !asks_other {
         return Ok(TC_ACT_OK);
     }
     // Turn the request into the reply, in place, and send it back.
@@ -346,7 +354,7 @@ fn arp_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropReas
         (*arp).tha = me.mac;
         (*arp).tpa = (*arp).spa;
         (*arp).sha = me.host_mac;
-        (*arp).spa = GATEWAY_V4;
+        (*arp).spa = target;
         (*eth).dst = me.mac;
         (*eth).src = me.host_mac;
     }

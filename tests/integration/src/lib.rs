@@ -20,6 +20,7 @@ use std::{
 use nix::sched::{CloneFlags, setns};
 
 pub mod cni;
+pub mod docker;
 pub mod podman;
 
 /// Address of the host namespace on the uplink, and of the client.
@@ -118,6 +119,45 @@ pub fn check(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A tarball of a busybox root for engines to import (no registry):
+/// busybox-static, a page at /www/index.html ("hello from busybox") and a
+/// CGI script at /www/cgi-bin/peer that answers with the caller's address.
+/// Written below `dir`; its path.
+pub fn busybox_tar(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = dir.join("busybox-image");
+    for d in ["bin", "www/cgi-bin", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).expect("image dirs");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    for applet in [
+        "sh", "httpd", "sleep", "ping", "wget", "cat", "echo", "ip", "nc", "true",
+    ] {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link).expect("applet link");
+        }
+    }
+    std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("page");
+    let cgi = root.join("www/cgi-bin/peer");
+    std::fs::write(
+        &cgi,
+        "#!/bin/sh\necho Content-Type: text/plain\necho\necho peer $REMOTE_ADDR\n",
+    )
+    .expect("cgi");
+    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let tar = dir.join("busybox-image.tar");
+    check(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."),
+    );
+    tar
 }
 
 /// A named network namespace that is deleted on drop (with whatever
@@ -329,6 +369,9 @@ impl World {
             // Containers' cgroups under a parent of the world's own name.
             "--cgroup-parent".into(),
             self.name.clone(),
+            // Never the machine's /run/docker/plugins: worlds run side by side.
+            "--docker-plugin".into(),
+            d("plugins/ferry.sock"),
         ]
         .into_iter()
         // The uplink is a veth, where `auto` leaves XDP off: tests want

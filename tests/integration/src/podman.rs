@@ -27,10 +27,9 @@ fn install(world: &World, dir: &Path, name: &str, network: &str) {
     assert!(out.contains(&format!("50-{name}.conflist")), "{out}");
 }
 
-use crate::{World, check, output};
+use crate::{World, busybox_tar, check, output};
 
-/// The image every podman test runs: busybox with a page and a CGI script
-/// that answers with the caller's address.
+/// The image every podman test runs (see [`busybox_tar`]).
 pub const IMAGE: &str = "localhost/ferry-busybox:test";
 
 pub struct Podman {
@@ -111,37 +110,9 @@ impl Podman {
         self.ok(&["inspect", "-f", format, name])
     }
 
-    /// Builds the busybox root and imports it as [`IMAGE`].
+    /// Imports the busybox image (see [`busybox_tar`]) as [`IMAGE`].
     fn import_image(&self) {
-        let root = self.dir.join("image");
-        for d in ["bin", "www/cgi-bin", "tmp"] {
-            std::fs::create_dir_all(root.join(d)).expect("image dirs");
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-        for applet in [
-            "sh", "httpd", "sleep", "ping", "wget", "cat", "echo", "ip", "nc", "true",
-        ] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
-                .expect("applet link");
-        }
-        std::fs::write(root.join("www/index.html"), "hello from podman\n").expect("page");
-        let cgi = root.join("www/cgi-bin/peer");
-        std::fs::write(
-            &cgi,
-            "#!/bin/sh\necho Content-Type: text/plain\necho\necho peer $REMOTE_ADDR\n",
-        )
-        .expect("cgi");
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let tar = self.dir.join("image.tar");
-        check(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&root)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        );
+        let tar = busybox_tar(&self.dir);
         self.ok(&["import", &tar.display().to_string(), IMAGE]);
     }
 

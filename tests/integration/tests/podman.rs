@@ -56,7 +56,10 @@ fn podman_containers_run_on_ferrys_datapath() {
     let ip = podman.inspect("web", "{{.NetworkSettings.Networks.ferrynet.IPAddress}}");
     assert!(ip.starts_with("10.89.0."), "podman shows {ip:?}");
     let base = format!("http://{HOST_UPLINK_IP}:18180");
-    assert_eq!(eventually(&world, &format!("{base}/")), "hello from podman");
+    assert_eq!(
+        eventually(&world, &format!("{base}/")),
+        "hello from busybox"
+    );
     // The container sees the client's own address.
     // (busybox httpd listens on IPv6 too and names IPv4 peers mapped.)
     assert_eq!(
@@ -71,7 +74,7 @@ fn podman_containers_run_on_ferrys_datapath() {
     ));
     assert_eq!(
         String::from_utf8_lossy(&local.stdout).trim(),
-        "hello from podman"
+        "hello from busybox"
     );
     // Masquerade out: the client sees the host's uplink address.
     let _outside = Background::spawn(world.in_client(
@@ -102,7 +105,7 @@ fn podman_containers_run_on_ferrys_datapath() {
     ));
     assert_eq!(
         String::from_utf8_lossy(&page.stdout).trim(),
-        "hello from podman"
+        "hello from busybox"
     );
     assert!(
         podman
@@ -124,7 +127,10 @@ fn podman_containers_run_on_ferrys_datapath() {
     assert!(endpoints(&world).is_empty(), "stop left the endpoint");
     assert!(curl_from_client(&world, &format!("{base}/")).is_none());
     podman.ok(&["start", "web"]);
-    assert_eq!(eventually(&world, &format!("{base}/")), "hello from podman");
+    assert_eq!(
+        eventually(&world, &format!("{base}/")),
+        "hello from busybox"
+    );
     podman.ok(&["rm", "-f", "-t", "0", "web"]);
     assert!(endpoints(&world).is_empty(), "rm left the endpoint");
     world.ferry_ok(&["rm", "-f", "c1"]);

@@ -91,6 +91,10 @@ pub struct NetworkRecord {
     /// The interface inside the namespace.
     #[serde(default = "first_ifname")]
     pub ifname: String,
+    /// The address belongs to the engine's IPAM (Docker's): the endpoint
+    /// going does not free it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external_ipam: bool,
 }
 
 fn first_ifname() -> String {
@@ -192,15 +196,26 @@ pub struct Partial {
     dns: Option<(String, Ipv4Addr)>,
 }
 
+/// Where the endpoint's interface goes.
+#[derive(Clone, Copy)]
+pub enum Placement<'a> {
+    /// Into this namespace, configured there (address, neighbour, route).
+    Netns(BorrowedFd<'a>),
+    /// Left on the host under its name, for the engine to move into its
+    /// namespace and configure (Docker does, after Join).
+    Host,
+}
+
 /// What an attach asks for.
 pub struct AttachSpec<'a> {
     /// The owner's id (DNS table, port reservations).
     pub owner: &'a str,
-    /// The namespace to put the interface in.
-    pub netns: BorrowedFd<'a>,
+    pub placement: Placement<'a>,
     pub network: &'a NetworkDef,
     /// A static address (`--ip`), else the network's next free one.
     pub ip: Option<Ipv4Addr>,
+    /// `ip` is held already, by the engine's IPAM.
+    pub ip_held: bool,
     /// A static MAC, else one derived from the address.
     pub mac: Option<Mac>,
     pub link: &'a Link,
@@ -253,8 +268,14 @@ impl Agent {
         partial: &mut Partial,
     ) -> Result<NetworkRecord, AgentError> {
         let (network, link) = (spec.network, spec.link);
-        let ip = self.networks.allocate(&network.name, spec.ip)?;
-        partial.ip = Some(ip);
+        let ip = match (spec.ip, spec.ip_held) {
+            (Some(ip), true) => ip,
+            _ => {
+                let ip = self.networks.allocate(&network.name, spec.ip)?;
+                partial.ip = Some(ip);
+                ip
+            }
+        };
         let (derived_mac, host_mac) = macs_for(ip);
         let mac = spec.mac.unwrap_or(derived_mac);
         let host_ifname = link.host_ifname.clone();
@@ -262,19 +283,33 @@ impl Agent {
         // The namespace's side, configured through a netlink socket opened
         // inside it. IPv6 is off there (and on the host side) because the
         // datapath forwards IPv4 only so far.
-        let (inside, netns_cookie) = netlink_in(spec.netns)?;
-        if inside
-            .index_of(&link.ifname)
-            .await
-            .map_err(AgentError::internal)?
-            .is_some()
-        {
+        let (inside, netns_cookie, peer_ns) = match spec.placement {
+            Placement::Netns(ns) => {
+                let (inside, cookie) = netlink_in(ns)?;
+                (Some(inside), cookie, None)
+            }
+            Placement::Host => {
+                let own = netns::open(std::path::Path::new("/proc/thread-self/ns/net"))
+                    .map_err(AgentError::internal)?;
+                (None, 0, Some(own))
+            }
+        };
+        let peer_fd = match (&peer_ns, spec.placement) {
+            (Some(own), _) => own.as_fd(),
+            (None, Placement::Netns(ns)) => ns,
+            (None, Placement::Host) => return Err(AgentError::internal("no namespace")),
+        };
+        let taken = match &inside {
+            Some(inside) => inside.index_of(&link.ifname).await,
+            None => self.netlink.index_of(&link.ifname).await,
+        };
+        if taken.map_err(AgentError::internal)?.is_some() {
             return Err(AgentError::Conflict(format!(
                 "the namespace already has an interface {}",
                 link.ifname
             )));
         }
-        if link.first {
+        if link.first && inside.is_some() {
             partial.netns_cookie = Some(netns_cookie);
             self.datapath
                 .add_netns(netns_cookie, NETNS_CONTAINER)
@@ -283,7 +318,7 @@ impl Agent {
         partial.host_ifname = Some(host_ifname.clone());
         let host_ifindex = self
             .netlink
-            .create_veth(&host_ifname, host_mac, &link.ifname, mac, spec.netns)
+            .create_veth(&host_ifname, host_mac, &link.ifname, mac, peer_fd)
             .await
             .map_err(AgentError::internal)?;
         partial.host_ifindex = Some(host_ifindex);
@@ -326,6 +361,21 @@ impl Agent {
             .await
             .map_err(AgentError::internal)?;
 
+        let record = NetworkRecord {
+            ip,
+            mac,
+            host_ifname,
+            host_ifindex,
+            host_mac,
+            netns_cookie,
+            network: network.name.clone(),
+            aliases: Vec::new(),
+            ifname: link.ifname.clone(),
+            external_ipam: spec.ip_held,
+        };
+        let Some(inside) = inside else {
+            return Ok(record);
+        };
         let gateway = Ipv4Addr::from(GATEWAY_V4);
         let lo = inside.index_of("lo").await.map_err(AgentError::internal)?;
         let eth = inside
@@ -354,17 +404,7 @@ impl Agent {
             .add_route_onlink(eth, subnet, gateway)
             .await
             .map_err(AgentError::internal)?;
-        Ok(NetworkRecord {
-            ip,
-            mac,
-            host_ifname,
-            host_ifindex,
-            host_mac,
-            netns_cookie,
-            network: network.name.clone(),
-            aliases: Vec::new(),
-            ifname: link.ifname.clone(),
-        })
+        Ok(record)
     }
 
     /// Reserves the host ports of `specs` for `owner` (named `name` in a
@@ -486,7 +526,10 @@ impl Agent {
         if let Err(e) = self.datapath.remove_endpoint(net.ip) {
             warn!(%owner, %e, "cannot remove endpoint");
         }
-        if first && let Err(e) = self.datapath.remove_netns(net.netns_cookie) {
+        if first
+            && net.netns_cookie != 0
+            && let Err(e) = self.datapath.remove_netns(net.netns_cookie)
+        {
             warn!(%owner, %e, "cannot forget the namespace");
         }
         self.datapath.forget(&net.host_ifname);
@@ -503,7 +546,9 @@ impl Agent {
             Ok(None) => {}
             Err(e) => warn!(%owner, %e, "cannot look up veth"),
         }
-        self.networks.release(net.ip);
+        if !net.external_ipam {
+            self.networks.release(net.ip);
+        }
     }
 
     /// Undoes whatever an attach and publish got to, every step attempted.
@@ -737,6 +782,7 @@ mod tests {
             network: "a".into(),
             aliases: vec![],
             ifname: first.ifname.clone(),
+            external_ipam: false,
         }];
         let second = Link::next(id, &taken.iter().collect::<Vec<_>>()).expect("second");
         assert_eq!(

@@ -165,6 +165,7 @@ mod tests {
                 network: "bridge".into(),
                 aliases: vec![],
                 ifname: "eth0".into(),
+                external_ipam: false,
             },
             ports: vec![],
             created,

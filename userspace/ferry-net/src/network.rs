@@ -285,7 +285,8 @@ impl Networks {
             .find(|d| d.subnet.contains(&subnet.network()) || subnet.contains(&d.subnet.network()))
     }
 
-    fn free_subnet(&self) -> Result<Ipv4Net, NetworkError> {
+    /// A /24 of the pool that no network overlaps.
+    pub fn free_subnet(&self) -> Result<Ipv4Net, NetworkError> {
         let pool: Ipv4Net = POOL.parse().map_err(|_| NetworkError::PoolExhausted)?;
         let free = pool
             .subnets(24)
@@ -325,6 +326,11 @@ impl Networks {
             (Some(def), None) => Ok(def),
             _ => Err(NetworkError::NotFound(reference.to_owned())),
         }
+    }
+
+    /// The network on exactly `subnet`.
+    pub fn by_subnet(&self, subnet: Ipv4Net) -> Option<&NetworkDef> {
+        self.defs.values().find(|d| d.subnet == subnet)
     }
 
     pub fn list(&self) -> impl Iterator<Item = &NetworkDef> {

@@ -361,16 +361,28 @@ fn from_container_arp_gateway_reply() {
     assert_eq!(&out[38..42], &A_IP.octets(), "target IP");
 }
 
-/// Expects: ARP for anything else passes to the host; ARP whose body names
-/// another MAC or address is dropped as spoofed.
+/// Expects: a request for another next hop (a Docker network's gateway) is
+/// answered like the gateway's, from that address; a probe for the
+/// container's own address and a reply pass to the host; ARP whose body
+/// names another MAC or address is dropped as spoofed.
 #[test]
 fn from_container_arp_validation() {
     let mut dp = Loaded::new();
-    let (verdict, _) = dp.run(
+    let docker_gateway = Ipv4Addr::new(10, 89, 0, 1);
+    let (verdict, out) = dp.run(
         PROG_FROM_CONTAINER,
-        &arp_frame(A.mac, A.mac, A_IP, B_IP.octets(), 1),
+        &arp_frame(A.mac, A.mac, A_IP, docker_gateway.octets(), 1),
     );
-    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(&out[22..28], &A.host_mac, "sender MAC");
+    assert_eq!(&out[28..32], &docker_gateway.octets(), "sender IP");
+    for (tpa, oper) in [(A_IP.octets(), 1), (B_IP.octets(), 2)] {
+        let (verdict, _) = dp.run(
+            PROG_FROM_CONTAINER,
+            &arp_frame(A.mac, A.mac, A_IP, tpa, oper),
+        );
+        assert_eq!(verdict, TC_ACT_OK, "{tpa:?} op {oper}");
+    }
     let (verdict, _) = dp.run(
         PROG_FROM_CONTAINER,
         &arp_frame(A.mac, [2, 0, 0, 0, 0, 9], A_IP, GATEWAY_V4, 1),

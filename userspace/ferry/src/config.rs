@@ -50,6 +50,8 @@ pub struct Config {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// Where to serve Prometheus metrics (`None`: nowhere).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where to serve the Docker network and IPAM plugin (`None`: nowhere).
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// `--xdp-prefilter`: XDP on veth and virtio_net uplinks costs their GRO

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod docker;
 pub mod format;
 pub mod metrics;
 pub mod state;

@@ -259,6 +259,7 @@ mod tests {
                 network: "bridge".into(),
                 aliases: vec![],
                 ifname: "eth0".into(),
+                external_ipam: false,
             }),
             extra_networks: vec![],
             ports: vec![],

@@ -17,40 +17,17 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::{run_cmd, step, workspace_root};
+use crate::{step, workspace_root};
 
-/// The Debian packages unpacked into [`docker_root`].
-const DOCKER_PACKAGES: [&str; 4] = ["docker.io", "containerd", "runc", "tini"];
-
-/// `target/tools/docker-root`: Debian's Docker packages unpacked, fetched
-/// once (a marker file says the unpacking finished).
+/// Debian's Docker packages unpacked (once) under target/tools.
 pub fn docker_root() -> anyhow::Result<PathBuf> {
-    let tools = workspace_root().join("target/tools");
-    let root = tools.join("docker-root");
-    let done = root.join(".unpacked");
-    if done.exists() {
-        return Ok(root);
+    let root = workspace_root().join("target/tools/docker-root");
+    if !root.join(".unpacked").exists() {
+        step(
+            "bench: fetching Debian's docker.io, containerd, runc and tini (unpacked, not installed)",
+        );
     }
-    step(&format!(
-        "bench: fetching {} from Debian (unpacked, not installed)",
-        DOCKER_PACKAGES.join(", ")
-    ));
-    let download = tools.join("download");
-    std::fs::create_dir_all(&download)?;
-    run_cmd(
-        Command::new("apt-get")
-            .current_dir(&download)
-            .args(["download", "-q"])
-            .args(DOCKER_PACKAGES),
-    )?;
-    for deb in std::fs::read_dir(&download)?.flatten().map(|e| e.path()) {
-        if deb.extension().is_some_and(|e| e == "deb") {
-            run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        }
-    }
-    std::fs::remove_dir_all(&download)?;
-    std::fs::write(&done, DOCKER_PACKAGES.join("\n"))?;
-    Ok(root)
+    ferry_integration::docker::docker_root().map_err(anyhow::Error::msg)
 }
 
 /// Debian's `docker-proxy`, from [`docker_root`].

@@ -66,6 +66,10 @@ struct Args {
     /// listens on loopback only (127.0.0.1:PORT).
     #[arg(long, value_name = "[IP:]PORT", value_parser = config::parse_metrics_addr)]
     metrics: Option<std::net::SocketAddr>,
+    /// Serve Docker's remote network and IPAM driver API here (`docker
+    /// network create -d ferry --ipam-driver ferry`); "" for none.
+    #[arg(long, value_name = "PATH", default_value = ferry::docker::DEFAULT_SOCKET)]
+    docker_plugin: PathBuf,
     /// Resolver the embedded DNS of user-defined networks forwards other
     /// names to, IP[:PORT] (repeatable; default: the nameservers of the
     /// host's /etc/resolv.conf).
@@ -154,6 +158,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         cgroup: args.cgroup.unwrap_or_else(config::default_cgroup),
         cgroup_parent: args.cgroup_parent,
         metrics_addr: args.metrics,
+        docker_plugin: (!args.docker_plugin.as_os_str().is_empty()).then_some(args.docker_plugin),
         dns_upstreams: args.dns_upstreams,
         map_sizes: ferry::datapath::MapSizes {
             ct: args.ct_max,

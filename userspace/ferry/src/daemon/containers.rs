@@ -10,7 +10,7 @@ use std::{
     sync::Arc,
 };
 
-use ferry_net::agent::{self, AttachSpec, Link};
+use ferry_net::agent::{self, AttachSpec, Link, Placement};
 use nix::{
     sys::{
         signal::{Signal, kill},
@@ -283,7 +283,8 @@ impl Inner {
                 let ns = netns::of_pid(monitor.pid).map_err(|e| internal(&e))?;
                 let spec = AttachSpec {
                     owner: id,
-                    netns: ns.as_fd(),
+                    placement: Placement::Netns(ns.as_fd()),
+                    ip_held: false,
                     network,
                     ip: *ip,
                     mac: None,

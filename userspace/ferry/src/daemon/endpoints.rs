@@ -7,7 +7,7 @@ use std::{os::fd::AsFd as _, path::Path, sync::Arc};
 
 use ferry_api::endpoint::{EndpointCreate, EndpointGc, EndpointJson, GATEWAY, PortMap, Removed};
 use ferry_net::{
-    agent::{self, AttachSpec, Link},
+    agent::{self, AttachSpec, Link, Placement},
     endpoint::EndpointRecord,
     link::{mac_to_string, parse_mac},
     portmap::{HostPorts, PortMapping, Proto, PublishSpec},
@@ -212,7 +212,8 @@ impl Daemon {
         let link = Link::first(&id, &req.ifname);
         let spec = AttachSpec {
             owner: &id,
-            netns: plan.netns.as_fd(),
+            placement: Placement::Netns(plan.netns.as_fd()),
+            ip_held: false,
             network: &plan.network,
             ip: req.ip,
             mac: plan.mac,

@@ -9,6 +9,7 @@
 
 mod containers;
 mod control;
+mod docker;
 mod endpoints;
 mod networks;
 mod observe;
@@ -151,6 +152,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             return Err(e);
         }
     };
+    let plugin = match &config.docker_plugin {
+        Some(path) => match crate::docker::serve(Arc::clone(&daemon), path) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let _ = std::fs::remove_file(&config.socket);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     info!(socket = %config.socket.display(), subnet = %config.subnet, "ferryd ready");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
@@ -169,6 +180,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await;
     let _ = std::fs::remove_file(&config.socket);
+    if let Some(plugin) = plugin {
+        let _ = std::fs::remove_file(plugin);
+    }
     served.map_err(|e| anyhow::anyhow!("API server: {e}"))
 }
 

@@ -3,7 +3,7 @@
 
 use std::{net::Ipv4Addr, os::fd::AsFd as _};
 
-use ferry_net::agent::{self, AttachSpec, Link};
+use ferry_net::agent::{self, AttachSpec, Link, Placement};
 use tracing::{info, warn};
 
 use super::{Daemon, now, random_id};
@@ -150,7 +150,8 @@ impl Daemon {
         let ns = netns::of_pid(pid).map_err(|e| ApiError::Internal(e.to_string()))?;
         let spec = AttachSpec {
             owner: &record.id,
-            netns: ns.as_fd(),
+            placement: Placement::Netns(ns.as_fd()),
+            ip_held: false,
             network: &def,
             ip,
             mac: None,

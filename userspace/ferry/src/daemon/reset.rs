@@ -90,7 +90,11 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
     if let Err(e) = portmap::reserve_snat_ports(false) {
         failures.push(format!("release the masquerade ports: {e}"));
     }
-    for (path, is_dir) in [(&config.pin_dir, true), (&config.socket, false)] {
+    let plugin = config.docker_plugin.iter().map(|p| (p, false));
+    for (path, is_dir) in [(&config.pin_dir, true), (&config.socket, false)]
+        .into_iter()
+        .chain(plugin)
+    {
         let result = if is_dir {
             std::fs::remove_dir_all(path)
         } else {

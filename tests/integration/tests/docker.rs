@@ -1,0 +1,286 @@
+//! Debian's dockerd 20.10 with ferry as its network and IPAM plugin
+//! (`docker network create -d ferry --ipam-driver ferry`): `docker run -p`
+//! publishes through ferry's datapath with no DNAT rule and no
+//! docker-proxy; published ports from outside with the client's address
+//! and from localhost, masquerade out, traffic with ferry's own
+//! containers, `--ip`, a taken port as Docker's error with ferry's message,
+//! network connect/disconnect, stop/start/rm, a ferryd restart while Docker
+//! containers run, and nothing left behind.
+
+use std::time::Duration;
+
+use ferry_integration::{
+    Background, CLIENT_IP, HOST_UPLINK_IP, World, busybox_tar, docker::Dockerd, in_netns, output,
+    rulesets, wait_until,
+};
+
+const IMAGE: &str = "ferry-busybox";
+
+/// dockerd in the world's host namespace, finding ferryd's plugin socket.
+fn engine(world: &World) -> Dockerd {
+    let dockerd = Dockerd::start(
+        &world.host_ns_path(),
+        &world.dir.join("docker"),
+        Some(&world.dir.join("plugins")),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tar = busybox_tar(dockerd.dir());
+    dockerd.ok(&["import", &tar.display().to_string(), IMAGE]);
+    dockerd
+}
+
+/// `curl` from the client namespace; the body, or `None`.
+fn from_client(world: &World, url: &str) -> Option<String> {
+    let out = output(&mut world.in_client("curl", &["-sS", "--max-time", "2", url]));
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+fn eventually(world: &World, url: &str) -> String {
+    let mut body = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            body = from_client(world, url);
+            body.is_some()
+        }),
+        "no answer from {url}\n{}",
+        world.ferryd_log()
+    );
+    body.unwrap_or_default()
+}
+
+/// The ferry network Docker's network `id` became.
+fn ferry_network(id: &str) -> String {
+    format!("docker-{}", &id[..12])
+}
+
+#[test]
+fn docker_containers_run_on_ferrys_datapath() {
+    let mut world = World::new();
+    let docker = engine(&world);
+    let rules_before = rulesets(&world.host_ns_path());
+    let id = docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ferry",
+        "--ipam-driver",
+        "ferry",
+        "--subnet",
+        "10.91.9.0/24",
+        "fnet",
+    ]);
+    let net = ferry_network(&id);
+    assert!(
+        world.ferry_ok(&["network", "ls", "-q"]).contains(&net),
+        "no ferry network {net}"
+    );
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "fnet",
+        "-p",
+        "18280:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let ip = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.fnet.IPAddress}}",
+        "web",
+    ]);
+    assert!(ip.starts_with("10.91.9."), "Docker shows {ip:?}");
+
+    let base = format!("http://{HOST_UPLINK_IP}:18280");
+    assert_eq!(
+        eventually(&world, &format!("{base}/")),
+        "hello from busybox"
+    );
+    // busybox httpd listens on IPv6 too and names IPv4 peers mapped.
+    assert_eq!(
+        eventually(&world, &format!("{base}/cgi-bin/peer")),
+        format!("peer [::ffff:{CLIENT_IP}]")
+    );
+    let local = output(&mut world.in_host(
+        "curl",
+        &["-sS", "--max-time", "2", "http://127.0.0.1:18280/"],
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout).trim(),
+        "hello from busybox"
+    );
+    // Docker wrote no DNAT rule for it and started no docker-proxy.
+    let rules = rulesets(&world.host_ns_path());
+    assert!(!rules.contains("18280"), "a rule for the port:\n{rules}");
+    let proxies = output(std::process::Command::new("pgrep").args(["-f", "docker-proxy.*18280"]));
+    assert!(!proxies.status.success(), "a docker-proxy runs");
+    let _ = rules_before;
+
+    // Masquerade out: the client sees the host's uplink address.
+    let _outside = Background::spawn(world.in_client(
+        "socat",
+        &[
+            "TCP-LISTEN:7000,fork,reuseaddr",
+            "SYSTEM:echo out $SOCAT_PEERADDR",
+        ],
+    ));
+    let mut got = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let out =
+                output(&mut docker.docker(&["exec", "web", "nc", "-w", "2", CLIENT_IP, "7000"]));
+            got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            !got.is_empty()
+        }),
+        "no answer from the client"
+    );
+    assert_eq!(got, format!("out {HOST_UPLINK_IP}"));
+
+    // A ferry container on the same network, both ways.
+    let c1 = world.run_with("c1", &["--network", &net], &["sleep", "infinity"]);
+    let page = output(&mut in_netns(
+        &c1.netns,
+        "curl",
+        &["-sS", "--max-time", "2", &format!("http://{ip}/")],
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&page.stdout).trim(),
+        "hello from busybox"
+    );
+    assert!(
+        output(&mut docker.docker(&["exec", "web", "ping", "-c", "1", "-W", "2", &c1.ip]))
+            .status
+            .success(),
+        "the Docker container cannot ping the ferry container"
+    );
+    // `docker port` is empty for plugin networks; ferry knows.
+    let ports = world.ferry_ok(&["endpoint", "ls"]);
+    assert!(ports.contains("80/tcp -> 0.0.0.0:18280"), "{ports}");
+
+    // ferryd restarts while the container serves: traffic goes on, the
+    // endpoint is adopted and Docker can still remove it.
+    world.stop_ferryd();
+    assert_eq!(
+        eventually(&world, &format!("{base}/")),
+        "hello from busybox"
+    );
+    world.start_ferryd();
+    assert_eq!(
+        eventually(&world, &format!("{base}/")),
+        "hello from busybox"
+    );
+
+    // stop takes the endpoint down, start makes a new one.
+    docker.ok(&["stop", "-t", "1", "web"]);
+    assert!(from_client(&world, &format!("{base}/")).is_none());
+    docker.ok(&["start", "web"]);
+    assert_eq!(
+        eventually(&world, &format!("{base}/")),
+        "hello from busybox"
+    );
+    docker.ok(&["rm", "-f", "web"]);
+    world.ferry_ok(&["rm", "-f", "c1"]);
+    let left = world.ferry_ok(&["endpoint", "ls", "--json"]);
+    assert_eq!(left.trim(), "[]", "endpoints left");
+    docker.ok(&["network", "rm", "fnet"]);
+    assert!(
+        !world.ferry_ok(&["network", "ls", "-q"]).contains(&net),
+        "the ferry network stayed"
+    );
+}
+
+#[test]
+fn docker_ip_conflicts_and_connect_leave_nothing() {
+    let world = World::new();
+    let docker = engine(&world);
+    world.ferry_ok(&[
+        "run", "-d", "--name", "holder", "-p", "18281:80", "--", "sleep", "infinity",
+    ]);
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ferry",
+        "--ipam-driver",
+        "ferry",
+        "--subnet",
+        "10.91.10.0/24",
+        "one",
+    ]);
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ferry",
+        "--ipam-driver",
+        "ferry",
+        "two",
+    ]);
+    let before = world.footprint();
+
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fixed",
+        "--network",
+        "one",
+        "--ip",
+        "10.91.10.50",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]);
+    let ip = docker.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.one.IPAddress}}",
+        "fixed",
+    ]);
+    assert_eq!(ip, "10.91.10.50");
+    // connect/disconnect: a second interface on the second network.
+    docker.ok(&["network", "connect", "two", "fixed"]);
+    let links = docker.ok(&["exec", "fixed", "ip", "-o", "-4", "addr"]);
+    assert!(links.contains("eth1"), "{links}");
+    docker.ok(&["network", "disconnect", "two", "fixed"]);
+    docker.ok(&["rm", "-f", "fixed"]);
+
+    // A port ferry's own container publishes: Docker's error says whose.
+    let clash = output(&mut docker.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "clash",
+        "--network",
+        "one",
+        "-p",
+        "18281:80",
+        IMAGE,
+        "sleep",
+        "1000",
+    ]));
+    let err = String::from_utf8_lossy(&clash.stderr);
+    assert!(!clash.status.success(), "Docker ran on a taken port");
+    assert!(
+        err.contains("port 18281 is already published by container holder"),
+        "{err}"
+    );
+    let _ = docker.docker(&["rm", "-f", "clash"]).output();
+    assert!(
+        wait_until(Duration::from_secs(5), || world.footprint() == before),
+        "left behind: {:?}\nvs {:?}",
+        world.footprint(),
+        before
+    );
+}
