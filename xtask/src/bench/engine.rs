@@ -7,7 +7,7 @@
 use std::{path::Path, process::Command};
 
 use anyhow::Context as _;
-use ferry_integration::{TempNetns, docker::Dockerd, unique_name};
+use ferry_integration::{TempNetns, World, docker::Dockerd, unique_name};
 
 use crate::{capture, step};
 
@@ -21,8 +21,9 @@ pub struct DockerEngine {
     /// dockerd, dropped (containers removed, daemon stopped) before its
     /// namespace goes.
     dockerd: Dockerd,
-    /// The namespace playing Docker's host: docker0, iptables, the uplink.
-    pub host: TempNetns,
+    /// The namespace playing Docker's host (docker0, iptables, the
+    /// uplink) when the engine has one of its own.
+    pub host: Option<TempNetns>,
 }
 
 impl DockerEngine {
@@ -35,9 +36,46 @@ impl DockerEngine {
         step("bench: starting Debian's dockerd in its own namespaces");
         let dockerd = Dockerd::start(&host.path(), &out_dir.join(&tag), None, &[])
             .map_err(anyhow::Error::msg)?;
-        let engine = Self { dockerd, host };
+        let engine = Self {
+            dockerd,
+            host: Some(host),
+        };
         engine.import_image()?;
         Ok(engine)
+    }
+
+    /// Starts dockerd in `world`'s host namespace, where it finds ferryd's
+    /// network plugin. Drop it before the world: removing its containers
+    /// asks the plugin.
+    pub fn start_in(world: &World, out_dir: &Path) -> anyhow::Result<Self> {
+        step("bench: starting Debian's dockerd beside ferryd (ferry as its network plugin)");
+        let dockerd = Dockerd::start(
+            &world.host_ns_path(),
+            &out_dir.join(unique_name("fye")),
+            Some(&world.dir.join("plugins")),
+            &[],
+        )
+        .map_err(anyhow::Error::msg)?;
+        let engine = Self {
+            dockerd,
+            host: None,
+        };
+        engine.import_image()?;
+        Ok(engine)
+    }
+
+    /// `docker network create -d ferry --ipam-driver ferry NAME`.
+    pub fn network_create(&self, name: &str) -> anyhow::Result<()> {
+        capture(&mut self.docker(&[
+            "network",
+            "create",
+            "-d",
+            "ferry",
+            "--ipam-driver",
+            "ferry",
+            name,
+        ]))?;
+        Ok(())
     }
 
     /// A `docker` command (Debian's client, matching the daemon) for this
@@ -89,12 +127,25 @@ impl DockerEngine {
     /// `docker run -d -p <publish> -v <out_dir>:<out_dir> IMAGE taskset -c 0
     /// nginx -c <conf>`: the bench directory is bind-mounted, as for ferry.
     pub fn run_nginx(&self, out_dir: &Path, publish: &str, conf: &str) -> anyhow::Result<String> {
+        self.run_nginx_on(out_dir, None, publish, conf)
+    }
+
+    /// [`DockerEngine::run_nginx`] on `network` (`--network`), if given.
+    pub fn run_nginx_on(
+        &self,
+        out_dir: &Path,
+        network: Option<&str>,
+        publish: &str,
+        conf: &str,
+    ) -> anyhow::Result<String> {
         let dir = out_dir.to_str().context("utf-8 path")?;
         let volume = format!("{dir}:{dir}");
-        let id = capture(&mut self.docker(&[
-            "run", "-d", "-p", publish, "-v", &volume, IMAGE, "taskset", "-c", "0", "nginx", "-c",
-            conf,
-        ]))?;
+        let mut args = vec!["run", "-d", "-p", publish, "-v", &volume];
+        if let Some(network) = network {
+            args.extend(["--network", network]);
+        }
+        args.extend([IMAGE, "taskset", "-c", "0", "nginx", "-c", conf]);
+        let id = capture(&mut self.docker(&args))?;
         Ok(id.trim().to_owned())
     }
 }

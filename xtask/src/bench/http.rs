@@ -56,11 +56,11 @@ pub(super) struct Target {
     pub(super) cgroup: Option<PathBuf>,
     pub(super) url: String,
     pub(super) _servers: Vec<Background>,
+    /// Dropped first (fields drop in order): its containers go while the
+    /// world's ferryd, their network plugin, still answers.
+    pub(super) _engine: Option<DockerEngine>,
     pub(super) _world: Option<World>,
     pub(super) _netns: Vec<TempNetns>,
-    /// Dropped after the namespaces above (fields drop in order): its
-    /// containers and dockerd go before its own namespace.
-    pub(super) _engine: Option<DockerEngine>,
 }
 
 /// The docroot every variant serves: one small page.
@@ -241,7 +241,11 @@ fn routed_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
 /// nginx behind a real Docker engine: `docker run -p 8080:80`.
 fn engine_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let engine = DockerEngine::start(out_dir)?;
-    let client = client_of(&engine.host, "10.204.0");
+    let host = engine
+        .host
+        .as_ref()
+        .context("the engine has its own namespace")?;
+    let client = client_of(host, "10.204.0");
     let conf = nginx_conf(out_dir, "docker-engine", 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
     engine.run_nginx(out_dir, "8080:80", conf)?;
@@ -254,6 +258,28 @@ fn engine_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
         _world: None,
         _netns: vec![client],
         _engine: Some(engine),
+    })
+}
+
+/// nginx behind the same Docker engine on a ferry network: what a Docker
+/// user gets by adding `--network` with ferry's plugin. dockerd runs in the
+/// world's host namespace, beside ferryd, and finds its plugin socket.
+fn engine_ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let world = World::with_ferryd_args(&["--xdp-prefilter", "auto"]);
+    let engine = DockerEngine::start_in(&world, out_dir)?;
+    engine.network_create("fnet")?;
+    let conf = nginx_conf(out_dir, "docker-engine-ferry", 80, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    engine.run_nginx_on(out_dir, Some("fnet"), "8080:80", conf)?;
+    Ok(Target {
+        name: "docker-engine-ferry",
+        client_ns: world.client_ns_path(),
+        cgroup: None,
+        url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
+        _servers: Vec::new(),
+        _engine: Some(engine),
+        _world: Some(world),
+        _netns: Vec::new(),
     })
 }
 
@@ -327,6 +353,7 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         routed_target(out_dir, &root)?,
         docker_target(out_dir, &root)?,
         engine_target(out_dir, &root)?,
+        engine_ferry_target(out_dir, &root)?,
     ];
     let method = format!(
         "nginx (Debian's, one worker on CPU 0) serving one 560-byte page, wrk -t1 on CPU 1 from \
@@ -338,11 +365,19 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
          crossing alone); docker = nginx in a namespace on a bridge behind Docker's iptables \
          DNAT/MASQUERADE/filter rules; docker-engine = Debian's dockerd 20.10 (own namespaces, \
          overlay2, cgroupfs) running `docker run -p 8080:80` of an image imported from the host's \
-         nginx, docroot bind-mounted, its docker-proxy running as by default. {} rounds of {} s per cell, keep-alive and \
+         nginx, docroot bind-mounted, its docker-proxy running as by default; docker-engine-ferry = the same dockerd, image and \
+         command on a network made with `docker network create -d ferry --ipam-driver ferry` \
+         (ferryd as its network plugin, tc only). {} rounds of {} s per cell, keep-alive and \
          Connection: close.",
         args.reps, args.seconds
     );
-    run_targets("publish-http", method, &targets, ["host", "docker"], args)
+    run_targets(
+        "publish-http",
+        method,
+        &targets,
+        &["host", "docker-engine", "veth-routed"],
+        args,
+    )
 }
 
 pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
@@ -403,7 +438,7 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         "local-http",
         method,
         &targets,
-        ["direct", "docker-proxy"],
+        &["direct", "docker-proxy"],
         args,
     );
     drop(docker_proxy);
@@ -411,12 +446,12 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
 }
 
 /// Runs every target, interleaved, and prints medians with ratios to the
-/// two `baselines`.
+/// `baselines`.
 fn run_targets(
     scenario: &str,
     method: String,
     targets: &[Target],
-    baselines: [&'static str; 2],
+    baselines: &[&'static str],
     args: &BenchArgs,
 ) -> anyhow::Result<Section> {
     for t in targets {
@@ -458,21 +493,22 @@ fn run_targets(
         }
     }
 
+    let versus: Vec<String> = baselines.iter().map(|b| format!("vs {b}")).collect();
+    let mut columns = vec![
+        "mode",
+        "conn",
+        "variant",
+        "req/s med [min-max]",
+        "p50 ms",
+        "p99 ms",
+    ];
+    columns.extend(versus.iter().map(String::as_str));
     let mut table = Table::new(
         format!(
             "{scenario}: {} rounds of {} s each (wrk -t1, nginx 1 worker)",
             args.reps, args.seconds
         ),
-        &[
-            "mode",
-            "conn",
-            "variant",
-            "req/s med [min-max]",
-            "p50 ms",
-            "p99 ms",
-            &format!("vs {}", baselines[0]),
-            &format!("vs {}", baselines[1]),
-        ],
+        &columns,
     );
     let empty = Samples::default();
     let mut rps_groups = Vec::new();
@@ -488,16 +524,16 @@ fn run_targets(
                 let (m, lo, hi) = spread(&cell(t.name).rps);
                 let p50 = spread(&cell(t.name).p50).0;
                 let p99 = spread(&cell(t.name).p99).0;
-                table.row(vec![
+                let mut row = vec![
                     mode.to_owned(),
                     conns.to_string(),
                     t.name.to_owned(),
                     format!("{m:.0} [{lo:.0}-{hi:.0}]"),
                     format!("{p50:.3}"),
                     format!("{p99:.3}"),
-                    format!("{:.2}x", m / med(baselines[0])),
-                    format!("{:.2}x", m / med(baselines[1])),
-                ]);
+                ];
+                row.extend(baselines.iter().map(|b| format!("{:.2}x", m / med(b))));
+                table.row(row);
                 rps_bars.push((t.name.to_owned(), m));
                 p99_bars.push((t.name.to_owned(), p99));
             }
