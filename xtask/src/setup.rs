@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     // the runtime tests' workloads use.
     "busybox-static",
     "python3",
+    // SYN floods with random sources for the conntrack tests.
+    "hping3",
     // A real CNI runtime for ferry-cni's tests (runc: crun refuses hybrid
     // cgroups).
     "podman",

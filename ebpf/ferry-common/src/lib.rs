@@ -167,6 +167,7 @@ pub const CT_DNAT_REPLY: u8 = 2;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Masquerade, container to outside: rewrite the source to
 /// `nat_addr:nat_port` and route out (FIB lookup).
@@ -181,6 +182,9 @@ pub const CT_SNAT_REPLY: u8 = 4;
 pub const SNAT_PORT_MIN: u16 = 61000;
 pub const SNAT_PORT_MAX: u16 = 65535;
 
+/// `CtEntry::tcp_flags` of a UDP or ICMP direction a packet went.
+pub const CT_SEEN: u8 = 0x01;
+
 /// A tracked flow direction and its translation.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -190,8 +194,10 @@ pub struct CtEntry {
     pub nat_port: [u8; 2],
     /// `CT_DNAT`, `CT_DNAT_REPLY`, `CT_SNAT` or `CT_SNAT_REPLY`.
     pub kind: u8,
-    /// TCP flags seen in this direction (OR of every packet's), for the
-    /// userspace GC's per-state timeouts.
+    /// What was seen in this direction, for the userspace GC's states and
+    /// timeouts: for TCP the OR of every packet's flags, for UDP and ICMP
+    /// `CT_SEEN` once a packet went this way (a flow whose reply direction
+    /// has it was answered).
     pub tcp_flags: u8,
     /// Where packets of this direction leave (host veth or uplink).
     pub ifindex: u32,

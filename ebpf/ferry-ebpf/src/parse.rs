@@ -116,7 +116,8 @@ pub struct L4 {
     pub csum_off: usize,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
-    /// TCP flags (0 for other protocols).
+    /// TCP flags; `CT_SEEN` for UDP and ICMP echo (what conntrack records
+    /// of a direction), 0 in a header an ICMP error quotes.
     pub tcp_flags: u8,
     /// The first fragment of a fragmented datagram (more fragments follow).
     pub first_fragment: bool,
@@ -162,7 +163,7 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
                 csum_off: off + 2,
                 sport: id,
                 dport: [0; 2],
-                tcp_flags: 0,
+                tcp_flags: ferry_common::CT_SEEN,
                 first_fragment,
                 ip_id,
             });
@@ -180,7 +181,7 @@ pub fn l4_of(ctx: &TcContext, ip: *const Ipv4Hdr) -> Option<L4> {
         // SAFETY: bounds checked by `ptr_at`.
         unsafe { *flags }
     } else {
-        0
+        ferry_common::CT_SEEN
     };
     Some(L4 {
         proto,

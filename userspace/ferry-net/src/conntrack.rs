@@ -12,8 +12,8 @@ use std::{collections::HashMap, net::Ipv4Addr, path::Path, time::Duration};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use ferry_common::{
-    CT_DNAT, CT_SNAT, CT_SNAT_REPLY, CT_STAT_CREATED, CT_STAT_REMOVED, CtEntry, CtKey,
-    IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST,
+    CT_DNAT, CT_SEEN, CT_SNAT, CT_SNAT_REPLY, CT_STAT_CREATED, CT_STAT_REMOVED, CtEntry, CtKey,
+    IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,15 +23,24 @@ pub enum ConntrackError {
     Map { path: String, reason: String },
 }
 
-/// How long a flow may stay idle, by state.
+/// How long a flow may stay idle, by state. A TCP flow is established
+/// only once its handshake completed (SYN, SYN-ACK, then ACK from the
+/// originator), as netfilter's; until then it has a short timeout, so a
+/// flood of handshakes that never complete ages out in a minute, not in
+/// hours.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub tcp_established: Duration,
-    /// No answer yet.
+    /// SYN sent, no answer yet.
     pub tcp_syn: Duration,
+    /// SYN answered with SYN-ACK, the originator's ACK not seen yet.
+    pub tcp_syn_recv: Duration,
     /// FIN or RST seen.
     pub tcp_closing: Duration,
+    /// UDP answered by the responder.
     pub udp: Duration,
+    /// UDP the responder never answered.
+    pub udp_unreplied: Duration,
     pub icmp: Duration,
 }
 
@@ -40,16 +49,34 @@ impl Default for Timeouts {
         Self {
             tcp_established: Duration::from_secs(6 * 3600),
             tcp_syn: Duration::from_secs(60),
+            tcp_syn_recv: Duration::from_secs(60),
             tcp_closing: Duration::from_secs(10),
-            udp: Duration::from_secs(60),
+            udp: Duration::from_secs(120),
+            udp_unreplied: Duration::from_secs(30),
             icmp: Duration::from_secs(30),
         }
     }
 }
 
+/// The state names `ferry conntrack list` shows for `Timeouts`' classes.
+pub const STATES: [&str; 7] = [
+    "established",
+    "syn_sent",
+    "syn_recv",
+    "closing",
+    "udp",
+    "udp_unreplied",
+    "icmp",
+];
+
+/// A direction whose other one is gone (evicted by the LRU): it can
+/// translate nothing back, so the GC removes it once it has been idle this
+/// long (a flow being created is never lone for more than an instant).
+pub const LONE_GRACE: Duration = Duration::from_secs(2);
+
 impl Timeouts {
-    /// Applies `name=seconds` (`tcp_established`, `tcp_syn`, `tcp_closing`,
-    /// `udp`, `icmp`).
+    /// Applies `name=seconds` (`tcp_established`, `tcp_syn`,
+    /// `tcp_syn_recv`, `tcp_closing`, `udp`, `udp_unreplied`, `icmp`).
     pub fn set(&mut self, spec: &str) -> Result<(), String> {
         let (name, secs) = spec
             .split_once('=')
@@ -60,12 +87,15 @@ impl Timeouts {
         let slot = match name {
             "tcp_established" => &mut self.tcp_established,
             "tcp_syn" => &mut self.tcp_syn,
+            "tcp_syn_recv" => &mut self.tcp_syn_recv,
             "tcp_closing" => &mut self.tcp_closing,
             "udp" => &mut self.udp,
+            "udp_unreplied" => &mut self.udp_unreplied,
             "icmp" => &mut self.icmp,
             _ => {
                 return Err(format!(
-                    "conntrack timeout {spec:?}: unknown {name:?} (tcp_established, tcp_syn, tcp_closing, udp, icmp)"
+                    "conntrack timeout {spec:?}: unknown {name:?} (tcp_established, tcp_syn, \
+                     tcp_syn_recv, tcp_closing, udp, udp_unreplied, icmp)"
                 ));
             }
         };
@@ -101,27 +131,31 @@ pub fn pair_key(key: &CtKey, entry: &CtEntry) -> CtKey {
     }
 }
 
-/// The state name and idle timeout of a flow, from its two directions.
+/// The state name and idle timeout of a flow, from what each direction
+/// saw (TCP flags ORed; `CT_SEEN` for UDP and ICMP).
 pub fn state(
     proto: u8,
     originator: Option<&CtEntry>,
     responder: Option<&CtEntry>,
     t: &Timeouts,
 ) -> (&'static str, Duration) {
+    let sent = originator.map_or(0, |e| e.tcp_flags);
+    let answered = responder.map_or(0, |e| e.tcp_flags);
     match proto {
         IPPROTO_TCP => {
-            let flags =
-                originator.map_or(0, |e| e.tcp_flags) | responder.map_or(0, |e| e.tcp_flags);
-            if flags & (TCP_FIN | TCP_RST) != 0 {
+            if (sent | answered) & (TCP_FIN | TCP_RST) != 0 {
                 ("closing", t.tcp_closing)
-            } else if responder.is_none_or(|e| e.tcp_flags == 0) {
+            } else if answered & TCP_SYN == 0 {
                 ("syn_sent", t.tcp_syn)
+            } else if sent & TCP_ACK == 0 {
+                ("syn_recv", t.tcp_syn_recv)
             } else {
                 ("established", t.tcp_established)
             }
         }
         IPPROTO_ICMP => ("icmp", t.icmp),
-        _ => ("udp", t.udp),
+        _ if answered & CT_SEEN != 0 => ("udp", t.udp),
+        _ => ("udp_unreplied", t.udp_unreplied),
     }
 }
 
@@ -249,16 +283,29 @@ impl Conntrack {
     pub fn list(&self, timeouts: &Timeouts) -> Vec<Flow> {
         let all = self.snapshot();
         let now = now_ns();
+        // Every entry shows: a flow once (from its originator), a direction
+        // whose other one is gone on its own, as `lone` (the GC removes it).
         let mut flows: Vec<Flow> = all
             .iter()
-            .filter(|(_, e)| is_originator(e.kind))
-            .map(|(k, e)| {
-                let responder = all.get(&pair_key(k, e));
-                let (state, timeout) = state(k.proto, Some(e), responder, timeouts);
-                let last = responder.map_or(e.last_seen_ns, |r| r.last_seen_ns.max(e.last_seen_ns));
-                Flow {
+            .filter_map(|(k, e)| {
+                let other = all.get(&pair_key(k, e));
+                if !is_originator(e.kind) && other.is_some() {
+                    return None;
+                }
+                let (state, timeout) = match other {
+                    None => ("lone", LONE_GRACE),
+                    Some(responder) => state(k.proto, Some(e), Some(responder), timeouts),
+                };
+                let last = other.map_or(e.last_seen_ns, |r| r.last_seen_ns.max(e.last_seen_ns));
+                let nat = match e.kind {
+                    CT_DNAT => "dnat",
+                    CT_SNAT => "snat",
+                    CT_SNAT_REPLY => "snat-reply",
+                    _ => "dnat-reply",
+                };
+                Some(Flow {
                     proto: proto_name(k.proto).to_owned(),
-                    nat: if e.kind == CT_DNAT { "dnat" } else { "snat" }.to_owned(),
+                    nat: nat.to_owned(),
                     src: endpoint(k.saddr, k.sport),
                     dst: endpoint(k.daddr, k.dport),
                     translated: endpoint(e.nat_addr, e.nat_port),
@@ -267,7 +314,7 @@ impl Conntrack {
                     expires_in_seconds: timeout
                         .as_secs()
                         .saturating_sub(now.saturating_sub(last) / 1_000_000_000),
-                }
+                })
             })
             .collect();
         flows.sort_by(|a, b| (&a.src, &a.dst).cmp(&(&b.src, &b.dst)));
@@ -282,9 +329,10 @@ impl Conntrack {
         removed
     }
 
-    /// Expires idle flows; both directions go together. An entry refreshed
-    /// by the datapath since the snapshot is kept. Returns how many entries
-    /// were removed.
+    /// Expires idle flows; both directions go together. A direction whose
+    /// other one is gone goes after `LONE_GRACE`. An entry refreshed by the
+    /// datapath since the snapshot is kept. Returns how many entries were
+    /// removed.
     pub fn collect(&mut self, timeouts: &Timeouts) -> usize {
         let all = self.snapshot();
         let now = now_ns();
@@ -302,7 +350,10 @@ impl Conntrack {
             } else {
                 (other, Some(entry))
             };
-            let (_, timeout) = state(key.proto, originator, responder, timeouts);
+            let timeout = match other {
+                None => LONE_GRACE,
+                Some(_) => state(key.proto, originator, responder, timeouts).1,
+            };
             let last = other.map_or(entry.last_seen_ns, |o| {
                 o.last_seen_ns.max(entry.last_seen_ns)
             });
@@ -330,7 +381,7 @@ impl Conntrack {
 
 #[cfg(test)]
 mod tests {
-    use ferry_common::{CT_DNAT_REPLY, IPPROTO_UDP, TCP_SYN};
+    use ferry_common::{CT_DNAT_REPLY, IPPROTO_UDP};
 
     use super::*;
 
@@ -407,34 +458,48 @@ mod tests {
     }
 
     #[test]
-    fn tcp_state_follows_the_flags_of_both_directions() {
+    fn tcp_is_established_only_once_the_handshake_completed() {
         let t = Timeouts::default();
         let syn = entry(CT_SNAT, HOST, 1, TCP_SYN);
+        let syn_ack_sent = entry(CT_SNAT, HOST, 1, TCP_SYN | TCP_ACK);
         let quiet = entry(CT_SNAT_REPLY, CONT, 1, 0);
-        let synack = entry(CT_SNAT_REPLY, CONT, 1, TCP_SYN | 0x10);
-        let fin = entry(CT_SNAT_REPLY, CONT, 1, TCP_FIN | 0x10);
+        let synack = entry(CT_SNAT_REPLY, CONT, 1, TCP_SYN | TCP_ACK);
+        let fin = entry(CT_SNAT_REPLY, CONT, 1, TCP_FIN | TCP_ACK);
         let rst = entry(CT_SNAT, HOST, 1, TCP_RST);
-        assert_eq!(
-            state(IPPROTO_TCP, Some(&syn), Some(&quiet), &t),
-            ("syn_sent", t.tcp_syn)
-        );
+        let ack_only = entry(CT_SNAT_REPLY, CONT, 1, TCP_ACK);
+        for (sent, answered, want) in [
+            (&syn, &quiet, ("syn_sent", t.tcp_syn)),
+            // A flood's handshake: answered, never completed.
+            (&syn, &synack, ("syn_recv", t.tcp_syn_recv)),
+            (&syn_ack_sent, &synack, ("established", t.tcp_established)),
+            // An ACK without a SYN from the responder completes nothing.
+            (&syn_ack_sent, &ack_only, ("syn_sent", t.tcp_syn)),
+            (&syn_ack_sent, &fin, ("closing", t.tcp_closing)),
+            (&rst, &synack, ("closing", t.tcp_closing)),
+        ] {
+            assert_eq!(state(IPPROTO_TCP, Some(sent), Some(answered), &t), want);
+        }
         assert_eq!(
             state(IPPROTO_TCP, Some(&syn), None, &t),
             ("syn_sent", t.tcp_syn)
         );
+    }
+
+    #[test]
+    fn udp_is_short_lived_until_answered() {
+        let t = Timeouts::default();
+        let sent = entry(CT_SNAT, HOST, 1, CT_SEEN);
+        let quiet = entry(CT_SNAT_REPLY, CONT, 1, 0);
+        let answered = entry(CT_SNAT_REPLY, CONT, 1, CT_SEEN);
         assert_eq!(
-            state(IPPROTO_TCP, Some(&syn), Some(&synack), &t),
-            ("established", t.tcp_established)
+            state(IPPROTO_UDP, Some(&sent), Some(&quiet), &t),
+            ("udp_unreplied", t.udp_unreplied)
         );
         assert_eq!(
-            state(IPPROTO_TCP, Some(&syn), Some(&fin), &t),
-            ("closing", t.tcp_closing)
+            state(IPPROTO_UDP, Some(&sent), Some(&answered), &t),
+            ("udp", t.udp)
         );
-        assert_eq!(
-            state(IPPROTO_TCP, Some(&rst), Some(&synack), &t),
-            ("closing", t.tcp_closing)
-        );
-        assert_eq!(state(IPPROTO_UDP, Some(&syn), None, &t), ("udp", t.udp));
+        assert!(t.udp_unreplied < t.udp);
         assert_eq!(state(IPPROTO_ICMP, None, None, &t), ("icmp", t.icmp));
     }
 }
