@@ -635,6 +635,29 @@ impl World {
     pub fn in_client(&self, program: &str, args: &[&str]) -> Command {
         self.client.cmd(program, args)
     }
+
+    /// `curl` of `url` from the client namespace: the body, or `None`.
+    pub fn curl_from_client(&self, url: &str) -> Option<String> {
+        let out = output(&mut self.in_client("curl", &["-sS", "--max-time", "2", url]));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// The body of `url` from the client namespace, once it answers (10 s
+    /// at most).
+    pub fn curl_eventually(&self, url: &str) -> String {
+        let mut body = None;
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                body = self.curl_from_client(url);
+                body.is_some()
+            }),
+            "no answer from {url}\n{}",
+            self.ferryd_log()
+        );
+        body.unwrap_or_default()
+    }
 }
 
 impl Default for World {

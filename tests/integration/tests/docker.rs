@@ -30,27 +30,6 @@ fn engine(world: &World) -> Dockerd {
     dockerd
 }
 
-/// `curl` from the client namespace; the body, or `None`.
-fn from_client(world: &World, url: &str) -> Option<String> {
-    let out = output(&mut world.in_client("curl", &["-sS", "--max-time", "2", url]));
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn eventually(world: &World, url: &str) -> String {
-    let mut body = None;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            body = from_client(world, url);
-            body.is_some()
-        }),
-        "no answer from {url}\n{}",
-        world.ferryd_log()
-    );
-    body.unwrap_or_default()
-}
-
 /// The ferry network Docker's network `id` became.
 fn ferry_network(id: &str) -> String {
     format!("docker-{}", &id[..12])
@@ -60,7 +39,6 @@ fn ferry_network(id: &str) -> String {
 fn docker_containers_run_on_ferrys_datapath() {
     let mut world = World::new();
     let docker = engine(&world);
-    let rules_before = rulesets(&world.host_ns_path());
     let id = docker.ok(&[
         "network",
         "create",
@@ -104,12 +82,12 @@ fn docker_containers_run_on_ferrys_datapath() {
 
     let base = format!("http://{HOST_UPLINK_IP}:18280");
     assert_eq!(
-        eventually(&world, &format!("{base}/")),
+        world.curl_eventually(&format!("{base}/")),
         "hello from busybox"
     );
     // busybox httpd listens on IPv6 too and names IPv4 peers mapped.
     assert_eq!(
-        eventually(&world, &format!("{base}/cgi-bin/peer")),
+        world.curl_eventually(&format!("{base}/cgi-bin/peer")),
         format!("peer [::ffff:{CLIENT_IP}]")
     );
     let local = output(&mut world.in_host(
@@ -125,7 +103,6 @@ fn docker_containers_run_on_ferrys_datapath() {
     assert!(!rules.contains("18280"), "a rule for the port:\n{rules}");
     let proxies = output(std::process::Command::new("pgrep").args(["-f", "docker-proxy.*18280"]));
     assert!(!proxies.status.success(), "a docker-proxy runs");
-    let _ = rules_before;
 
     // Masquerade out: the client sees the host's uplink address.
     let _outside = Background::spawn(world.in_client(
@@ -172,21 +149,21 @@ fn docker_containers_run_on_ferrys_datapath() {
     // endpoint is adopted and Docker can still remove it.
     world.stop_ferryd();
     assert_eq!(
-        eventually(&world, &format!("{base}/")),
+        world.curl_eventually(&format!("{base}/")),
         "hello from busybox"
     );
     world.start_ferryd();
     assert_eq!(
-        eventually(&world, &format!("{base}/")),
+        world.curl_eventually(&format!("{base}/")),
         "hello from busybox"
     );
 
     // stop takes the endpoint down, start makes a new one.
     docker.ok(&["stop", "-t", "1", "web"]);
-    assert!(from_client(&world, &format!("{base}/")).is_none());
+    assert!(world.curl_from_client(&format!("{base}/")).is_none());
     docker.ok(&["start", "web"]);
     assert_eq!(
-        eventually(&world, &format!("{base}/")),
+        world.curl_eventually(&format!("{base}/")),
         "hello from busybox"
     );
     docker.ok(&["rm", "-f", "web"]);

@@ -12,27 +12,6 @@ use ferry_integration::{
     wait_until,
 };
 
-/// `curl` from the client namespace; the body, or `None`.
-fn curl_from_client(world: &World, url: &str) -> Option<String> {
-    let out = output(&mut world.in_client("curl", &["-sS", "--max-time", "2", url]));
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-fn eventually(world: &World, url: &str) -> String {
-    let mut body = None;
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            body = curl_from_client(world, url);
-            body.is_some()
-        }),
-        "no answer from {url}\n{}",
-        world.ferryd_log()
-    );
-    body.unwrap_or_default()
-}
-
 /// The running endpoints' names, from `ferry endpoint ls --json`.
 fn endpoints(world: &World) -> Vec<String> {
     let out = world.ferry_ok(&["endpoint", "ls", "--json"]);
@@ -57,13 +36,13 @@ fn podman_containers_run_on_ferrys_datapath() {
     assert!(ip.starts_with("10.89.0."), "podman shows {ip:?}");
     let base = format!("http://{HOST_UPLINK_IP}:18180");
     assert_eq!(
-        eventually(&world, &format!("{base}/")),
+        world.curl_eventually(&format!("{base}/")),
         "hello from busybox"
     );
     // The container sees the client's own address.
     // (busybox httpd listens on IPv6 too and names IPv4 peers mapped.)
     assert_eq!(
-        eventually(&world, &format!("{base}/cgi-bin/peer")),
+        world.curl_eventually(&format!("{base}/cgi-bin/peer")),
         format!("peer [::ffff:{CLIENT_IP}]")
     );
     // The host's localhost reaches it (socket hooks: a process in the
@@ -125,10 +104,10 @@ fn podman_containers_run_on_ferrys_datapath() {
     // stop takes the attachment down; start makes a new one.
     podman.ok(&["stop", "-t", "1", "web"]);
     assert!(endpoints(&world).is_empty(), "stop left the endpoint");
-    assert!(curl_from_client(&world, &format!("{base}/")).is_none());
+    assert!(world.curl_from_client(&format!("{base}/")).is_none());
     podman.ok(&["start", "web"]);
     assert_eq!(
-        eventually(&world, &format!("{base}/")),
+        world.curl_eventually(&format!("{base}/")),
         "hello from busybox"
     );
     podman.ok(&["rm", "-f", "-t", "0", "web"]);

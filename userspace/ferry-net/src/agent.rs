@@ -24,7 +24,7 @@ use crate::{
     ipam::IpamError,
     link::{Mac, Netlink},
     netns::{self, NetNsGuard},
-    network::{DEFAULT_NETWORK, NetworkDef, NetworkError, Networks},
+    network::{CreateSpec, DEFAULT_NETWORK, NetworkDef, NetworkError, Networks},
     portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
 };
 
@@ -258,6 +258,37 @@ impl Agent {
             dns_tasks: HashMap::new(),
             dns_upstreams,
         }
+    }
+
+    /// Creates a network and writes its policy into the datapath; nothing
+    /// stays when either fails.
+    pub async fn create_network(
+        &mut self,
+        spec: &CreateSpec<'_>,
+        id: String,
+        now: u64,
+    ) -> Result<NetworkDef, AgentError> {
+        let host_addrs = self
+            .netlink
+            .ipv4_addresses()
+            .await
+            .map_err(AgentError::internal)?;
+        let def = self.networks.create(spec, id, now, &host_addrs)?;
+        if let Err(e) = self.datapath.set_network(def.net_id, def.flags()) {
+            let _ = self.networks.remove(&def.name);
+            return Err(map_full(e, "networks", "--endpoint-max"));
+        }
+        Ok(def)
+    }
+
+    /// Removes a network (the caller checked that no endpoint is on it)
+    /// and its policy.
+    pub fn remove_network(&mut self, name: &str) -> Result<NetworkDef, AgentError> {
+        let def = self.networks.remove(name)?;
+        if let Err(e) = self.datapath.remove_network(def.net_id) {
+            warn!(network = %def.name, %e, "cannot remove the network's policy");
+        }
+        Ok(def)
     }
 
     /// Gives the namespace an address and a veth wired to the datapath.

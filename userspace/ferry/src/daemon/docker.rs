@@ -20,7 +20,7 @@ use ferry_net::{
     portmap::PublishSpec,
 };
 use ipnet::Ipv4Net;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::{Daemon, Inner, now, random_id};
 use crate::api::ApiError;
@@ -132,12 +132,6 @@ impl Daemon {
         internal: bool,
     ) -> Result<(), ApiError> {
         let mut inner = self.inner.lock().await;
-        let host_addrs = inner
-            .agent
-            .netlink
-            .ipv4_addresses()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let name = network_name(network_id);
         let spec = CreateSpec {
             name: &name,
@@ -147,17 +141,15 @@ impl Daemon {
         };
         let def = inner
             .agent
-            .networks
-            .create(&spec, network_id.to_owned(), now(), &host_addrs)?;
+            .create_network(&spec, network_id.to_owned(), now())
+            .await?;
+        // A gateway Docker was given (`--gateway`) is held, so no endpoint
+        // gets it; the first host address never is handed out anyway.
         if let Some(gw) = gateway.filter(|gw| *gw != gateway_of(def.subnet))
             && let Err(e) = inner.agent.networks.reserve(&def.name, gw)
         {
-            let _ = inner.agent.networks.remove(&def.name);
+            let _ = inner.agent.remove_network(&def.name);
             return Err(e.into());
-        }
-        if let Err(e) = inner.agent.datapath.set_network(def.net_id, def.flags()) {
-            let _ = inner.agent.networks.remove(&def.name);
-            return Err(ApiError::Internal(e.to_string()));
         }
         info!(network = %def.name, subnet = %def.subnet, internal, "Docker network created");
         Ok(())
@@ -179,10 +171,7 @@ impl Daemon {
         for id in stale {
             inner.remove_endpoint(&id).await;
         }
-        inner.agent.networks.remove(&def.name)?;
-        if let Err(e) = inner.agent.datapath.remove_network(def.net_id) {
-            warn!(network = %def.name, %e, "cannot remove the network's policy");
-        }
+        inner.agent.remove_network(&def.name)?;
         info!(network = %def.name, "Docker network removed");
         Ok(())
     }

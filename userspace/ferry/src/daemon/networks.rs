@@ -11,7 +11,7 @@ use crate::{
     api::{
         ApiError, EndpointConfig, NetworkConnect, NetworkCreate, NetworkDisconnect, NetworkJson,
     },
-    datapath, netns,
+    netns,
     network::{NetworkDef, NetworkError},
     state::{NetworkRecord, Status},
 };
@@ -46,12 +46,6 @@ impl Daemon {
     /// `ferry network create`: the network, its policy in the datapath.
     pub async fn network_create(&self, req: NetworkCreate) -> Result<NetworkJson, ApiError> {
         let mut inner = self.inner.lock().await;
-        let host_addrs = inner
-            .agent
-            .netlink
-            .ipv4_addresses()
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
         let spec = crate::network::CreateSpec {
             name: &req.name,
             subnet: &req.subnet,
@@ -60,15 +54,8 @@ impl Daemon {
         };
         let def = inner
             .agent
-            .networks
-            .create(&spec, random_id()?, now(), &host_addrs)?;
-        if let Err(e) = inner.agent.datapath.set_network(def.net_id, def.flags()) {
-            let _ = inner.agent.networks.remove(&def.name);
-            return Err(match e {
-                datapath::DatapathError::Full { .. } => ApiError::Full(e.to_string()),
-                e => ApiError::Internal(e.to_string()),
-            });
-        }
+            .create_network(&spec, random_id()?, now())
+            .await?;
         info!(network = %def.name, subnet = %def.subnet, net_id = def.net_id, internal = def.internal, icc = def.icc, "network created");
         Ok(NetworkJson::of(&def, &[]))
     }
@@ -105,10 +92,7 @@ impl Daemon {
                 members.join(", ")
             )));
         }
-        inner.agent.networks.remove(&def.name)?;
-        if let Err(e) = inner.agent.datapath.remove_network(def.net_id) {
-            warn!(network = %def.name, %e, "cannot remove the network's policy");
-        }
+        inner.agent.remove_network(&def.name)?;
         info!(network = %def.name, "network removed");
         Ok(())
     }
