@@ -3,14 +3,15 @@
 //! own, or a world's host namespace, where ferryd serves it the network
 //! plugin.
 //!
-//! dockerd runs in a private mount namespace: it gets a sysfs of its
-//! network namespace (as `ip netns exec` does) with the machine's cgroup
-//! hierarchies bound back in (its cgroupfs driver needs them;
+//! dockerd runs in a private mount namespace, which a holder process keeps
+//! for restarts (`--live-restore` needs the same one): it gets a sysfs of
+//! its network namespace (as `ip netns exec` does) with the machine's
+//! cgroup hierarchies bound back in (its cgroupfs driver needs them;
 //! `--cgroup-parent` keeps its cgroups under a name of the caller's), a
 //! /run of its own (containerd's and the shims' sockets stay there), and
 //! the plugin directory it is given at /run/docker/plugins. Dropping it
-//! removes its containers, stops dockerd by PID and removes its
-//! directories and cgroups.
+//! removes its containers, stops dockerd by PID, then the holder, and
+//! removes its directories and cgroups.
 
 use std::{
     path::{Path, PathBuf},
@@ -75,13 +76,15 @@ pub struct Dockerd {
     /// Data root, exec root, socket, logs.
     dir: PathBuf,
     netns: PathBuf,
-    plugins: Option<PathBuf>,
     extra: Vec<String>,
     docker: PathBuf,
     socket: PathBuf,
     /// `--cgroup-parent`: a directory of that name in every hierarchy.
     cgroup_parent: String,
     daemon: Option<Background>,
+    /// Holds dockerd's mount namespace, so that a restarted dockerd finds
+    /// its running containers' mounts (`--live-restore`). Dropped last.
+    holder: Option<Background>,
 }
 
 impl Dockerd {
@@ -99,40 +102,24 @@ impl Dockerd {
         let mut dockerd = Self {
             dir: dir.to_owned(),
             netns: netns.to_owned(),
-            plugins: plugins.map(Path::to_owned),
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             docker: root.join("usr/bin/docker"),
             socket: dir.join("docker.sock"),
             cgroup_parent: unique_name("fyd"),
             daemon: None,
+            holder: None,
         };
+        dockerd.hold_mounts(plugins)?;
         dockerd.spawn()?;
         Ok(dockerd)
     }
 
-    /// Starts (or starts again) the daemon process.
-    fn spawn(&mut self) -> Result<(), String> {
-        let root = docker_root()?;
-        let d = |p: &str| self.dir.join(p).display().to_string();
-        let mut args = vec![
-            root.join("usr/sbin/dockerd").display().to_string(),
-            format!("--data-root={}", d("data")),
-            format!("--exec-root={}", d("exec")),
-            format!("--pidfile={}", d("docker.pid")),
-            format!("--host=unix://{}", self.socket.display()),
-            "--storage-driver=overlay2".into(),
-            "--exec-opt=native.cgroupdriver=cgroupfs".into(),
-            format!("--cgroup-parent={}", self.cgroup_parent),
-            "--bip=172.29.0.1/24".into(),
-            format!(
-                "--userland-proxy-path={}",
-                root.join("usr/sbin/docker-proxy").display()
-            ),
-            format!("--init-path={}", root.join("usr/bin/docker-init").display()),
-            "--log-level=warn".into(),
-        ];
-        args.extend(self.extra.iter().cloned());
-        let plugins = match &self.plugins {
+    /// The mount namespace dockerd runs in: sysfs for its network
+    /// namespace over /sys, the cgroup hierarchies bound back below it, a
+    /// /run of its own, the plugins; a process keeps it until the drop.
+    fn hold_mounts(&mut self, plugins: Option<&Path>) -> Result<(), String> {
+        let cgroups = self.dir.join("cgroups").display().to_string();
+        let plugins = match plugins {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
                 format!(
@@ -142,16 +129,38 @@ impl Dockerd {
             }
             None => String::new(),
         };
-        // sysfs for this network namespace over /sys, the cgroup
-        // hierarchies bound back below it, a /run of its own, the plugins,
-        // then dockerd.
-        let cgroups = d("cgroups");
+        let ready = self.dir.join("mounts.ready");
         let script = format!(
             "set -e; mkdir -p {cgroups}; mount --rbind /sys/fs/cgroup {cgroups}; \
              mount -t sysfs sysfs /sys; mount --rbind {cgroups} /sys/fs/cgroup; \
-             mount -t tmpfs ferry-docker-run /run; {plugins}exec {}",
-            args.join(" ")
+             mount -t tmpfs ferry-docker-run /run; {plugins}touch {}; exec sleep infinity",
+            ready.display()
         );
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns.display()))
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(script)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.holder = Some(Background::spawn(cmd));
+        if wait_until(Duration::from_secs(10), || ready.exists()) {
+            Ok(())
+        } else {
+            Err("dockerd's mount namespace was not set up".into())
+        }
+    }
+
+    /// Starts (or starts again) the daemon process in the held namespaces.
+    fn spawn(&mut self) -> Result<(), String> {
+        let root = docker_root()?;
+        let holder = self
+            .holder
+            .as_ref()
+            .ok_or("no mount namespace for dockerd")?
+            .id();
+        // The holder is `unshare`, which exec'd `sh`, which exec'd `sleep`:
+        // one process, in the new mount namespace.
+        let d = |p: &str| self.dir.join(p).display().to_string();
         let path = std::env::var("PATH").unwrap_or_default();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -160,8 +169,25 @@ impl Dockerd {
             .map_err(|e| e.to_string())?;
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.netns.display()))
-            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
-            .arg(script)
+            .arg(format!("--mount=/proc/{holder}/ns/mnt"))
+            .arg(root.join("usr/sbin/dockerd"))
+            .args([
+                format!("--data-root={}", d("data")),
+                format!("--exec-root={}", d("exec")),
+                format!("--pidfile={}", d("docker.pid")),
+                format!("--host=unix://{}", self.socket.display()),
+                "--storage-driver=overlay2".into(),
+                "--exec-opt=native.cgroupdriver=cgroupfs".into(),
+                format!("--cgroup-parent={}", self.cgroup_parent),
+                "--bip=172.29.0.1/24".into(),
+                format!(
+                    "--userland-proxy-path={}",
+                    root.join("usr/sbin/docker-proxy").display()
+                ),
+                format!("--init-path={}", root.join("usr/bin/docker-init").display()),
+                "--log-level=warn".into(),
+            ])
+            .args(&self.extra)
             .env(
                 "PATH",
                 format!(
@@ -234,8 +260,9 @@ impl Drop for Dockerd {
             let _ = self.docker(&["rm", "-f", id]).output();
         }
         // SIGTERM to dockerd's process group, which its managed containerd
-        // is in; up to 15 s for a clean shutdown.
+        // is in; up to 15 s for a clean shutdown. Then the mount namespace.
         drop(self.daemon.take());
+        drop(self.holder.take());
         // cgroup v1: one directory per hierarchy; v2: one at the top.
         let top = Path::new("/sys/fs/cgroup");
         let hierarchies = std::fs::read_dir(top).into_iter().flatten().flatten();

@@ -18,11 +18,15 @@ const IMAGE: &str = "ferry-busybox";
 
 /// dockerd in the world's host namespace, finding ferryd's plugin socket.
 fn engine(world: &World) -> Dockerd {
+    engine_with(world, &[])
+}
+
+fn engine_with(world: &World, flags: &[&str]) -> Dockerd {
     let dockerd = Dockerd::start(
         &world.host_ns_path(),
         &world.dir.join("docker"),
         Some(&world.dir.join("plugins")),
-        &[],
+        flags,
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let tar = busybox_tar(dockerd.dir());
@@ -260,4 +264,49 @@ fn docker_ip_conflicts_and_connect_leave_nothing() {
         world.footprint(),
         before
     );
+}
+
+#[test]
+fn docker_live_restore_keeps_ferry_endpoints_serving() {
+    let world = World::new();
+    let mut docker = engine_with(&world, &["--live-restore"]);
+    docker.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ferry",
+        "--ipam-driver",
+        "ferry",
+        "live",
+    ]);
+    docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "live",
+        "-p",
+        "18290:80",
+        IMAGE,
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let url = format!("http://{HOST_UPLINK_IP}:18290/");
+    assert_eq!(world.curl_eventually(&url), "hello from busybox");
+    // dockerd restarts; Docker replays nothing to the plugin, the
+    // container and its endpoint stay.
+    docker.restart().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        docker.ok(&["inspect", "-f", "{{.State.Running}}", "web"]),
+        "true"
+    );
+    assert_eq!(world.curl_eventually(&url), "hello from busybox");
+    assert!(world.ferry_ok(&["endpoint", "ls"]).contains("18290"));
+    docker.ok(&["rm", "-f", "web"]);
+    assert_eq!(world.ferry_ok(&["endpoint", "ls", "--json"]).trim(), "[]");
 }
