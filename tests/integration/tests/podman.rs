@@ -96,6 +96,11 @@ fn podman_containers_run_on_ferrys_datapath() {
 
     // docker port / podman port come from the engine; ferry knows its own.
     assert_eq!(endpoints(&world), ["web"]);
+    let ps = world.ferry_ok(&["ps"]);
+    assert!(
+        ps.contains("web") && ps.contains("cni") && ps.contains("80/tcp -> 0.0.0.0:18180"),
+        "{ps}"
+    );
     assert_eq!(
         world.ferry_ok(&["port", "web"]).trim(),
         "80/tcp -> 0.0.0.0:18180"

@@ -83,6 +83,33 @@ pub async fn endpoint(client: &Client, action: EndpointAction) -> anyhow::Result
     }
 }
 
+/// After `ferry ps`'s containers: the containers other engines run on
+/// ferry's networks (their endpoints), if any, with their ports.
+pub async fn others_in_ps(client: &Client) -> Result<(), ClientError> {
+    let list: Vec<EndpointJson> = client.call(Method::GET, "/endpoints", NO_BODY).await?;
+    if list.is_empty() {
+        return Ok(());
+    }
+    println!();
+    println!(
+        "{:<14}{:<20}{:<10}{:<16}{:<16}PORTS",
+        "ENDPOINT ID", "NAME", "ENGINE", "IP", "HOST VETH"
+    );
+    for e in &list {
+        let ports: Vec<String> = e.ports.iter().map(port_line).collect();
+        println!(
+            "{:<14}{:<20}{:<10}{:<16}{:<16}{}",
+            &e.id[..12.min(e.id.len())],
+            e.name,
+            e.kind,
+            e.ip,
+            e.host_ifname,
+            ports.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// `ferry port NAME` for an endpoint of another engine (Docker's own
 /// `docker port` is empty for plugin networks); false if none is named so.
 pub async fn endpoint_port(client: &Client, name: &str) -> Result<bool, ClientError> {

@@ -582,6 +582,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         c.config.cmd.join(" ")
                     );
                 }
+                engines::others_in_ps(&client).await?;
             }
         }
         Command::Inspect { format, containers } => {
