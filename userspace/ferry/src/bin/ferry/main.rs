@@ -1,6 +1,8 @@
 //! `ferry`: the command-line client of ferryd, with Docker's verbs.
 
 mod engines;
+mod networks;
+mod stats;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -8,8 +10,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry::{
     api::{
-        ContainerJson, DatapathJson, EndpointConfig, ExecRequest, HostConfig, NetworkConnect,
-        NetworkCreate, NetworkDisconnect, NetworkJson, RunRequest, Stats, WaitResponse,
+        ContainerJson, DatapathJson, EndpointConfig, ExecRequest, HostConfig, RunRequest,
+        WaitResponse,
     },
     cgroup::{Resources, parse_size},
     client::{Client, ClientError},
@@ -138,7 +140,7 @@ enum Command {
     /// User-defined networks.
     Network {
         #[command(subcommand)]
-        action: NetworkAction,
+        action: networks::NetworkAction,
     },
     /// Endpoints other engines made on ferry's networks.
     Endpoint {
@@ -150,55 +152,6 @@ enum Command {
         #[command(subcommand)]
         action: engines::CniAction,
     },
-}
-
-#[derive(Subcommand)]
-enum NetworkAction {
-    /// Create a network.
-    Create {
-        /// IPv4 CIDR (default: a free /24 from 10.90.0.0/15).
-        #[arg(long)]
-        subnet: Option<String>,
-        /// No masquerade, no published ports: its containers reach only
-        /// each other.
-        #[arg(long)]
-        internal: bool,
-        /// Driver option KEY=VALUE: com.docker.network.bridge.enable_icc=false
-        /// blocks traffic between the network's containers.
-        #[arg(short = 'o', long = "opt")]
-        opts: Vec<String>,
-        name: String,
-    },
-    /// List networks.
-    #[command(alias = "list")]
-    Ls {
-        /// Only names.
-        #[arg(short, long)]
-        quiet: bool,
-    },
-    /// Print networks' details as JSON.
-    Inspect {
-        #[arg(required = true)]
-        networks: Vec<String>,
-    },
-    /// Remove networks (refused while a running container is on one).
-    Rm {
-        #[arg(required = true)]
-        networks: Vec<String>,
-    },
-    /// Give a running container an interface (eth1, ...) on a network.
-    Connect {
-        /// The container's IPv4 address on it.
-        #[arg(long)]
-        ip: Option<String>,
-        /// Another name of the container on it (repeatable).
-        #[arg(long = "alias")]
-        aliases: Vec<String>,
-        network: String,
-        container: String,
-    },
-    /// Remove the interface a container got with connect.
-    Disconnect { network: String, container: String },
 }
 
 /// `ferry run`'s flags, as `docker run` takes them.
@@ -326,137 +279,6 @@ fn main() -> ExitCode {
 }
 
 const NO_BODY: Option<&()> = None;
-
-/// `ferry network ...`.
-async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<ExitCode> {
-    match action {
-        NetworkAction::Create {
-            subnet,
-            internal,
-            opts,
-            name,
-        } => {
-            let options = opts
-                .iter()
-                .map(|o| {
-                    o.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                        .ok_or_else(|| anyhow::anyhow!("invalid option {o:?}: expected KEY=VALUE"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            let req = NetworkCreate {
-                name,
-                subnet: subnet.unwrap_or_default(),
-                internal,
-                options,
-            };
-            let net: NetworkJson = client
-                .call(Method::POST, "/networks/create", Some(&req))
-                .await?;
-            println!("{}", net.id);
-        }
-        NetworkAction::Ls { quiet } => {
-            let list: Vec<NetworkJson> = client.call(Method::GET, "/networks", NO_BODY).await?;
-            if quiet {
-                for n in &list {
-                    println!("{}", n.name);
-                }
-            } else {
-                println!(
-                    "{:<14}{:<20}{:<8}{:<20}{:<10}{:<6}CONTAINERS",
-                    "NETWORK ID", "NAME", "DRIVER", "SUBNET", "INTERNAL", "ICC"
-                );
-                for n in &list {
-                    let subnet = n.ipam.config.first().map_or("", |c| c.subnet.as_str());
-                    let icc = n
-                        .options
-                        .get(ferry::network::OPT_ICC)
-                        .map_or("true", String::as_str);
-                    println!(
-                        "{:<14}{:<20}{:<8}{:<20}{:<10}{:<6}{}",
-                        &n.id[..12],
-                        n.name,
-                        n.driver,
-                        subnet,
-                        n.internal,
-                        icc,
-                        n.containers.len()
-                    );
-                }
-            }
-        }
-        NetworkAction::Inspect { networks } => {
-            let mut out = Vec::new();
-            let mut missing = false;
-            for n in networks {
-                match client
-                    .call::<NetworkJson>(Method::GET, &format!("/networks/{n}"), NO_BODY)
-                    .await
-                {
-                    Ok(net) => out.push(net),
-                    Err(e) => {
-                        eprintln!("ferry: {e}");
-                        missing = true;
-                    }
-                }
-            }
-            println!("{}", serde_json::to_string_pretty(&out)?);
-            if missing {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-        NetworkAction::Connect {
-            ip,
-            aliases,
-            network,
-            container,
-        } => {
-            let req = NetworkConnect {
-                container,
-                endpoint_config: EndpointConfig {
-                    ipv4_address: ip.unwrap_or_default(),
-                    aliases,
-                },
-            };
-            client
-                .call::<()>(
-                    Method::POST,
-                    &format!("/networks/{network}/connect"),
-                    Some(&req),
-                )
-                .await?;
-        }
-        NetworkAction::Disconnect { network, container } => {
-            let req = NetworkDisconnect { container };
-            client
-                .call::<()>(
-                    Method::POST,
-                    &format!("/networks/{network}/disconnect"),
-                    Some(&req),
-                )
-                .await?;
-        }
-        NetworkAction::Rm { networks } => {
-            let mut failed = false;
-            for n in networks {
-                match client
-                    .call::<()>(Method::DELETE, &format!("/networks/{n}"), NO_BODY)
-                    .await
-                {
-                    Ok(()) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("ferry: {e}");
-                        failed = true;
-                    }
-                }
-            }
-            if failed {
-                return Ok(ExitCode::FAILURE);
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
 
 /// `-e KEY` takes KEY's value from this environment, and is left out when
 /// KEY is not set (Docker's rule); `-e KEY=VALUE` is passed as is.
@@ -656,7 +478,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             no_stream,
             json,
             containers,
-        } => return stats(&client, containers, no_stream || json, json).await,
+        } => return stats::stats(&client, containers, no_stream || json, json).await,
         Command::Logs {
             follow,
             tail,
@@ -727,7 +549,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             return Ok(code);
         }
-        Command::Network { action } => return network(&client, action).await,
+        Command::Network { action } => return networks::network(&client, action).await,
         Command::Endpoint { action } => engines::endpoint(&client, action).await?,
         Command::Cni { action } => engines::cni(action, &args.host)?,
         Command::Conntrack { action } => match action {
@@ -923,105 +745,4 @@ async fn print_frames(mut body: hyper::body::Incoming) -> anyhow::Result<Option<
         }
     }
     Ok(exit)
-}
-
-/// `ferry stats`: one table of usage; CPU % is the CPU time used between
-/// two samples over the time between them (100% = one CPU busy).
-async fn stats(
-    client: &Client,
-    containers: Vec<String>,
-    once: bool,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let names = if containers.is_empty() {
-        let list: Vec<ContainerJson> = client
-            .call(Method::GET, "/containers/json", NO_BODY)
-            .await?;
-        list.into_iter().map(|c| c.name).collect()
-    } else {
-        containers
-    };
-    let sample = || async {
-        let mut out = Vec::new();
-        for name in &names {
-            let s: Stats = client
-                .call(Method::GET, &format!("/containers/{name}/stats"), NO_BODY)
-                .await?;
-            out.push(s);
-        }
-        Ok::<_, anyhow::Error>(out)
-    };
-    let mut before = sample().await?;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(if once {
-            500
-        } else {
-            1000
-        }))
-        .await;
-        let after = sample().await?;
-        let cpu_percent = |a: &Stats, b: &Stats| {
-            let elapsed = b.read_ns.saturating_sub(a.read_ns).max(1);
-            b.usage.cpu_ns.saturating_sub(a.usage.cpu_ns) as f64 * 100.0 / elapsed as f64
-        };
-        if json {
-            let rows: Vec<serde_json::Value> = names
-                .iter()
-                .zip(before.iter().zip(&after))
-                .map(|(name, (a, b))| {
-                    let mut row = serde_json::to_value(b)?;
-                    row["Name"] = name.clone().into();
-                    row["CpuPercent"] = cpu_percent(a, b).into();
-                    Ok(row)
-                })
-                .collect::<Result<_, serde_json::Error>>()?;
-            println!("{}", serde_json::to_string_pretty(&rows)?);
-            return Ok(ExitCode::SUCCESS);
-        }
-        if !once {
-            // Clear the screen and go home, as docker stats does.
-            print!("\x1b[2J\x1b[H");
-        }
-        println!(
-            "{:<20}{:>8}{:>22}{:>7}{:>24}{:>12}",
-            "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "NET I/O (RX / TX)", "THROTTLED"
-        );
-        for ((name, a), b) in names.iter().zip(&before).zip(&after) {
-            let cpu = cpu_percent(a, b);
-            let limit = if b.usage.memory_limit == 0 {
-                "-".to_owned()
-            } else {
-                human(b.usage.memory_limit)
-            };
-            println!(
-                "{:<20}{:>7.2}%{:>22}{:>7}{:>24}{:>12}",
-                name,
-                cpu,
-                format!("{} / {}", human(b.usage.memory), limit),
-                b.usage.pids,
-                format!("{} / {}", human(b.net.rx_bytes), human(b.net.tx_bytes)),
-                b.usage.nr_throttled
-            );
-        }
-        if once {
-            return Ok(ExitCode::SUCCESS);
-        }
-        before = after;
-    }
-}
-
-/// Bytes in binary units, as docker stats prints them.
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.2}{}", UNITS[unit])
-    }
 }
