@@ -644,6 +644,35 @@ impl World {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
+    /// An engine's container running [`busybox_tar`]'s httpd, published on
+    /// `port`, serves the outside (seeing the client's own address) and the
+    /// host's localhost (a process in the world's cgroup: the socket hooks).
+    pub fn assert_busybox_published(&self, port: u16) {
+        let base = format!("http://{HOST_UPLINK_IP}:{port}");
+        assert_eq!(
+            self.curl_eventually(&format!("{base}/")),
+            "hello from busybox"
+        );
+        // busybox httpd listens on IPv6 too and names IPv4 peers mapped.
+        assert_eq!(
+            self.curl_eventually(&format!("{base}/cgi-bin/peer")),
+            format!("peer [::ffff:{CLIENT_IP}]")
+        );
+        let local = output(&mut self.in_host(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{port}/"),
+            ],
+        ));
+        assert_eq!(
+            String::from_utf8_lossy(&local.stdout).trim(),
+            "hello from busybox"
+        );
+    }
+
     /// The body of `url` from the client namespace, once it answers (10 s
     /// at most).
     pub fn curl_eventually(&self, url: &str) -> String {

@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{agent::NetworkRecord, portmap::PortMapping};
+use crate::{agent::NetworkRecord, files::write_atomically, portmap::PortMapping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointStoreError {
@@ -80,24 +80,18 @@ impl EndpointStore {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Writes the record atomically (temp file, then rename).
+    /// Writes the record atomically (see `files::write_atomically`).
     pub fn save(&self, record: &EndpointRecord) -> Result<(), EndpointStoreError> {
         let path = self.path(&record.id);
-        let tmp = path.with_extension("json.tmp");
         let data =
             serde_json::to_vec_pretty(record).map_err(|source| EndpointStoreError::Corrupt {
                 path: path.clone(),
                 source,
             })?;
-        fs::write(&tmp, data).map_err(|source| EndpointStoreError::Io {
-            op: "write",
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &path).map_err(|source| EndpointStoreError::Io {
-            op: "rename",
-            path,
-            source,
+        write_atomically(&path, &data).map_err(|e| EndpointStoreError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod datapath;
 pub mod dns;
 pub mod endpoint;
+pub mod files;
 pub mod ipam;
 pub mod link;
 pub mod netns;

@@ -206,9 +206,7 @@ impl Networks {
             reason,
         };
         let json = serde_json::to_vec_pretty(&user).map_err(|e| fail(e.to_string()))?;
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(&tmp, json).map_err(|e| fail(e.to_string()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| fail(e.to_string()))
+        crate::files::write_atomically(&self.path, &json).map_err(|e| fail(e.to_string()))
     }
 
     /// Creates a network; `host_addrs` may not fall in its subnet.

@@ -154,24 +154,17 @@ impl Store {
         Ok(dir)
     }
 
-    /// Writes the record atomically (temp file, then rename).
+    /// Writes the record atomically (see `files::write_atomically`).
     pub fn save(&self, record: &ContainerRecord) -> Result<(), StateError> {
-        let dir = self.prepare(&record.id)?;
-        let path = dir.join("config.json");
-        let tmp = dir.join("config.json.tmp");
+        let path = self.prepare(&record.id)?.join("config.json");
         let data = serde_json::to_vec_pretty(record).map_err(|source| StateError::Corrupt {
             path: path.clone(),
             source,
         })?;
-        fs::write(&tmp, data).map_err(|source| StateError::Io {
-            op: "write",
-            path: tmp.clone(),
-            source,
-        })?;
-        fs::rename(&tmp, &path).map_err(|source| StateError::Io {
-            op: "rename",
-            path,
-            source,
+        ferry_net::files::write_atomically(&path, &data).map_err(|e| StateError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
         })
     }
 
