@@ -15,12 +15,22 @@ use core::mem::size_of;
 /// a permanent neighbour entry mapping it to the host-side veth's MAC.
 pub const GATEWAY_V4: [u8; 4] = [169, 254, 1, 1];
 
-/// `ct_stats` slots: entries the datapath created (per CPU), and entries
-/// ferryd removed (GC and flush; written by ferryd in CPU 0's slot). What
-/// neither explains, the LRU evicted: created - removed - live.
-pub const CT_STAT_CREATED: u32 = 0;
-pub const CT_STAT_REMOVED: u32 = 1;
-pub const CT_STATS: u32 = 2;
+/// `ct_stats` slots, summed over CPUs by ferryd. Conntrack has two tables:
+/// `ct_new` (an LRU map) holds flows not yet assured, `ct` (a hash map that
+/// never evicts) the assured ones; entries move between them (see
+/// `ct.rs`). For each table: entries that entered it, left it for the
+/// other one, and were removed by ferryd (GC, flush; written by ferryd in
+/// CPU 0's slot). What none explains, the map evicted:
+/// entered - left - removed - live.
+pub const CT_STAT_NEW_ENTERED: u32 = 0;
+pub const CT_STAT_NEW_REMOVED: u32 = 1;
+pub const CT_STAT_NEW_LEFT: u32 = 2;
+pub const CT_STAT_ASSURED_ENTERED: u32 = 3;
+pub const CT_STAT_ASSURED_REMOVED: u32 = 4;
+pub const CT_STAT_ASSURED_LEFT: u32 = 5;
+/// Promotions refused because `ct` was full: the flow stays in `ct_new`.
+pub const CT_STAT_ASSURED_FULL: u32 = 6;
+pub const CT_STATS: u32 = 7;
 
 /// The `config` array's slot that holds the run-time switches.
 pub const CONFIG_FLAGS: u32 = 0;
@@ -106,8 +116,12 @@ impl EndpointStats {
 
 /// Capacity of the published-port map.
 pub const MAX_PORTMAPS: u32 = 65536;
-/// Capacity of the connection-tracking map (two entries per flow).
+/// Capacity of the assured connection-tracking map `ct` (two entries per
+/// flow).
 pub const MAX_CT: u32 = 262_144;
+/// Capacity of `ct_new`, the LRU map of flows not yet assured (two
+/// entries per flow). It only has to hold a flow for its handshake.
+pub const MAX_CT_NEW: u32 = 65_536;
 /// Capacity of the host-address map.
 pub const MAX_HOST_ADDRS: u32 = 256;
 
@@ -210,6 +224,59 @@ pub struct CtEntry {
     pub last_seen_ns: u64,
 }
 const _: () = assert!(size_of::<CtEntry>() == 32);
+
+impl CtKey {
+    /// The key of the other direction of the flow this direction (with
+    /// its `entry`) belongs to: each direction names the other through its
+    /// key and translation.
+    #[inline(always)]
+    pub fn pair(&self, entry: &CtEntry) -> CtKey {
+        let icmp = self.proto == IPPROTO_ICMP;
+        if entry.kind == CT_DNAT || entry.kind == CT_SNAT_REPLY {
+            // Translated destination: the other direction comes from it.
+            CtKey {
+                saddr: entry.nat_addr,
+                daddr: self.saddr,
+                sport: entry.nat_port,
+                dport: if icmp { [0; 2] } else { self.sport },
+                ..*self
+            }
+        } else {
+            // Translated source: the other direction goes to it.
+            CtKey {
+                saddr: self.daddr,
+                daddr: entry.nat_addr,
+                sport: if icmp { entry.nat_port } else { self.dport },
+                dport: if icmp { [0; 2] } else { entry.nat_port },
+                ..*self
+            }
+        }
+    }
+}
+
+/// Whether a flow whose originator sent `sent` and whose responder sent
+/// `answered` (`CtEntry::tcp_flags` of each direction) is assured, worth
+/// protecting from eviction: TCP once both sides acknowledged something
+/// (a completed handshake, or a flow picked up mid-stream) and neither
+/// began to close; UDP and ICMP once answered. The datapath promotes a
+/// flow when its originator sends again after this holds.
+#[inline(always)]
+pub fn ct_assured(proto: u8, sent: u8, answered: u8) -> bool {
+    if proto == IPPROTO_TCP {
+        sent & answered & TCP_ACK != 0 && (sent | answered) & (TCP_FIN | TCP_RST) == 0
+    } else {
+        answered & CT_SEEN != 0
+    }
+}
+
+impl CtEntry {
+    /// Whether this is the originator's direction (the one that opened the
+    /// flow) rather than the responder's.
+    #[inline(always)]
+    pub fn is_originator(&self) -> bool {
+        self.kind == CT_DNAT || self.kind == CT_SNAT
+    }
+}
 
 /// Capacity of the fragment map (datagrams in flight, not flows).
 pub const MAX_FRAGS: u32 = 16384;

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CT_STATS, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT,
-    MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_NETWORKS, MAX_PORTMAPS,
+    MAX_CT_NEW, MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_NETWORKS, MAX_PORTMAPS,
     MAX_SOCK_REVNAT, NetPolicy, PortKey, PortTarget, SockPeer, SockRevKey,
 };
 
@@ -61,13 +61,27 @@ pub static portmap: HashMap<PortKey, PortTarget, { MAX_PORTMAPS as usize }> = Ha
 #[btf_map]
 pub static host_addrs: HashMap<Ipv4Key, u32, { MAX_HOST_ADDRS as usize }> = HashMap::new();
 
-/// Connection tracking: one entry per flow direction, created by the
-/// datapath, least recently used evicted first. Per-CPU LRU lists
-/// (BPF_F_NO_COMMON_LRU): under a high new-connection rate the shared LRU
-/// list's lock showed in the tail latency.
+/// Connection tracking of assured flows (see `ferry_common::ct_assured`):
+/// one entry per flow direction, moved here from `ct_new` by the datapath
+/// and back when the flow begins to close. A plain hash map: nothing is
+/// evicted to make room, only ferryd's GC removes idle flows, so no flood
+/// of new flows can push out an established one. When it is full, new
+/// flows stay in `ct_new` (counted as `CT_STAT_ASSURED_FULL`).
 #[btf_map]
-pub static ct: LruHashMap<CtKey, CtEntry, { MAX_CT as usize }, { BPF_F_NO_COMMON_LRU as usize }> =
-    LruHashMap::new();
+pub static ct: HashMap<CtKey, CtEntry, { MAX_CT as usize }> = HashMap::new();
+
+/// Connection tracking of flows not yet assured: half-open TCP, unanswered
+/// UDP, closing flows. Looked up after `ct`. An LRU map: a flood evicts
+/// its own kind. Per-CPU LRU lists (BPF_F_NO_COMMON_LRU): under a high
+/// new-connection rate the shared LRU list's lock showed in the tail
+/// latency; each CPU then evicts from its own share of the capacity.
+#[btf_map]
+pub static ct_new: LruHashMap<
+    CtKey,
+    CtEntry,
+    { MAX_CT_NEW as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 /// Network namespaces (by cookie) whose sockets the cgroup hooks translate:
 /// `NETNS_HOST` or `NETNS_CONTAINER`. Everything else is left alone.

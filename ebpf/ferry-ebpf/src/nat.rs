@@ -16,12 +16,10 @@ use ferry_common::{
 use crate::{
     csum::{Side, rewrite_v4},
     frag,
-    maps::ct,
     parse::L4,
 };
 
 const AF_INET: u8 = 2;
-const BPF_NOEXIST: u64 = 1;
 /// Candidate ports tried for a new flow before giving up.
 const SNAT_TRIES: u32 = 16;
 
@@ -148,8 +146,8 @@ pub fn track(
 
 /// Claims a port (or ICMP echo id) for `key` translated to `snat_addr`:
 /// the reply key (remote, snat_addr, remote port, our port) must be new,
-/// and the port must not be published. The claim is the insert itself
-/// (`BPF_NOEXIST`), so two CPUs cannot take the same one.
+/// in either conntrack table, and the port must not be published. The
+/// claim is an insert (`ct::claim`), so two CPUs cannot take the same one.
 #[inline(always)]
 fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2], DropReason> {
     let span = u32::from(SNAT_PORT_MAX - SNAT_PORT_MIN) + 1;
@@ -181,8 +179,7 @@ fn allocate(key: &CtKey, snat_addr: [u8; 4], reply: &CtEntry) -> Result<[u8; 2],
                 pad: [0; 3],
             }
         };
-        if ct.insert(reply_key, reply, BPF_NOEXIST).is_ok() {
-            crate::ct::count_created();
+        if crate::ct::claim(&reply_key, reply) {
             return Ok(port);
         }
     }

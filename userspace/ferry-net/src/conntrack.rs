@@ -1,21 +1,26 @@
 //! Connection tracking from userspace: listing, flushing, and the GC that
-//! expires flows on per-state timeouts. It works on its own file descriptor
-//! of the pinned `ct` map, so it never holds ferryd's lock, and the
+//! expires flows on per-state timeouts. It works on its own file
+//! descriptors of the pinned maps, so it never holds ferryd's lock, and the
 //! datapath never waits for it.
 //!
 //! Every flow has two entries: the originator's direction (`CT_DNAT`,
 //! `CT_SNAT`) and the responder's (`CT_DNAT_REPLY`, `CT_SNAT_REPLY`); each
 //! names the other through its key and translation, so the GC judges a flow
-//! by both.
+//! by both. They live in one of two tables (see the datapath's `ct.rs`):
+//! `ct_new`, an LRU map, until the flow is assured, then `ct`, a hash map
+//! only this GC removes from. Both are read as one.
 
 use std::{collections::HashMap, net::Ipv4Addr, path::Path, time::Duration};
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use ferry_common::{
-    CT_DNAT, CT_SEEN, CT_SNAT, CT_SNAT_REPLY, CT_STAT_CREATED, CT_STAT_REMOVED, CtEntry, CtKey,
-    IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    CT_DNAT, CT_SEEN, CT_SNAT, CT_SNAT_REPLY, CT_STAT_ASSURED_ENTERED, CT_STAT_ASSURED_FULL,
+    CT_STAT_ASSURED_LEFT, CT_STAT_ASSURED_REMOVED, CT_STAT_NEW_ENTERED, CT_STAT_NEW_LEFT,
+    CT_STAT_NEW_REMOVED, CtEntry, CtKey, IPPROTO_ICMP, IPPROTO_TCP, TCP_FIN, TCP_RST, ct_assured,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::datapath::{MAP_CT, MAP_CT_NEW, MAP_CT_STATS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -104,31 +109,9 @@ impl Timeouts {
     }
 }
 
-fn is_originator(kind: u8) -> bool {
-    kind == CT_DNAT || kind == CT_SNAT
-}
-
 /// The key of the other direction of the flow `key` belongs to.
 pub fn pair_key(key: &CtKey, entry: &CtEntry) -> CtKey {
-    let icmp = key.proto == IPPROTO_ICMP;
-    match entry.kind {
-        // Translated destination: the other direction comes from it.
-        CT_DNAT | CT_SNAT_REPLY => CtKey {
-            saddr: entry.nat_addr,
-            daddr: key.saddr,
-            sport: entry.nat_port,
-            dport: if icmp { [0; 2] } else { key.sport },
-            ..*key
-        },
-        // Translated source: the other direction goes to it.
-        _ => CtKey {
-            saddr: key.daddr,
-            daddr: entry.nat_addr,
-            sport: if icmp { entry.nat_port } else { key.dport },
-            dport: if icmp { [0; 2] } else { entry.nat_port },
-            ..*key
-        },
-    }
+    key.pair(entry)
 }
 
 /// The state name and idle timeout of a flow, from what each direction
@@ -145,12 +128,12 @@ pub fn state(
         IPPROTO_TCP => {
             if (sent | answered) & (TCP_FIN | TCP_RST) != 0 {
                 ("closing", t.tcp_closing)
-            } else if answered & TCP_SYN == 0 {
-                ("syn_sent", t.tcp_syn)
-            } else if sent & TCP_ACK == 0 {
+            } else if ct_assured(proto, sent, answered) {
+                ("established", t.tcp_established)
+            } else if answered != 0 {
                 ("syn_recv", t.tcp_syn_recv)
             } else {
-                ("established", t.tcp_established)
+                ("syn_sent", t.tcp_syn)
             }
         }
         IPPROTO_ICMP => ("icmp", t.icmp),
@@ -172,6 +155,9 @@ pub struct Flow {
     /// What the far side sees or what the container gets.
     pub translated: String,
     pub state: String,
+    /// In the assured table (`ct`), where no flood can evict it.
+    #[serde(default)]
+    pub assured: bool,
     pub idle_seconds: u64,
     /// Seconds until the GC forgets the flow if it stays idle.
     pub expires_in_seconds: u64,
@@ -206,62 +192,118 @@ fn now_ns() -> u64 {
     })
 }
 
-/// The pinned `ct` map (and its `ct_stats` next to it), opened on their
-/// own fds.
+/// The conntrack tables, by their map names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    New,
+    Assured,
+}
+
+/// The pinned `ct` and `ct_new` maps and their `ct_stats`, opened on
+/// their own fds.
 pub struct Conntrack {
-    map: BpfHashMap<MapData, CtKey, CtEntry>,
+    assured: BpfHashMap<MapData, CtKey, CtEntry>,
+    new: BpfHashMap<MapData, CtKey, CtEntry>,
     stats: PerCpuArray<MapData, u64>,
     path: String,
 }
 
-/// What happened to conntrack entries since the maps were created.
+/// What happened to one table's entries since the maps were created.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CtCounts {
-    /// Entries the datapath created.
-    pub created: u64,
+pub struct TableCounts {
+    /// Entries that came into the table (created, or moved from the other).
+    pub entered: u64,
+    /// Entries the datapath moved to the other table.
+    pub left: u64,
     /// Entries ferryd removed (GC, flush).
     pub removed: u64,
 }
 
-impl CtCounts {
-    /// Entries the LRU evicted: created, less removed, less still there.
+impl TableCounts {
+    /// Entries the map evicted: what came in and is neither gone another
+    /// way nor still there.
     pub fn evicted(&self, live: u64) -> u64 {
-        self.created.saturating_sub(self.removed + live)
+        self.entered.saturating_sub(self.left + self.removed + live)
     }
+}
+
+/// What happened to conntrack entries since the maps were created, by
+/// table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CtCounts {
+    /// `ct_new`: flows not yet assured.
+    pub new: TableCounts,
+    /// `ct`: assured flows.
+    pub assured: TableCounts,
+    /// Promotions refused because `ct` was full.
+    pub assured_full: u64,
 }
 
 /// Reads the `ct_stats` counters, summed over CPUs.
 pub fn counts(stats: &PerCpuArray<impl std::borrow::Borrow<MapData>, u64>) -> CtCounts {
     let sum = |slot: u32| stats.get(&slot, 0).map_or(0, |v| v.iter().sum());
     CtCounts {
-        created: sum(CT_STAT_CREATED),
-        removed: sum(CT_STAT_REMOVED),
+        new: TableCounts {
+            entered: sum(CT_STAT_NEW_ENTERED),
+            left: sum(CT_STAT_NEW_LEFT),
+            removed: sum(CT_STAT_NEW_REMOVED),
+        },
+        assured: TableCounts {
+            entered: sum(CT_STAT_ASSURED_ENTERED),
+            left: sum(CT_STAT_ASSURED_LEFT),
+            removed: sum(CT_STAT_ASSURED_REMOVED),
+        },
+        assured_full: sum(CT_STAT_ASSURED_FULL),
     }
 }
 
+/// Both tables read as one: where an entry is in both (for an instant,
+/// while the datapath moves it), the `ct` copy is the one packets see.
+type Snapshot = HashMap<CtKey, (CtEntry, Table)>;
+
 impl Conntrack {
-    pub fn open(pin: &Path) -> Result<Self, ConntrackError> {
-        let path = pin.display().to_string();
-        let fail = |reason: String| ConntrackError::Map {
-            path: path.clone(),
+    /// Opens the maps pinned in `pin_dir`.
+    pub fn open(pin_dir: &Path) -> Result<Self, ConntrackError> {
+        let path = pin_dir.display().to_string();
+        let fail = |name: &str, reason: String| ConntrackError::Map {
+            path: pin_dir.join(name).display().to_string(),
             reason,
         };
-        let data = MapData::from_pin(pin).map_err(|e| fail(e.to_string()))?;
-        let map = BpfHashMap::try_from(Map::LruHashMap(data)).map_err(|e| fail(e.to_string()))?;
-        let stats_pin = pin.with_file_name(crate::datapath::MAP_CT_STATS);
-        let data = MapData::from_pin(&stats_pin).map_err(|e| fail(e.to_string()))?;
-        let stats =
-            PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|e| fail(e.to_string()))?;
-        Ok(Self { map, stats, path })
+        let data = |name: &str| {
+            MapData::from_pin(pin_dir.join(name)).map_err(|e| fail(name, e.to_string()))
+        };
+        let assured = BpfHashMap::try_from(Map::HashMap(data(MAP_CT)?))
+            .map_err(|e| fail(MAP_CT, e.to_string()))?;
+        let new = BpfHashMap::try_from(Map::LruHashMap(data(MAP_CT_NEW)?))
+            .map_err(|e| fail(MAP_CT_NEW, e.to_string()))?;
+        let stats = PerCpuArray::try_from(Map::PerCpuArray(data(MAP_CT_STATS)?))
+            .map_err(|e| fail(MAP_CT_STATS, e.to_string()))?;
+        Ok(Self {
+            assured,
+            new,
+            stats,
+            path,
+        })
     }
 
-    /// Adds `n` to the entries ferryd removed (CPU 0's slot: ferryd is the
-    /// only writer of this slot).
-    fn record_removed(&mut self, n: usize) {
+    fn table(&mut self, table: Table) -> &mut BpfHashMap<MapData, CtKey, CtEntry> {
+        match table {
+            Table::New => &mut self.new,
+            Table::Assured => &mut self.assured,
+        }
+    }
+
+    /// Adds `n` to the entries ferryd removed from `table` (CPU 0's slot:
+    /// ferryd is the only writer of these slots).
+    fn record_removed(&mut self, table: Table, n: usize) {
         if n == 0 {
             return;
         }
-        let Ok(values) = self.stats.get(&CT_STAT_REMOVED, 0) else {
+        let slot = match table {
+            Table::New => CT_STAT_NEW_REMOVED,
+            Table::Assured => CT_STAT_ASSURED_REMOVED,
+        };
+        let Ok(values) = self.stats.get(&slot, 0) else {
             return;
         };
         let mut values: Vec<u64> = values.iter().copied().collect();
@@ -269,14 +311,26 @@ impl Conntrack {
             *first += n as u64;
         }
         if let Ok(values) = PerCpuValues::try_from(values)
-            && let Err(e) = self.stats.set(CT_STAT_REMOVED, values, 0)
+            && let Err(e) = self.stats.set(slot, values, 0)
         {
             tracing::warn!(%e, "cannot count removed conntrack entries");
         }
     }
 
-    fn snapshot(&self) -> HashMap<CtKey, CtEntry> {
-        self.map.iter().filter_map(Result::ok).collect()
+    fn snapshot(&self) -> Snapshot {
+        let mut all: Snapshot = self
+            .new
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, e)| (k, (e, Table::New)))
+            .collect();
+        all.extend(
+            self.assured
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, e)| (k, (e, Table::Assured))),
+        );
+        all
     }
 
     /// Every flow, decoded.
@@ -287,9 +341,9 @@ impl Conntrack {
         // whose other one is gone on its own, as `lone` (the GC removes it).
         let mut flows: Vec<Flow> = all
             .iter()
-            .filter_map(|(k, e)| {
-                let other = all.get(&pair_key(k, e));
-                if !is_originator(e.kind) && other.is_some() {
+            .filter_map(|(k, (e, table))| {
+                let other = all.get(&pair_key(k, e)).map(|(o, _)| o);
+                if !e.is_originator() && other.is_some() {
                     return None;
                 }
                 let (state, timeout) = match other {
@@ -310,6 +364,7 @@ impl Conntrack {
                     dst: endpoint(k.daddr, k.dport),
                     translated: endpoint(e.nat_addr, e.nat_port),
                     state: state.to_owned(),
+                    assured: *table == Table::Assured,
                     idle_seconds: now.saturating_sub(last) / 1_000_000_000,
                     expires_in_seconds: timeout
                         .as_secs()
@@ -323,57 +378,67 @@ impl Conntrack {
 
     /// Removes every flow. Returns how many entries went.
     pub fn flush(&mut self) -> usize {
-        let keys: Vec<CtKey> = self.map.keys().filter_map(Result::ok).collect();
-        let removed = keys.iter().filter(|k| self.map.remove(k).is_ok()).count();
-        self.record_removed(removed);
-        removed
+        let mut total = 0;
+        for table in [Table::New, Table::Assured] {
+            let map = self.table(table);
+            let keys: Vec<CtKey> = map.keys().filter_map(Result::ok).collect();
+            let removed = keys.iter().filter(|k| map.remove(k).is_ok()).count();
+            self.record_removed(table, removed);
+            total += removed;
+        }
+        total
     }
 
     /// Expires idle flows; both directions go together. A direction whose
-    /// other one is gone goes after `LONE_GRACE`. An entry refreshed by the
-    /// datapath since the snapshot is kept. Returns how many entries were
-    /// removed.
+    /// other one is gone goes after `LONE_GRACE`. An entry refreshed (or
+    /// moved) by the datapath since the snapshot is kept. Returns how many
+    /// entries were removed.
     pub fn collect(&mut self, timeouts: &Timeouts) -> usize {
         let all = self.snapshot();
         let now = now_ns();
-        let mut removed = 0;
-        for (key, entry) in &all {
+        let mut removed = [0; 2];
+        for (key, (entry, table)) in &all {
             let pair = pair_key(key, entry);
             let other = all.get(&pair);
             // Judge each flow once, from its originator (or from a lone
             // responder whose originator is already gone).
-            if !is_originator(entry.kind) && other.is_some() {
+            if !entry.is_originator() && other.is_some() {
                 continue;
             }
-            let (originator, responder) = if is_originator(entry.kind) {
-                (Some(entry), other)
+            let other_entry = other.map(|(o, _)| o);
+            let (originator, responder) = if entry.is_originator() {
+                (Some(entry), other_entry)
             } else {
-                (other, Some(entry))
+                (other_entry, Some(entry))
             };
             let timeout = match other {
                 None => LONE_GRACE,
                 Some(_) => state(key.proto, originator, responder, timeouts).1,
             };
-            let last = other.map_or(entry.last_seen_ns, |o| {
+            let last = other_entry.map_or(entry.last_seen_ns, |o| {
                 o.last_seen_ns.max(entry.last_seen_ns)
             });
             if now.saturating_sub(last) < timeout.as_nanos() as u64 {
                 continue;
             }
-            for (k, seen) in [
-                (key, entry.last_seen_ns),
-                (&pair, other.map_or(0, |o| o.last_seen_ns)),
-            ] {
-                let unchanged = self.map.get(k, 0).is_ok_and(|e| e.last_seen_ns == seen);
-                if unchanged && self.map.remove(k).is_ok() {
-                    removed += 1;
+            let mut expired = vec![(key, *table, entry.last_seen_ns)];
+            if let Some((o, t)) = other {
+                expired.push((&pair, *t, o.last_seen_ns));
+            }
+            for (k, table, seen) in expired {
+                let map = self.table(table);
+                let unchanged = map.get(k, 0).is_ok_and(|e| e.last_seen_ns == seen);
+                if unchanged && map.remove(k).is_ok() {
+                    removed[table as usize] += 1;
                 }
             }
         }
-        self.record_removed(removed);
-        removed
+        self.record_removed(Table::New, removed[Table::New as usize]);
+        self.record_removed(Table::Assured, removed[Table::Assured as usize]);
+        removed.iter().sum()
     }
 
+    /// The pin directory the maps were opened from.
     pub fn path(&self) -> &str {
         &self.path
     }
@@ -381,7 +446,7 @@ impl Conntrack {
 
 #[cfg(test)]
 mod tests {
-    use ferry_common::{CT_DNAT_REPLY, IPPROTO_UDP};
+    use ferry_common::{CT_DNAT_REPLY, IPPROTO_UDP, TCP_ACK, TCP_SYN};
 
     use super::*;
 
@@ -472,8 +537,9 @@ mod tests {
             // A flood's handshake: answered, never completed.
             (&syn, &synack, ("syn_recv", t.tcp_syn_recv)),
             (&syn_ack_sent, &synack, ("established", t.tcp_established)),
-            // An ACK without a SYN from the responder completes nothing.
-            (&syn_ack_sent, &ack_only, ("syn_sent", t.tcp_syn)),
+            // Both sides acknowledging without a SYN seen: a flow picked up
+            // mid-stream (its first entries were evicted or flushed).
+            (&syn_ack_sent, &ack_only, ("established", t.tcp_established)),
             (&syn_ack_sent, &fin, ("closing", t.tcp_closing)),
             (&rst, &synack, ("closing", t.tcp_closing)),
         ] {

@@ -39,7 +39,7 @@ use aya::{
 };
 use ferry_common::{
     CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT,
-    MAX_ENDPOINTS, MAX_PORTMAPS, NetPolicy, PortKey, PortTarget,
+    MAX_CT_NEW, MAX_ENDPOINTS, MAX_PORTMAPS, NetPolicy, PortKey, PortTarget,
 };
 use tracing::{debug, info};
 
@@ -52,6 +52,7 @@ pub const MAP_DROPS: &str = "drops";
 pub const MAP_PORTMAP: &str = "portmap";
 pub const MAP_HOST_ADDRS: &str = "host_addrs";
 pub const MAP_CT: &str = "ct";
+pub const MAP_CT_NEW: &str = "ct_new";
 pub const MAP_SOCK_NETNS: &str = "sock_netns";
 pub const MAP_SOCK_REVNAT: &str = "sock_revnat";
 pub const MAP_SOCK_PEER: &str = "sock_peer";
@@ -60,13 +61,14 @@ pub const MAP_CONFIG: &str = "config";
 pub const MAP_CT_STATS: &str = "ct_stats";
 pub const MAP_PORT_STATS: &str = "port_stats";
 pub const MAP_NETWORKS: &str = "networks";
-const MAPS: [&str; 14] = [
+const MAPS: [&str; 15] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
     MAP_PORTMAP,
     MAP_HOST_ADDRS,
     MAP_CT,
+    MAP_CT_NEW,
     MAP_SOCK_NETNS,
     MAP_SOCK_REVNAT,
     MAP_SOCK_PEER,
@@ -168,8 +170,11 @@ pub struct Live {
 /// Capacities of the maps that grow with use, in entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Conntrack (two entries per flow); an LRU map that evicts when full.
+    /// Assured conntrack flows (two entries per flow); never evicted, when
+    /// full new flows stay in `ct_new`.
     pub ct: u32,
+    /// Conntrack flows not yet assured; an LRU map that evicts when full.
+    pub ct_new: u32,
     /// Containers on the datapath (`endpoints` and their counters).
     pub endpoints: u32,
     /// Published host ports (`portmap` and their counters).
@@ -180,6 +185,7 @@ impl Default for MapSizes {
     fn default() -> Self {
         Self {
             ct: MAX_CT,
+            ct_new: MAX_CT_NEW,
             endpoints: MAX_ENDPOINTS,
             ports: MAX_PORTMAPS,
         }
@@ -240,6 +246,7 @@ impl Datapath {
             .collect();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(MAP_CT, sizes.ct);
+        loader.map_max_entries(MAP_CT_NEW, sizes.ct_new);
         loader.map_max_entries(MAP_ENDPOINTS, sizes.endpoints);
         loader.map_max_entries(MAP_EP_STATS, sizes.endpoints);
         loader.map_max_entries(MAP_PORTMAP, sizes.ports);
@@ -1002,13 +1009,13 @@ fn summed(values: &PerCpuValues<EndpointStats>) -> EndpointStats {
         .fold(EndpointStats::default(), |acc, v| acc.merged(*v))
 }
 
-/// Removes the pins of maps whose layout (type, key or value size, flags)
-/// differs from this build's definition, so that they are made anew: the
-/// loader would otherwise reuse an old map as it is, and the programs
-/// would read its values with the new layout. What such a map held is
+/// Removes the pins of maps whose layout (type, key or value size, flags,
+/// an array's length) differs from this build's definition, so that they
+/// are made anew: the loader would otherwise reuse an old map as it is,
+/// and the programs would read its values with the new layout. What such a map held is
 /// lost (ferryd puts its endpoints and ports back as it adopts the
 /// containers; counters restart, tracked flows are forgotten); each one is
-/// logged. Capacity is not layout: a pinned map keeps its own.
+/// logged. A hash map's capacity is not layout: a pinned one keeps its own.
 fn remove_changed_maps(pin_dir: &Path) -> Result<(), DatapathError> {
     let object = aya_obj::Object::parse(OBJECT)
         .map_err(|e| DatapathError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
@@ -1020,17 +1027,26 @@ fn remove_changed_maps(pin_dir: &Path) -> Result<(), DatapathError> {
         let Some(wanted) = object.maps.get(name) else {
             continue;
         };
+        // An array's capacity is its layout: its indexes are fixed slots.
+        let is_array = |t: u32| {
+            t == aya::maps::MapType::Array as u32 || t == aya::maps::MapType::PerCpuArray as u32
+        };
+        let pinned_type = pinned.map_type().ok().map(|t| t as u32);
         let pinned_layout = (
-            pinned.map_type().ok().map(|t| t as u32),
+            pinned_type,
             pinned.key_size(),
             pinned.value_size(),
             pinned.map_flags(),
+            pinned_type
+                .is_some_and(is_array)
+                .then(|| pinned.max_entries()),
         );
         let wanted_layout = (
             Some(wanted.map_type()),
             wanted.key_size(),
             wanted.value_size(),
             wanted.map_flags(),
+            is_array(wanted.map_type()).then(|| wanted.max_entries()),
         );
         if pinned_layout == wanted_layout {
             continue;
@@ -1039,8 +1055,8 @@ fn remove_changed_maps(pin_dir: &Path) -> Result<(), DatapathError> {
             map = name,
             pinned = ?pinned_layout,
             wanted = ?wanted_layout,
-            "a pinned map has another layout (type, key size, value size, flags) than this \
-             build's: made anew, its entries are lost"
+            "a pinned map has another layout (type, key size, value size, flags, array \
+             length) than this build's: made anew, its entries are lost"
         );
         std::fs::remove_file(&path).map_err(|e| DatapathError::Pin {
             what: name,

@@ -476,15 +476,32 @@ pub struct DatapathJson {
     pub drops: BTreeMap<String, u64>,
 }
 
-/// Conntrack entries now, and since the maps were created: created by the
-/// datapath, removed by ferryd (GC, flush), evicted by the full LRU map.
+/// Conntrack entries now, and since the maps were created. Two tables:
+/// `ct_new` (flows not yet assured, an LRU map) and `ct` (assured flows,
+/// never evicted).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConntrackJson {
+    /// Entries in both tables (two per flow).
     pub entries: u64,
+    /// Of which assured (`ct`).
+    pub assured: u64,
+    /// Entries that came into `ct_new`: new flows, and flows that began to
+    /// close.
     pub created: u64,
+    /// Entries moved into `ct` when their flow was assured.
+    pub promoted: u64,
+    /// Entries ferryd removed (GC, flush), both tables.
     pub removed: u64,
+    /// Entries evicted, both tables.
     pub evicted: u64,
+    /// Evicted from `ct_new`: half-open, unanswered or closing flows.
+    pub evicted_unassured: u64,
+    /// Evicted from `ct`: none by design (a hash map evicts nothing).
+    pub evicted_assured: u64,
+    /// Promotions refused because `ct` was full (those flows stayed in
+    /// `ct_new`).
+    pub assured_full: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

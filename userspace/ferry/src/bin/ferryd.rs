@@ -40,13 +40,21 @@ struct Args {
     #[arg(long, default_value = config::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
     /// Conntrack idle timeout, NAME=SECONDS (repeatable): tcp_established
-    /// (21600), tcp_syn (60), tcp_closing (10), udp (60), icmp (30).
+    /// (21600), tcp_syn (60), tcp_syn_recv (60), tcp_closing (10), udp
+    /// (120), udp_unreplied (30), icmp (30).
     #[arg(long = "ct-timeout")]
     ct_timeouts: Vec<String>,
-    /// Capacity of the conntrack map, in entries (two per flow). When it is
-    /// full the least recently used entries are evicted and counted.
+    /// Capacity of the assured conntrack table `ct`, in entries (two per
+    /// flow). Nothing is evicted from it; when it is full, new flows stay
+    /// in `ct_new` (counted).
     #[arg(long, default_value_t = ferry_common::MAX_CT, value_parser = clap::value_parser!(u32).range(1..))]
     ct_max: u32,
+    /// Capacity of `ct_new`, the conntrack table of flows not yet assured
+    /// (half-open TCP, unanswered UDP, closing), in entries (two per
+    /// flow). When it is full the least recently used are evicted and
+    /// counted; a flood fills this one, never `ct`.
+    #[arg(long, default_value_t = ferry_common::MAX_CT_NEW, value_parser = clap::value_parser!(u32).range(2..))]
+    ct_new_max: u32,
     /// Capacity of the endpoint map: containers on the datapath at once.
     /// A run beyond it is refused with an error saying so.
     #[arg(long, default_value_t = ferry_common::MAX_ENDPOINTS, value_parser = clap::value_parser!(u32).range(1..))]
@@ -162,6 +170,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         dns_upstreams: args.dns_upstreams,
         map_sizes: ferry::datapath::MapSizes {
             ct: args.ct_max,
+            ct_new: args.ct_new_max,
             endpoints: args.endpoint_max,
             ports: args.port_max,
         },

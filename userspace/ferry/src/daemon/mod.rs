@@ -50,7 +50,7 @@ use crate::{
     config::Config,
     conntrack::Timeouts,
     container,
-    datapath::{self, Datapath},
+    datapath::Datapath,
     link::Netlink,
     metrics::{self, ApiCounters},
     netns,
@@ -99,8 +99,9 @@ fn unescape_mountinfo(field: &str) -> String {
 
 pub struct Daemon {
     inner: Mutex<Inner>,
-    /// The pinned `ct` map, for listing and flushing (own fd, no lock).
-    ct_pin: std::path::PathBuf,
+    /// Where the conntrack maps are pinned, for listing and flushing (own
+    /// fds, no lock).
+    ct_pins: std::path::PathBuf,
     ct_timeouts: Timeouts,
     api: ApiCounters,
 }
@@ -306,11 +307,11 @@ impl Daemon {
             .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
         let daemon = Arc::new(Self {
             inner: Mutex::new(inner),
-            ct_pin: config.pin_dir.join(datapath::MAP_CT),
+            ct_pins: config.pin_dir.clone(),
             ct_timeouts: config.ct_timeouts,
             api: ApiCounters::default(),
         });
-        spawn_ct_gc(&daemon.ct_pin, config.ct_timeouts, config.ct_gc_interval)?;
+        spawn_ct_gc(&daemon.ct_pins, config.ct_timeouts, config.ct_gc_interval)?;
         if let Some(logger) = daemon.inner.lock().await.agent.datapath.take_logger() {
             spawn_log_reader(logger)?;
         }

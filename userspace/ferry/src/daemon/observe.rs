@@ -264,23 +264,44 @@ impl Daemon {
             &mut out,
             "ferry_conntrack_entries",
             "gauge",
-            "Tracked flow entries (two per flow: one each way).",
+            "Tracked flow entries (two per flow: one each way), by table: ct (assured) and \
+             ct_new (not yet assured).",
         );
-        f.sample(&[], conntrack.entries);
+        f.sample(&[("table", datapath::MAP_CT)], conntrack.assured);
+        f.sample(
+            &[("table", datapath::MAP_CT_NEW)],
+            conntrack.entries - conntrack.assured,
+        );
         let mut f = Family::new(
             &mut out,
             "ferry_conntrack_created_total",
             "counter",
-            "Conntrack entries the datapath created.",
+            "Conntrack entries that came into ct_new: new flows, and flows that began to close.",
         );
         f.sample(&[], conntrack.created);
         let mut f = Family::new(
             &mut out,
+            "ferry_conntrack_promotions_total",
+            "counter",
+            "Conntrack entries moved into ct when their flow was assured.",
+        );
+        f.sample(&[], conntrack.promoted);
+        let mut f = Family::new(
+            &mut out,
             "ferry_conntrack_evictions_total",
             "counter",
-            "Conntrack entries the full LRU map evicted (created - removed by ferryd - live).",
+            "Conntrack entries evicted to make room, by class: unassured (ct_new, an LRU map) \
+             and assured (ct, which evicts nothing).",
         );
-        f.sample(&[], conntrack.evicted);
+        f.sample(&[("class", "unassured")], conntrack.evicted_unassured);
+        f.sample(&[("class", "assured")], conntrack.evicted_assured);
+        let mut f = Family::new(
+            &mut out,
+            "ferry_conntrack_assured_full_total",
+            "counter",
+            "Promotions refused because ct was full; those flows stayed in ct_new.",
+        );
+        f.sample(&[], conntrack.assured_full);
         let mut f = Family::new(
             &mut out,
             "ferry_api_requests_total",
@@ -345,7 +366,7 @@ impl Daemon {
             }
             None => None,
         };
-        let ct = Conntrack::open(&self.ct_pin).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let ct = Conntrack::open(&self.ct_pins).map_err(|e| ApiError::Internal(e.to_string()))?;
         let timeouts = self.ct_timeouts;
         let flows = tokio::task::spawn_blocking(move || ct.list(&timeouts))
             .await
@@ -360,7 +381,7 @@ impl Daemon {
     /// Forgets every tracked flow; returns how many entries went.
     pub async fn conntrack_flush(&self) -> Result<usize, ApiError> {
         let mut ct =
-            Conntrack::open(&self.ct_pin).map_err(|e| ApiError::Internal(e.to_string()))?;
+            Conntrack::open(&self.ct_pins).map_err(|e| ApiError::Internal(e.to_string()))?;
         tokio::task::spawn_blocking(move || ct.flush())
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))
@@ -462,18 +483,27 @@ pub(super) fn spawn_ct_gc(
     Ok(())
 }
 
-/// Conntrack entries now (the `ct` map's fill, counted once by
-/// `map_fill`) and since the maps were made (`ct_stats`), evictions
+/// Conntrack entries now (the `ct` and `ct_new` maps' fill, counted once
+/// by `map_fill`) and since the maps were made (`ct_stats`), evictions
 /// included.
 fn conntrack_json(counts: crate::conntrack::CtCounts, fill: &[datapath::MapFill]) -> ConntrackJson {
-    let live = fill
-        .iter()
-        .find(|m| m.name == datapath::MAP_CT)
-        .map_or(0, |m| m.entries as u64);
+    let live = |name: &str| {
+        fill.iter()
+            .find(|m| m.name == name)
+            .map_or(0, |m| m.entries as u64)
+    };
+    let (assured, new) = (live(datapath::MAP_CT), live(datapath::MAP_CT_NEW));
+    let evicted_unassured = counts.new.evicted(new);
+    let evicted_assured = counts.assured.evicted(assured);
     ConntrackJson {
-        entries: live,
-        created: counts.created,
-        removed: counts.removed,
-        evicted: counts.evicted(live),
+        entries: assured + new,
+        assured,
+        created: counts.new.entered,
+        promoted: counts.assured.entered,
+        removed: counts.new.removed + counts.assured.removed,
+        evicted: evicted_unassured + evicted_assured,
+        evicted_unassured,
+        evicted_assured,
+        assured_full: counts.assured_full,
     }
 }

@@ -576,18 +576,26 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     println!("{}", serde_json::to_string_pretty(&flows)?);
                 } else {
                     println!(
-                        "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<7}EXPIRES",
-                        "PROTO", "NAT", "SOURCE", "DESTINATION", "TRANSLATED", "STATE", "IDLE"
+                        "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<8}{:<7}EXPIRES",
+                        "PROTO",
+                        "NAT",
+                        "SOURCE",
+                        "DESTINATION",
+                        "TRANSLATED",
+                        "STATE",
+                        "ASSURED",
+                        "IDLE"
                     );
                     for f in &flows {
                         println!(
-                            "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<7}{}s",
+                            "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<8}{:<7}{}s",
                             f.proto,
                             f.nat,
                             f.src,
                             f.dst,
                             f.translated,
                             f.state,
+                            if f.assured { "yes" } else { "no" },
                             format!("{}s", f.idle_seconds),
                             f.expires_in_seconds
                         );
@@ -608,12 +616,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!("pinned under: {}", d.pin_dir);
                 println!("debug log:    {}", if d.debug_log { "on" } else { "off" });
                 println!("endpoints:    {}", d.endpoints);
+                let ct = &d.conntrack;
                 println!(
-                    "conntrack:    {} entries; {} created, {} removed by GC/flush, {} evicted",
-                    d.conntrack.entries,
-                    d.conntrack.created,
-                    d.conntrack.removed,
-                    d.conntrack.evicted
+                    "conntrack:    {} entries, {} of them assured; {} created, {} promoted, {} \
+                     removed by GC/flush",
+                    ct.entries, ct.assured, ct.created, ct.promoted, ct.removed
+                );
+                println!(
+                    "  evicted:    {} unassured, {} assured; {} promotions refused (ct full)",
+                    ct.evicted_unassured, ct.evicted_assured, ct.assured_full
                 );
                 println!("\nattached programs:");
                 for a in &d.attachments {

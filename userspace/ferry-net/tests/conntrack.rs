@@ -1,0 +1,291 @@
+//! Packet tests of conntrack's two tables with BPF_PROG_TEST_RUN: flows
+//! are created in `ct_new`, promoted to `ct` when assured, demoted when
+//! they close, and a flood of new flows evicts only from `ct_new`. Needs
+//! root (the programs are loaded for real), no namespace or interface.
+
+mod common;
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use common::*;
+use ferry_common::{DropReason, GATEWAY_V4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use ferry_net::datapath::{
+    MAP_CT, MAP_CT_NEW, MapSizes, PROG_FROM_CONTAINER, PROG_LOCAL_INGRESS, PROG_UPLINK_INGRESS,
+};
+
+/// Entries in (`ct`, `ct_new`).
+fn tables(dp: &Loaded) -> (usize, usize) {
+    (
+        entries(&dp.datapath, MAP_CT),
+        entries(&dp.datapath, MAP_CT_NEW),
+    )
+}
+
+/// A client's segment to the published HOST_IP:8080 from `port`.
+fn from_client(flags: u8, port: u16) -> Vec<u8> {
+    tcp_frame(
+        flags,
+        (CLIENT, port),
+        (HOST_IP, 8080),
+        (CLIENT_MAC, UPLINK_MAC),
+    )
+}
+
+/// A's segment back to the client's `port`.
+fn from_a(flags: u8, port: u16) -> Vec<u8> {
+    tcp_frame(flags, (A_IP, 80), (CLIENT, port), (A.mac, A.host_mac))
+}
+
+/// Runs `frame` through `program`, expecting it translated and sent on.
+fn pass(dp: &mut Loaded, program: &'static str, frame: &[u8], what: &str) -> Vec<u8> {
+    let (verdict, out) = dp.run(program, frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "{what}");
+    out
+}
+
+/// A published-port handshake from the client's `port`, completed.
+fn handshake(dp: &mut Loaded, port: u16) {
+    pass(dp, PROG_UPLINK_INGRESS, &from_client(TCP_SYN, port), "SYN");
+    pass(
+        dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_SYN | TCP_ACK, port),
+        "SYN-ACK",
+    );
+    pass(dp, PROG_UPLINK_INGRESS, &from_client(TCP_ACK, port), "ACK");
+}
+
+/// Expects: a published-port flow is in `ct_new` through SYN and SYN-ACK,
+/// moves to `ct` (both directions) with the originator's ACK, and back to
+/// `ct_new` with a FIN, translated all along; every move is counted.
+#[test]
+fn ct_handshake_promotes_and_close_demotes() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 6, 8080, 80);
+    pass(
+        &mut dp,
+        PROG_UPLINK_INGRESS,
+        &from_client(TCP_SYN, 40000),
+        "SYN",
+    );
+    assert_eq!(tables(&dp), (0, 2), "half-open: unassured");
+    pass(
+        &mut dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_SYN | TCP_ACK, 40000),
+        "SYN-ACK",
+    );
+    assert_eq!(tables(&dp), (0, 2), "answered, not acknowledged");
+    // A retransmitted SYN completes nothing.
+    pass(
+        &mut dp,
+        PROG_UPLINK_INGRESS,
+        &from_client(TCP_SYN, 40000),
+        "SYN again",
+    );
+    assert_eq!(tables(&dp), (0, 2));
+    let out = pass(
+        &mut dp,
+        PROG_UPLINK_INGRESS,
+        &from_client(TCP_ACK, 40000),
+        "ACK",
+    );
+    assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
+    assert_eq!(tables(&dp), (2, 0), "assured");
+    let out = pass(
+        &mut dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_ACK, 40000),
+        "data",
+    );
+    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
+
+    let out = pass(
+        &mut dp,
+        PROG_UPLINK_INGRESS,
+        &from_client(TCP_FIN | TCP_ACK, 40000),
+        "FIN",
+    );
+    assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
+    assert_eq!(tables(&dp), (0, 2), "closing: unassured again");
+    let out = pass(
+        &mut dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_FIN | TCP_ACK, 40000),
+        "FIN back",
+    );
+    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
+    // The last ACK of a closing flow does not promote it again.
+    pass(
+        &mut dp,
+        PROG_UPLINK_INGRESS,
+        &from_client(TCP_ACK, 40000),
+        "last ACK",
+    );
+    assert_eq!(tables(&dp), (0, 2));
+
+    let c = dp.datapath.ct_counts().expect("counts");
+    assert_eq!(
+        (c.new.entered, c.new.left, c.assured.entered, c.assured.left),
+        (4, 2, 2, 2),
+        "created 2, promoted 2, demoted 2: {c:?}"
+    );
+    assert_eq!((c.new.evicted(2), c.assured.evicted(0)), (0, 0));
+}
+
+/// Expects: a RST from the responder demotes an assured flow too.
+#[test]
+fn ct_reset_demotes() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 6, 8080, 80);
+    handshake(&mut dp, 40001);
+    assert_eq!(tables(&dp), (2, 0));
+    pass(&mut dp, PROG_FROM_CONTAINER, &from_a(TCP_RST, 40001), "RST");
+    assert_eq!(tables(&dp), (0, 2));
+}
+
+/// Expects: a UDP flow is assured once answered and the originator sends
+/// again; unanswered datagrams leave it in `ct_new`.
+#[test]
+fn ct_udp_is_promoted_once_answered() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 17, 5353, 53);
+    let request = l4_frame(
+        17,
+        (CLIENT, 40000),
+        (HOST_IP, 5353),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    let answer = l4_frame(17, (A_IP, 53), (CLIENT, 40000), (A.mac, A.host_mac), false);
+    pass(&mut dp, PROG_UPLINK_INGRESS, &request, "query");
+    pass(&mut dp, PROG_UPLINK_INGRESS, &request, "query again");
+    assert_eq!(tables(&dp), (0, 2), "unanswered");
+    pass(&mut dp, PROG_FROM_CONTAINER, &answer, "answer");
+    assert_eq!(
+        tables(&dp),
+        (0, 2),
+        "answered, the originator not heard since"
+    );
+    pass(&mut dp, PROG_UPLINK_INGRESS, &request, "next query");
+    assert_eq!(tables(&dp), (2, 0), "assured");
+    let out = pass(&mut dp, PROG_FROM_CONTAINER, &answer, "next answer");
+    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 5353));
+}
+
+/// Expects: a SYN flood of many more flows than `ct_new` holds evicts
+/// only from `ct_new` (counted as unassured evictions); the assured flow
+/// keeps both entries in `ct` and is translated after it; a handshake
+/// started after the flood completes and is assured too.
+#[test]
+fn ct_flood_evicts_only_unassured_flows() {
+    let mut dp = Loaded::sized(MapSizes {
+        ct_new: 256,
+        ..MapSizes::default()
+    });
+    publish(&mut dp, 6, 8080, 80);
+    handshake(&mut dp, 40000);
+    assert_eq!(tables(&dp), (2, 0));
+    for i in 0..2000u16 {
+        // A source address of its own for each SYN, as a spoofed flood has.
+        let spoofed = Ipv4Addr::new(198, 18, (i / 250) as u8, (i % 250) as u8 + 1);
+        let syn = tcp_frame(
+            TCP_SYN,
+            (spoofed, 20000 + i),
+            (HOST_IP, 8080),
+            (CLIENT_MAC, UPLINK_MAC),
+        );
+        dp.run(PROG_UPLINK_INGRESS, &syn);
+    }
+    let (assured, new) = tables(&dp);
+    assert_eq!(assured, 2, "the assured flow is untouched");
+    assert!(new <= 256, "ct_new holds {new}");
+    let c = dp.datapath.ct_counts().expect("counts");
+    assert!(
+        c.new.evicted(new as u64) >= 2000 * 2 - 256,
+        "flood evictions counted: {c:?}"
+    );
+    assert_eq!(c.assured.evicted(2), 0);
+
+    let out = pass(
+        &mut dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_ACK, 40000),
+        "the assured flow's reply",
+    );
+    assert_eq!((ip_dst(&out), dport(&out)), (CLIENT, 40000));
+    assert_eq!(
+        (&out[0..6], &out[6..12]),
+        (&CLIENT_MAC[..], &UPLINK_MAC[..])
+    );
+    handshake(&mut dp, 40002);
+    assert_eq!(tables(&dp).0, 4, "a new flow is assured after the flood");
+}
+
+/// Expects: when `ct` is full, a flow that would be promoted stays in
+/// `ct_new`, counted, and is translated as before.
+#[test]
+fn ct_full_assured_table_leaves_new_flows_unassured() {
+    let mut dp = Loaded::sized(MapSizes {
+        ct: 2,
+        ..MapSizes::default()
+    });
+    publish(&mut dp, 6, 8080, 80);
+    handshake(&mut dp, 40000);
+    handshake(&mut dp, 40001);
+    assert_eq!(tables(&dp), (2, 2));
+    let c = dp.datapath.ct_counts().expect("counts");
+    assert!(c.assured_full >= 1, "{c:?}");
+    assert_eq!(c.assured.evicted(2), 0, "{c:?}");
+    let out = pass(
+        &mut dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_ACK, 40001),
+        "the unassured flow's reply",
+    );
+    assert_eq!((ip_dst(&out), dport(&out)), (CLIENT, 40001));
+}
+
+/// Expects: local connections to one published port are masqueraded to
+/// the gateway address on distinct ports, whichever table their flows are
+/// in (each is assured once its handshake completes); when the range runs
+/// out, a new connection is dropped as `snat_exhausted`, never given a
+/// port a live flow holds.
+#[test]
+fn ct_masquerade_ports_never_collide_and_exhaustion_is_counted() {
+    const LOOPBACK: Ipv4Addr = Ipv4Addr::LOCALHOST;
+    const NO_MAC: [u8; 6] = [0; 6];
+    let mut dp = Loaded::new();
+    publish(&mut dp, 6, 8080, 80);
+    let mut ports = HashSet::new();
+    let mut exhausted = 0;
+    let span = usize::from(ferry_common::SNAT_PORT_MAX - ferry_common::SNAT_PORT_MIN) + 1;
+    for i in 0..span as u16 + 200 {
+        let client = (LOOPBACK, 1024 + i);
+        let syn = tcp_frame(TCP_SYN, client, (LOOPBACK, 8080), (NO_MAC, NO_MAC));
+        let (verdict, out) = dp.run(PROG_LOCAL_INGRESS, &syn);
+        if verdict == TC_ACT_SHOT {
+            exhausted += 1;
+            continue;
+        }
+        assert_eq!(verdict, TC_ACT_REDIRECT, "connection {i}");
+        let port = sport(&out);
+        assert!(ports.insert(port), "port {port} given twice");
+        // Half of the flows complete their handshake and are assured.
+        if i % 2 == 0 {
+            let gateway = (Ipv4Addr::from(GATEWAY_V4), port);
+            let synack = tcp_frame(TCP_SYN | TCP_ACK, (A_IP, 80), gateway, (A.mac, A.host_mac));
+            pass(&mut dp, PROG_FROM_CONTAINER, &synack, "SYN-ACK");
+            let ack = tcp_frame(TCP_ACK, client, (LOOPBACK, 8080), (NO_MAC, NO_MAC));
+            pass(&mut dp, PROG_LOCAL_INGRESS, &ack, "ACK");
+        }
+    }
+    assert!(exhausted > 0, "the range never ran out");
+    assert_eq!(dp.drops(DropReason::SnatExhausted), exhausted);
+    assert!(tables(&dp).0 > 0, "assured flows held ports too");
+    assert!(
+        ports.len() > span * 8 / 10,
+        "only {} of {span} ports were handed out",
+        ports.len()
+    );
+}
