@@ -178,9 +178,92 @@ fn states(world: &World) -> Vec<String> {
         .collect()
 }
 
+/// One connection attempt: whether `payload` came back.
+fn exchange_once(ns: &std::path::Path, ip: &str, port: u16, payload: &str) -> bool {
+    use std::io::Write as _;
+    let target = format!("TCP:{ip}:{port},connect-timeout=2");
+    let Ok(mut child) = in_netns(ns, "socat", &["-T", "3", "-", &target])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(payload.as_bytes());
+    }
+    child
+        .wait_with_output()
+        .is_ok_and(|out| out.status.success() && out.stdout == payload.as_bytes())
+}
+
+/// A held connection kept busy on a thread until `stop`: a line every
+/// 50 ms, each expected back. Returns it with the count of lines lost.
+fn keep_busy(
+    mut held: Held,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Held, usize, usize)> {
+    std::thread::spawn(move || {
+        let (mut sent, mut lost) = (0, 0);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            sent += 1;
+            if !held.echoes(&format!("busy {sent}")) {
+                lost += 1;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (held, sent, lost)
+    })
+}
+
+/// A UDP echo server on port 81 in one process (socat would fork one per
+/// datagram of a flood).
+const UDP_ECHO: &str = "import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((\"\", 81))
+while True:
+    d, a = s.recvfrom(2048)
+    s.sendto(d, a)";
+
+/// An hping3 flood from random sources in the client namespace: `count`
+/// packets, one every `gap_us`.
+fn flood(world: &World, proto: &str, port: u16, count: u32, gap_us: u32) -> Background {
+    let (count, gap, port) = (count.to_string(), format!("u{gap_us}"), port.to_string());
+    let mut cmd = world.in_client(
+        "hping3",
+        &[
+            "-q",
+            proto,
+            "--rand-source",
+            "-p",
+            &port,
+            "-c",
+            &count,
+            "-i",
+            &gap,
+            HOST_UPLINK_IP,
+        ],
+    );
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    Background::spawn(cmd)
+}
+
+/// The issue's attacker: SYN and UDP floods from random sources against
+/// published ports, each of more flows than both conntrack tables hold,
+/// while established flows of every class exist: an idle and a busy
+/// published-port TCP connection, an idle and a busy masqueraded TCP
+/// connection, a masqueraded UDP exchange. None of them loses its entries
+/// or a line; new connections are served during and after the flood; the
+/// flood's entries are listed half-open and age out on that timeout.
 #[test]
-fn a_syn_flood_stays_half_open_and_ages_out_while_established_flows_live() {
+fn floods_evict_no_established_flow_and_age_out() {
+    const CT_MAX: u32 = 2048;
     let world = World::with_ferryd_args(&[
+        "--ct-max",
+        &CT_MAX.to_string(),
+        "--ct-new-max",
+        &CT_MAX.to_string(),
         "--ct-timeout",
         "tcp_syn_recv=3",
         // SYNs the container's backlog dropped stay unanswered.
@@ -188,6 +271,10 @@ fn a_syn_flood_stays_half_open_and_ages_out_while_established_flows_live() {
         "tcp_syn=3",
         "--ct-timeout",
         "udp_unreplied=3",
+        "--ct-timeout",
+        "udp=3",
+        "--ct-timeout",
+        "tcp_closing=1",
         "--ct-gc-interval",
         "1",
     ]);
@@ -201,79 +288,128 @@ fn a_syn_flood_stays_half_open_and_ages_out_while_established_flows_live() {
         "-p",
         "8091:81/udp",
         "--",
-        "socat",
-        "TCP-LISTEN:80,fork,reuseaddr",
-        "EXEC:cat",
+        "sh",
+        "-c",
+        &format!("socat TCP-LISTEN:80,fork,reuseaddr EXEC:cat & exec python3 -c '{UDP_ECHO}'"),
     ]);
+    let talker = world.run("talker", &["sleep", "infinity"]);
+    let _tcp_echo = Background::spawn(
+        world.in_client("socat", &["TCP-LISTEN:7300,fork,reuseaddr", "EXEC:cat"]),
+    );
+    let _udp_echo =
+        Background::spawn(world.in_client("socat", &["UDP-RECVFROM:7302,fork", "EXEC:cat"]));
+    let client_ns = world.client_ns_path();
     assert_eq!(
-        tcp_exchange(&world.client_ns_path(), HOST_UPLINK_IP, 8090, "up\n"),
+        tcp_exchange(&client_ns, HOST_UPLINK_IP, 8090, "up\n"),
         "up\n"
     );
-    let target = format!("TCP:{HOST_UPLINK_IP}:8090,connect-timeout=2");
-    let mut idle = Held::connect(world.in_client("socat", &["-", &target]));
-    assert!(idle.echoes("before"), "the held connection does not work");
+    assert_eq!(tcp_exchange(&talker.netns, CLIENT_IP, 7300, "up\n"), "up\n");
+    world.ferry_ok(&["conntrack", "flush"]);
 
-    // Bounded: 2,000 SYNs from random sources in about a second, none of
-    // which completes its handshake (the SYN-ACKs go nowhere). A UDP
-    // datagram nobody answers.
-    let flood = ferry_integration::output(&mut world.in_client(
-        "hping3",
-        &[
-            "-q",
-            "-S",
-            "--rand-source",
-            "-p",
-            "8090",
-            "-c",
-            "2000",
-            "-i",
-            "u400",
-            HOST_UPLINK_IP,
-        ],
-    ));
+    let published = format!("TCP:{HOST_UPLINK_IP}:8090,connect-timeout=2");
+    let outside = format!("TCP:{CLIENT_IP}:7300,connect-timeout=2");
+    let udp_outside = format!("UDP:{CLIENT_IP}:7302");
+    let mut held = [
+        (
+            "idle published",
+            world.in_client("socat", &["-", &published]),
+        ),
+        (
+            "idle masqueraded",
+            in_netns(&talker.netns, "socat", &["-", &outside]),
+        ),
+        (
+            "masqueraded UDP",
+            in_netns(&talker.netns, "socat", &["-", &udp_outside]),
+        ),
+    ]
+    .map(|(name, cmd)| (name, Held::connect(cmd)));
+    for (name, h) in &mut held {
+        // Twice: the second exchange assures the flow (its originator
+        // speaks again after the answer).
+        assert!(h.echoes("one") && h.echoes("two"), "{name} does not work");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = [
+        (
+            "busy published",
+            world.in_client("socat", &["-", &published]),
+        ),
+        (
+            "busy masqueraded",
+            in_netns(&talker.netns, "socat", &["-", &outside]),
+        ),
+    ]
+    .map(|(name, cmd)| {
+        let mut h = Held::connect(cmd);
+        assert!(h.echoes("one") && h.echoes("two"), "{name} does not work");
+        (name, keep_busy(h, stop.clone()))
+    });
+    let before = world.datapath()["Conntrack"].clone();
     assert!(
-        flood.status.success() || !flood.stderr.is_empty(),
-        "hping3 did not run"
+        before["Assured"].as_u64() >= Some(10),
+        "the five flows are not all assured: {before}"
     );
-    let _ = ferry_integration::output(
-        world
-            .in_client(
-                "sh",
-                &[
-                    "-c",
-                    &format!("echo x | socat -T 1 - UDP:{HOST_UPLINK_IP}:8091"),
-                ],
-            )
-            .stderr(Stdio::null()),
-    );
-    let seen = states(&world);
-    let half_open = seen.iter().filter(|s| *s == "syn_recv").count();
-    assert!(
-        half_open > 500,
-        "the flood is not tracked as syn_recv: {half_open}"
-    );
-    assert!(
-        seen.iter().filter(|s| *s == "established").count() == 1,
-        "only the held connection is established: {:?}",
-        seen.iter().filter(|s| *s != "syn_recv").collect::<Vec<_>>()
-    );
-    assert!(seen.iter().any(|s| s == "udp_unreplied"), "{seen:?}");
 
-    // The flood ages out on the half-open timeout; the held connection
-    // stays, and still works.
+    // Bounded: 20,000 SYNs and 20,000 datagrams from random sources in
+    // about two seconds, each ten times what either table holds. New
+    // connections are tried all along.
+    let syn = flood(&world, "-S", 8090, 10 * CT_MAX, 100);
+    let udp = flood(&world, "--udp", 8091, 10 * CT_MAX, 100);
+    let started = std::time::Instant::now();
+    let (mut tried, mut served) = (0, 0);
+    while started.elapsed() < Duration::from_secs(2) {
+        tried += 1;
+        if exchange_once(&client_ns, HOST_UPLINK_IP, 8090, "during\n") {
+            served += 1;
+        }
+    }
+    let half_open = states(&world)
+        .iter()
+        .filter(|s| *s == "syn_recv" || *s == "syn_sent")
+        .count();
+    drop((syn, udp));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = world.datapath()["Conntrack"].clone();
+
+    for (name, h) in &mut held {
+        assert!(h.echoes("after"), "{name} broke in the flood");
+    }
+    let mut busy: Vec<(&str, Held)> = busy
+        .into_iter()
+        .map(|(name, thread)| {
+            let (mut h, sent, lost) = thread.join().expect("busy thread");
+            assert_eq!(lost, 0, "{name} lost {lost} of {sent} lines in the flood");
+            assert!(h.echoes("after"), "{name} broke in the flood");
+            (name, h)
+        })
+        .collect();
+    assert!(
+        served > 0,
+        "no new connection was served during the flood ({tried} tried)"
+    );
+    assert!(half_open > 100, "the flood is not listed half-open");
+    assert!(
+        during["EvictedUnassured"].as_u64() > Some(u64::from(CT_MAX)),
+        "the flood did not overflow ct_new: {during}"
+    );
+    assert_eq!(during["EvictedAssured"], 0, "{during}");
+
+    // The flood ages out on the half-open timeouts; the five flows stay,
+    // assured, and a new connection is served.
     let mut left = Vec::new();
     assert!(
         wait_until(Duration::from_secs(15), || {
-            left = states(&world);
-            left == ["established"]
+            left = flows(&world);
+            left.len() == 5
         }),
         "left after the flood: {} flows, {:?}",
         left.len(),
-        left.iter().take(5).collect::<Vec<_>>()
+        left.iter().take(6).collect::<Vec<_>>()
     );
-    assert!(idle.echoes("after"), "the held connection broke");
-    assert_eq!(
-        tcp_exchange(&world.client_ns_path(), HOST_UPLINK_IP, 8090, "new\n"),
-        "new\n"
-    );
+    assert!(left.iter().all(|f| f["Assured"] == true), "{left:#?}");
+    for (name, h) in held.iter_mut().chain(busy.iter_mut()) {
+        assert!(h.echoes("later"), "{name} broke after the flood");
+    }
+    assert!(exchange_once(&client_ns, HOST_UPLINK_IP, 8090, "new\n"));
 }

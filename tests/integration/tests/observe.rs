@@ -62,9 +62,10 @@ fn datapath_shows_attachments_by_interface_map_fill_and_xdp_mode() {
     let endpoints = map(&d, "endpoints");
     assert_eq!(endpoints["Entries"], 1, "{endpoints}");
     assert!(endpoints["Capacity"].as_u64().is_some_and(|c| c >= 1));
-    let ct_before = map(&d, "ct")["Entries"].as_u64().expect("ct entries");
+    // A single ping is a flow not yet assured: in ct_new.
+    let ct_before = map(&d, "ct_new")["Entries"].as_u64().expect("ct entries");
     assert!(ping(&c.netns, CLIENT_IP, 1, &[]));
-    let ct_after = map(&datapath(&world), "ct")["Entries"]
+    let ct_after = map(&datapath(&world), "ct_new")["Entries"]
         .as_u64()
         .expect("ct entries");
     assert_eq!(
@@ -275,6 +276,26 @@ fn metrics_parse_as_prometheus_text_and_match_the_counters() {
         );
     }
     assert!(value_of(&samples, "ferry_map_capacity", ("map", "ct")) > 0.0);
+    assert!(value_of(&samples, "ferry_map_capacity", ("map", "ct_new")) > 0.0);
+    let ct = &d["Conntrack"];
+    for (class, key) in [
+        ("unassured", "EvictedUnassured"),
+        ("assured", "EvictedAssured"),
+    ] {
+        assert_eq!(
+            value_of(
+                &samples,
+                "ferry_conntrack_evictions_total",
+                ("class", class)
+            ),
+            ct[key].as_f64().expect("evictions"),
+            "{class}"
+        );
+    }
+    assert_eq!(
+        value_of(&samples, "ferry_conntrack_entries", ("table", "ct")),
+        ct["Assured"].as_f64().expect("assured entries")
+    );
     assert_eq!(
         value_of(&samples, "ferry_map_entries", ("map", "endpoints")),
         1.0
@@ -324,7 +345,7 @@ fn datapath_debug_logging_switches_on_and_off_at_run_time() {
     assert!(
         wait_until(Duration::from_secs(5), || world
             .ferryd_log()
-            .contains(&format!("new snat flow {}:", c.ip))),
+            .contains(&format!("new snat flow from {}:", c.ip))),
         "{}",
         world.ferryd_log()
     );
@@ -355,16 +376,20 @@ for i in range(int(sys.argv[1])):
 
 #[test]
 fn a_full_conntrack_map_evicts_and_counts_it() {
-    let world = World::with_ferryd_args(&["--ct-max", "64"]);
+    // Unanswered flows stay in ct_new, the table that evicts.
+    let world = World::with_ferryd_args(&["--ct-new-max", "64"]);
     let c = world.run("busy", &["sleep", "infinity"]);
     check(&mut world.exec(&c, "python3", &["-c", UDP_FLOWS, "150", CLIENT_IP]));
     let d = datapath(&world);
     let ct = &d["Conntrack"];
     let n = |k: &str| ct[k].as_u64().unwrap_or_else(|| panic!("{k}: {d}"));
-    assert_eq!(map(&d, "ct")["Capacity"], 64);
+    assert_eq!(map(&d, "ct_new")["Capacity"], 64);
     assert!(n("Entries") <= 64, "{ct}");
+    assert_eq!(n("Assured"), 0, "{ct}");
     assert_eq!(n("Created"), 300, "two entries per flow: {ct}");
-    assert!(n("Evicted") >= n("Created") - 64, "{ct}");
+    assert!(n("EvictedUnassured") >= n("Created") - 64, "{ct}");
+    assert_eq!(n("Evicted"), n("EvictedUnassured"), "{ct}");
+    assert_eq!(n("EvictedAssured"), 0, "{ct}");
     // A flush removes the rest; it is not an eviction.
     let evicted = n("Evicted");
     let live = n("Entries");
@@ -376,7 +401,7 @@ fn a_full_conntrack_map_evicts_and_counts_it() {
     assert!(
         world
             .ferry_ok(&["datapath"])
-            .contains(&format!("{evicted} evicted"))
+            .contains(&format!("evicted:    {evicted} unassured, 0 assured"))
     );
 }
 

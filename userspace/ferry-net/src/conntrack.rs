@@ -44,6 +44,9 @@ pub struct Timeouts {
     pub tcp_closing: Duration,
     /// UDP answered by the responder.
     pub udp: Duration,
+    /// UDP assured: the originator spoke again after an answer (a stream,
+    /// not a lone query and its answer).
+    pub udp_stream: Duration,
     /// UDP the responder never answered.
     pub udp_unreplied: Duration,
     pub icmp: Duration,
@@ -56,23 +59,13 @@ impl Default for Timeouts {
             tcp_syn: Duration::from_secs(60),
             tcp_syn_recv: Duration::from_secs(60),
             tcp_closing: Duration::from_secs(10),
-            udp: Duration::from_secs(120),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(120),
             udp_unreplied: Duration::from_secs(30),
             icmp: Duration::from_secs(30),
         }
     }
 }
-
-/// The state names `ferry conntrack list` shows for `Timeouts`' classes.
-pub const STATES: [&str; 7] = [
-    "established",
-    "syn_sent",
-    "syn_recv",
-    "closing",
-    "udp",
-    "udp_unreplied",
-    "icmp",
-];
 
 /// A direction whose other one is gone (evicted by the LRU): it can
 /// translate nothing back, so the GC removes it once it has been idle this
@@ -81,7 +74,8 @@ pub const LONE_GRACE: Duration = Duration::from_secs(2);
 
 impl Timeouts {
     /// Applies `name=seconds` (`tcp_established`, `tcp_syn`,
-    /// `tcp_syn_recv`, `tcp_closing`, `udp`, `udp_unreplied`, `icmp`).
+    /// `tcp_syn_recv`, `tcp_closing`, `udp`, `udp_stream`, `udp_unreplied`,
+    /// `icmp`).
     pub fn set(&mut self, spec: &str) -> Result<(), String> {
         let (name, secs) = spec
             .split_once('=')
@@ -95,12 +89,13 @@ impl Timeouts {
             "tcp_syn_recv" => &mut self.tcp_syn_recv,
             "tcp_closing" => &mut self.tcp_closing,
             "udp" => &mut self.udp,
+            "udp_stream" => &mut self.udp_stream,
             "udp_unreplied" => &mut self.udp_unreplied,
             "icmp" => &mut self.icmp,
             _ => {
                 return Err(format!(
                     "conntrack timeout {spec:?}: unknown {name:?} (tcp_established, tcp_syn, \
-                     tcp_syn_recv, tcp_closing, udp, udp_unreplied, icmp)"
+                     tcp_syn_recv, tcp_closing, udp, udp_stream, udp_unreplied, icmp)"
                 ));
             }
         };
@@ -115,11 +110,13 @@ pub fn pair_key(key: &CtKey, entry: &CtEntry) -> CtKey {
 }
 
 /// The state name and idle timeout of a flow, from what each direction
-/// saw (TCP flags ORed; `CT_SEEN` for UDP and ICMP).
+/// saw (TCP flags ORed; `CT_SEEN` for UDP and ICMP) and whether it is in
+/// the assured table.
 pub fn state(
     proto: u8,
     originator: Option<&CtEntry>,
     responder: Option<&CtEntry>,
+    assured: bool,
     t: &Timeouts,
 ) -> (&'static str, Duration) {
     let sent = originator.map_or(0, |e| e.tcp_flags);
@@ -137,6 +134,7 @@ pub fn state(
             }
         }
         IPPROTO_ICMP => ("icmp", t.icmp),
+        _ if assured => ("udp_stream", t.udp_stream),
         _ if answered & CT_SEEN != 0 => ("udp", t.udp),
         _ => ("udp_unreplied", t.udp_unreplied),
     }
@@ -348,7 +346,13 @@ impl Conntrack {
                 }
                 let (state, timeout) = match other {
                     None => ("lone", LONE_GRACE),
-                    Some(responder) => state(k.proto, Some(e), Some(responder), timeouts),
+                    Some(responder) => state(
+                        k.proto,
+                        Some(e),
+                        Some(responder),
+                        *table == Table::Assured,
+                        timeouts,
+                    ),
                 };
                 let last = other.map_or(e.last_seen_ns, |r| r.last_seen_ns.max(e.last_seen_ns));
                 let nat = match e.kind {
@@ -413,7 +417,10 @@ impl Conntrack {
             };
             let timeout = match other {
                 None => LONE_GRACE,
-                Some(_) => state(key.proto, originator, responder, timeouts).1,
+                Some(_) => {
+                    let assured = *table == Table::Assured;
+                    state(key.proto, originator, responder, assured, timeouts).1
+                }
             };
             let last = other_entry.map_or(entry.last_seen_ns, |o| {
                 o.last_seen_ns.max(entry.last_seen_ns)
@@ -543,10 +550,13 @@ mod tests {
             (&syn_ack_sent, &fin, ("closing", t.tcp_closing)),
             (&rst, &synack, ("closing", t.tcp_closing)),
         ] {
-            assert_eq!(state(IPPROTO_TCP, Some(sent), Some(answered), &t), want);
+            assert_eq!(
+                state(IPPROTO_TCP, Some(sent), Some(answered), false, &t),
+                want
+            );
         }
         assert_eq!(
-            state(IPPROTO_TCP, Some(&syn), None, &t),
+            state(IPPROTO_TCP, Some(&syn), None, false, &t),
             ("syn_sent", t.tcp_syn)
         );
     }
@@ -558,14 +568,19 @@ mod tests {
         let quiet = entry(CT_SNAT_REPLY, CONT, 1, 0);
         let answered = entry(CT_SNAT_REPLY, CONT, 1, CT_SEEN);
         assert_eq!(
-            state(IPPROTO_UDP, Some(&sent), Some(&quiet), &t),
+            state(IPPROTO_UDP, Some(&sent), Some(&quiet), false, &t),
             ("udp_unreplied", t.udp_unreplied)
         );
         assert_eq!(
-            state(IPPROTO_UDP, Some(&sent), Some(&answered), &t),
+            state(IPPROTO_UDP, Some(&sent), Some(&answered), false, &t),
             ("udp", t.udp)
         );
-        assert!(t.udp_unreplied < t.udp);
-        assert_eq!(state(IPPROTO_ICMP, None, None, &t), ("icmp", t.icmp));
+        // Assured (promoted by the originator's next datagram): a stream.
+        assert_eq!(
+            state(IPPROTO_UDP, Some(&sent), Some(&answered), true, &t),
+            ("udp_stream", t.udp_stream)
+        );
+        assert!(t.udp_unreplied <= t.udp && t.udp < t.udp_stream);
+        assert_eq!(state(IPPROTO_ICMP, None, None, false, &t), ("icmp", t.icmp));
     }
 }

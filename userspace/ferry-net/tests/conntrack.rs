@@ -289,3 +289,58 @@ fn ct_masquerade_ports_never_collide_and_exhaustion_is_counted() {
         ports.len()
     );
 }
+
+/// The CPUs the kernel can ever bring up (`/sys/devices/system/cpu/possible`,
+/// e.g. `0-1`): a per-CPU LRU map splits its capacity among them.
+fn possible_cpus() -> usize {
+    let list = std::fs::read_to_string("/sys/devices/system/cpu/possible").expect("possible CPUs");
+    list.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<usize>().expect("cpu") - a.parse::<usize>().expect("cpu") + 1,
+            None => 1,
+        })
+        .sum()
+}
+
+/// Expects (what docs/datapath.md says of `ct_new`, a per-CPU LRU map):
+/// new flows on one CPU start evicting when that CPU's share of the
+/// capacity (capacity / possible CPUs) is full, not when the map is.
+#[test]
+fn ct_new_evicts_once_one_cpus_share_is_full() {
+    const CAPACITY: u32 = 4096;
+    let mut dp = Loaded::sized(MapSizes {
+        ct_new: CAPACITY,
+        ..MapSizes::default()
+    });
+    publish(&mut dp, 6, 8080, 80);
+    let mut cpu0 = nix::sched::CpuSet::new();
+    cpu0.set(0).expect("cpu 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0).expect("pin to cpu 0");
+    let share = CAPACITY as usize / possible_cpus();
+    let mut live_at_first_eviction = None;
+    for batch in 0..(CAPACITY / 2 / 32 + 8) as u16 {
+        for i in 0..32u16 {
+            let n = batch * 32 + i;
+            let source = Ipv4Addr::new(198, 18, (n / 250) as u8, (n % 250) as u8 + 1);
+            let syn = tcp_frame(
+                TCP_SYN,
+                (source, 30000),
+                (HOST_IP, 8080),
+                (CLIENT_MAC, UPLINK_MAC),
+            );
+            dp.run(PROG_UPLINK_INGRESS, &syn);
+        }
+        let live = tables(&dp).1;
+        let c = dp.datapath.ct_counts().expect("counts");
+        if c.new.evicted(live as u64) > 0 {
+            live_at_first_eviction = Some(live);
+            break;
+        }
+    }
+    let live = live_at_first_eviction.expect("no eviction though more flows than the capacity");
+    assert!(
+        live <= share && live + 64 >= share,
+        "first eviction with {live} entries; one CPU's share is {share} of {CAPACITY}"
+    );
+}
