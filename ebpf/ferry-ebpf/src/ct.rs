@@ -6,8 +6,8 @@
 //!   evicts only its own kind;
 //! - `ct` (hash, never evicts) holds assured flows: a flow moves there when
 //!   its originator sends again after `ct_assured` holds (handshake done,
-//!   or UDP answered), and back to `ct_new` when it begins to close (FIN or
-//!   RST), where its short closing timeout runs.
+//!   or UDP answered), and back to `ct_new` when it closes (RST, or FIN
+//!   both ways), where its short closing timeout runs.
 //!
 //! Lookups try `ct` first: an established flow costs one lookup, as with a
 //! single table; only flows in `ct_new` pay a second. Entries are copied
@@ -105,8 +105,8 @@ pub fn lookup(key: &CtKey) -> Option<CtEntry> {
 }
 
 /// The entry for a packet of the flow `key` with `tcp_flags`, recorded in
-/// it. The packet that assures its flow promotes it to `ct`; a FIN or RST
-/// of an assured flow demotes it to `ct_new`. The moves are functions of
+/// it. The packet that assures its flow promotes it to `ct`; the FIN or
+/// RST that closes an assured flow demotes it to `ct_new`. The moves are functions of
 /// their own (BPF-to-BPF calls) given the map value, not a copy: inlined,
 /// or with a copy's address taken, they add to the stack of every
 /// program's main frame, which must stay within 512 bytes with its
@@ -182,15 +182,23 @@ fn enter_assured(key: &CtKey, entry: &CtEntry) -> bool {
 }
 
 /// Moves the assured flow of direction `key` (`entry`, in `ct`) back to
-/// `ct_new`: it began to close, and closing flows have the short timeouts
-/// of the unassured.
+/// `ct_new` once it is closing: reset, or a FIN both ways. Closing flows
+/// have the short timeouts of the unassured. A half-close (a FIN one way)
+/// stays assured: the other side may go on sending for as long as it
+/// likes.
 #[inline(never)]
 fn demote(key: &CtKey, entry: *const CtEntry) {
     // SAFETY: as in `promote_if_assured`.
     let entry = unsafe { &*entry };
     let pair = key.pair(entry);
+    let reply = ct.get_ptr(&pair);
+    // SAFETY: as `entry`.
+    let answered = reply.map_or(0, |r| unsafe { (*r).tcp_flags });
+    if (entry.tcp_flags | answered) & TCP_RST == 0 && entry.tcp_flags & answered & TCP_FIN == 0 {
+        return;
+    }
     insert(key, entry);
-    if let Some(reply) = ct.get_ptr(&pair) {
+    if let Some(reply) = reply {
         // SAFETY: as `entry`.
         insert(&pair, unsafe { &*reply });
     }

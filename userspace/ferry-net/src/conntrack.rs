@@ -40,7 +40,10 @@ pub struct Timeouts {
     pub tcp_syn: Duration,
     /// SYN answered with SYN-ACK, the originator's ACK not seen yet.
     pub tcp_syn_recv: Duration,
-    /// FIN or RST seen.
+    /// A FIN one way: the other side may still send (a half-close), as
+    /// netfilter's FIN_WAIT/CLOSE_WAIT.
+    pub tcp_fin_wait: Duration,
+    /// FIN both ways, or RST.
     pub tcp_closing: Duration,
     /// UDP answered by the responder.
     pub udp: Duration,
@@ -58,6 +61,7 @@ impl Default for Timeouts {
             tcp_established: Duration::from_secs(6 * 3600),
             tcp_syn: Duration::from_secs(60),
             tcp_syn_recv: Duration::from_secs(60),
+            tcp_fin_wait: Duration::from_secs(120),
             tcp_closing: Duration::from_secs(10),
             udp: Duration::from_secs(30),
             udp_stream: Duration::from_secs(120),
@@ -74,8 +78,8 @@ pub const LONE_GRACE: Duration = Duration::from_secs(2);
 
 impl Timeouts {
     /// Applies `name=seconds` (`tcp_established`, `tcp_syn`,
-    /// `tcp_syn_recv`, `tcp_closing`, `udp`, `udp_stream`, `udp_unreplied`,
-    /// `icmp`).
+    /// `tcp_syn_recv`, `tcp_fin_wait`, `tcp_closing`, `udp`, `udp_stream`,
+    /// `udp_unreplied`, `icmp`).
     pub fn set(&mut self, spec: &str) -> Result<(), String> {
         let (name, secs) = spec
             .split_once('=')
@@ -87,6 +91,7 @@ impl Timeouts {
             "tcp_established" => &mut self.tcp_established,
             "tcp_syn" => &mut self.tcp_syn,
             "tcp_syn_recv" => &mut self.tcp_syn_recv,
+            "tcp_fin_wait" => &mut self.tcp_fin_wait,
             "tcp_closing" => &mut self.tcp_closing,
             "udp" => &mut self.udp,
             "udp_stream" => &mut self.udp_stream,
@@ -95,7 +100,7 @@ impl Timeouts {
             _ => {
                 return Err(format!(
                     "conntrack timeout {spec:?}: unknown {name:?} (tcp_established, tcp_syn, \
-                     tcp_syn_recv, tcp_closing, udp, udp_stream, udp_unreplied, icmp)"
+                     tcp_syn_recv, tcp_fin_wait, tcp_closing, udp, udp_stream, udp_unreplied, icmp)"
                 ));
             }
         };
@@ -123,8 +128,10 @@ pub fn state(
     let answered = responder.map_or(0, |e| e.tcp_flags);
     match proto {
         IPPROTO_TCP => {
-            if (sent | answered) & (TCP_FIN | TCP_RST) != 0 {
+            if (sent | answered) & TCP_RST != 0 || sent & answered & TCP_FIN != 0 {
                 ("closing", t.tcp_closing)
+            } else if (sent | answered) & TCP_FIN != 0 {
+                ("fin_wait", t.tcp_fin_wait)
             } else if ct_assured(proto, sent, answered) {
                 ("established", t.tcp_established)
             } else if answered != 0 {
@@ -538,6 +545,7 @@ mod tests {
         let synack = entry(CT_SNAT_REPLY, CONT, 1, TCP_SYN | TCP_ACK);
         let fin = entry(CT_SNAT_REPLY, CONT, 1, TCP_FIN | TCP_ACK);
         let rst = entry(CT_SNAT, HOST, 1, TCP_RST);
+        let fin_sent = entry(CT_SNAT, HOST, 1, TCP_SYN | TCP_ACK | TCP_FIN);
         let ack_only = entry(CT_SNAT_REPLY, CONT, 1, TCP_ACK);
         for (sent, answered, want) in [
             (&syn, &quiet, ("syn_sent", t.tcp_syn)),
@@ -547,7 +555,9 @@ mod tests {
             // Both sides acknowledging without a SYN seen: a flow picked up
             // mid-stream (its first entries were evicted or flushed).
             (&syn_ack_sent, &ack_only, ("established", t.tcp_established)),
-            (&syn_ack_sent, &fin, ("closing", t.tcp_closing)),
+            // A half-close: the other side may go on sending.
+            (&syn_ack_sent, &fin, ("fin_wait", t.tcp_fin_wait)),
+            (&fin_sent, &fin, ("closing", t.tcp_closing)),
             (&rst, &synack, ("closing", t.tcp_closing)),
         ] {
             assert_eq!(

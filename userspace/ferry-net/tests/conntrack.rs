@@ -56,8 +56,9 @@ fn handshake(dp: &mut Loaded, port: u16) {
 }
 
 /// Expects: a published-port flow is in `ct_new` through SYN and SYN-ACK,
-/// moves to `ct` (both directions) with the originator's ACK, and back to
-/// `ct_new` with a FIN, translated all along; every move is counted.
+/// moves to `ct` (both directions) with the originator's ACK, stays there
+/// through a half-close, and goes back to `ct_new` with the second FIN,
+/// translated all along; every move is counted.
 #[test]
 fn ct_handshake_promotes_and_close_demotes() {
     let mut dp = Loaded::new();
@@ -107,7 +108,14 @@ fn ct_handshake_promotes_and_close_demotes() {
         "FIN",
     );
     assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
-    assert_eq!(tables(&dp), (0, 2), "closing: unassured again");
+    assert_eq!(tables(&dp), (2, 0), "half-closed: still assured");
+    let out = pass(
+        &mut dp,
+        PROG_FROM_CONTAINER,
+        &from_a(TCP_ACK, 40000),
+        "more data",
+    );
+    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
     let out = pass(
         &mut dp,
         PROG_FROM_CONTAINER,
@@ -115,6 +123,7 @@ fn ct_handshake_promotes_and_close_demotes() {
         "FIN back",
     );
     assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
+    assert_eq!(tables(&dp), (0, 2), "closed both ways: unassured again");
     // The last ACK of a closing flow does not promote it again.
     pass(
         &mut dp,

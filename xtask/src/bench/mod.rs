@@ -3,6 +3,7 @@
 //! spread reported, with ratios. Never a pass/fail: numbers only.
 
 mod c2c;
+mod ct_flood;
 mod ct_scale;
 mod docker;
 mod egress;
@@ -28,7 +29,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 #[derive(Args)]
 pub struct BenchArgs {
     /// Scenarios to run (default: all). Known: c2c, publish-http,
-    /// local-http, egress, start, port-scale, conntrack-scale,
+    /// local-http, egress, start, port-scale, conntrack-scale, ct-flood,
     /// publish-profile.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
@@ -50,6 +51,7 @@ const SCENARIOS: &[&str] = &[
     "start",
     "port-scale",
     "conntrack-scale",
+    "ct-flood",
     "publish-profile",
 ];
 
@@ -73,6 +75,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "start" => start::run(args)?,
             "port-scale" => port_scale::run(args, &out_dir)?,
             "conntrack-scale" => ct_scale::run(args, &out_dir)?,
+            "ct-flood" => ct_flood::run(args, &out_dir)?,
             "publish-profile" => profile::run(args, &out_dir)?,
             _ => unreachable!("checked above"),
         };

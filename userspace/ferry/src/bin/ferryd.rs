@@ -40,7 +40,8 @@ struct Args {
     #[arg(long, default_value = config::DEFAULT_CGROUP_PARENT)]
     cgroup_parent: String,
     /// Conntrack idle timeout, NAME=SECONDS (repeatable): tcp_established
-    /// (21600), tcp_syn (60), tcp_syn_recv (60), tcp_closing (10),
+    /// (21600), tcp_syn (60), tcp_syn_recv (60), tcp_fin_wait (a FIN one
+    /// way, 120), tcp_closing (FIN both ways or RST, 10),
     /// udp_unreplied (30), udp (answered, 30), udp_stream (assured, 120),
     /// icmp (30).
     #[arg(long = "ct-timeout")]
