@@ -353,3 +353,78 @@ fn ct_new_evicts_once_one_cpus_share_is_full() {
         "first eviction with {live} entries; one CPU's share is {share} of {CAPACITY}"
     );
 }
+
+/// The state `ferry conntrack list` shows for the only flow, read from
+/// the pinned maps as ferryd reads them.
+fn listed_state(dp: &Loaded) -> (String, bool) {
+    let ct = ferry_net::conntrack::Conntrack::open(&dp.pin_dir).expect("open conntrack");
+    let flows = ct.list(&ferry_net::conntrack::Timeouts::default());
+    assert_eq!(flows.len(), 1, "{flows:#?}");
+    (flows[0].state.clone(), flows[0].assured)
+}
+
+/// Expects: each packet of a published-port TCP flow moves it through the
+/// states the GC times out (syn_sent, syn_recv, established, fin_wait,
+/// closing), and a UDP flow through udp_unreplied, udp and udp_stream, as
+/// the datapath records them; assured exactly where the table says so.
+#[test]
+fn ct_states_follow_the_packets() {
+    let mut dp = Loaded::new();
+    publish(&mut dp, 6, 8080, 80);
+    let state = |dp: &Loaded| listed_state(dp);
+    let steps: [(&'static str, Vec<u8>, (&str, bool)); 6] = [
+        (
+            PROG_UPLINK_INGRESS,
+            from_client(TCP_SYN, 40000),
+            ("syn_sent", false),
+        ),
+        (
+            PROG_FROM_CONTAINER,
+            from_a(TCP_SYN | TCP_ACK, 40000),
+            ("syn_recv", false),
+        ),
+        (
+            PROG_UPLINK_INGRESS,
+            from_client(TCP_ACK, 40000),
+            ("established", true),
+        ),
+        (
+            PROG_UPLINK_INGRESS,
+            from_client(TCP_FIN | TCP_ACK, 40000),
+            ("fin_wait", true),
+        ),
+        (
+            PROG_FROM_CONTAINER,
+            from_a(TCP_FIN | TCP_ACK, 40000),
+            ("closing", false),
+        ),
+        (
+            PROG_UPLINK_INGRESS,
+            from_client(TCP_ACK, 40000),
+            ("closing", false),
+        ),
+    ];
+    for (program, frame, (want, assured)) in steps {
+        pass(&mut dp, program, &frame, want);
+        assert_eq!(state(&dp), (want.to_owned(), assured));
+    }
+
+    let mut dp = Loaded::new();
+    publish(&mut dp, 17, 5353, 53);
+    let query = l4_frame(
+        17,
+        (CLIENT, 40000),
+        (HOST_IP, 5353),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    );
+    let answer = l4_frame(17, (A_IP, 53), (CLIENT, 40000), (A.mac, A.host_mac), false);
+    for (program, frame, (want, assured)) in [
+        (PROG_UPLINK_INGRESS, &query, ("udp_unreplied", false)),
+        (PROG_FROM_CONTAINER, &answer, ("udp", false)),
+        (PROG_UPLINK_INGRESS, &query, ("udp_stream", true)),
+    ] {
+        pass(&mut dp, program, frame, want);
+        assert_eq!(state(&dp), (want.to_owned(), assured));
+    }
+}
