@@ -9,19 +9,21 @@
 
 use std::{
     fs::File,
-    os::{fd::AsFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::AtomicU32,
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use nix::sched::{CloneFlags, setns};
-
 pub mod cni;
 pub mod docker;
+mod footprint;
 pub mod podman;
+mod process;
+
+pub use footprint::Footprint;
+pub use process::*;
 
 /// Address of the host namespace on the uplink, and of the client.
 pub const HOST_UPLINK_IP: &str = "10.200.0.1";
@@ -53,210 +55,6 @@ pub fn bin_dir() -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps")
         .to_owned()
-}
-
-/// A command that runs inside the network namespace at `ns_path`
-/// (`/run/netns/<name>` or `/proc/<pid>/ns/net`). Uses setns rather than
-/// `ip netns exec`, which would remount /sys and hide the bpffs pins.
-pub fn in_netns(ns_path: &Path, program: &str, args: &[&str]) -> Command {
-    let ns = File::open(ns_path).unwrap_or_else(|e| panic!("open {}: {e}", ns_path.display()));
-    let mut cmd = Command::new(program);
-    cmd.args(args);
-    // SAFETY: setns is async-signal-safe; `ns` outlives the spawn because
-    // the closure owns it.
-    unsafe {
-        cmd.pre_exec(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-        });
-    }
-    cmd
-}
-
-/// Adds to `cmd` a step that moves the child into the cgroup2 directory
-/// `cgroup` before exec.
-pub fn join_cgroup(cmd: &mut Command, cgroup: &Path) {
-    let procs = File::options()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .unwrap_or_else(|e| panic!("open {}/cgroup.procs: {e}", cgroup.display()));
-    // SAFETY: write(2) on an fd opened before fork is async-signal-safe;
-    // "0" means the writing process itself.
-    unsafe {
-        cmd.pre_exec(move || {
-            use std::os::fd::AsRawFd as _;
-            if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// The cgroup2 mount (hybrid hosts have it at /sys/fs/cgroup/unified).
-pub fn cgroup2_root() -> PathBuf {
-    let unified = PathBuf::from("/sys/fs/cgroup/unified");
-    if unified.join("cgroup.procs").exists() {
-        unified
-    } else {
-        PathBuf::from("/sys/fs/cgroup")
-    }
-}
-
-/// Runs a command to completion, returning its output.
-pub fn output(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-/// Runs a command that must succeed; returns its stdout.
-pub fn check(cmd: &mut Command) -> String {
-    let out = output(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A tarball of a busybox root for engines to import (no registry):
-/// busybox-static, a page at /www/index.html ("hello from busybox") and a
-/// CGI script at /www/cgi-bin/peer that answers with the caller's address.
-/// Written below `dir`; its path.
-pub fn busybox_tar(dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
-    let root = dir.join("busybox-image");
-    for d in ["bin", "www/cgi-bin", "tmp"] {
-        std::fs::create_dir_all(root.join(d)).expect("image dirs");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
-    for applet in [
-        "sh", "httpd", "sleep", "ping", "wget", "cat", "echo", "ip", "nc", "true",
-    ] {
-        let link = root.join("bin").join(applet);
-        if !link.exists() {
-            std::os::unix::fs::symlink("busybox", link).expect("applet link");
-        }
-    }
-    std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("page");
-    let cgi = root.join("www/cgi-bin/peer");
-    std::fs::write(
-        &cgi,
-        "#!/bin/sh\necho Content-Type: text/plain\necho\necho peer $REMOTE_ADDR\n",
-    )
-    .expect("cgi");
-    std::fs::set_permissions(&cgi, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let tar = dir.join("busybox-image.tar");
-    check(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg("."),
-    );
-    tar
-}
-
-/// A named network namespace that is deleted on drop (with whatever
-/// interfaces it still holds).
-pub struct TempNetns {
-    pub name: String,
-}
-
-impl TempNetns {
-    pub fn new(name: &str) -> Self {
-        check(Command::new("ip").args(["netns", "add", name]));
-        check(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
-        Self {
-            name: name.to_owned(),
-        }
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    /// `ip -n <name> <args>`, which must succeed.
-    pub fn ip(&self, args: &[&str]) -> String {
-        check(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-
-    /// A command inside this namespace.
-    pub fn cmd(&self, program: &str, args: &[&str]) -> Command {
-        in_netns(&self.path(), program, args)
-    }
-}
-
-impl Drop for TempNetns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A unique name prefix for this process: `<tag><pid>x<n>`.
-pub fn unique_name(tag: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("{tag}{}x{n}", std::process::id())
-}
-
-/// A background process a test or benchmark started, leader of a process
-/// group of its own. Dropping it ends the whole group (a forking server's
-/// per-connection children, nginx's workers): SIGTERM, then SIGKILL after a
-/// grace period. Only the group this handle created is signalled.
-pub struct Background {
-    child: Child,
-    grace: Duration,
-}
-
-impl Background {
-    /// Spawns `cmd` in a new process group.
-    pub fn spawn(mut cmd: Command) -> Self {
-        cmd.process_group(0);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Self {
-            child,
-            grace: Duration::from_millis(500),
-        }
-    }
-
-    /// Gives the group this long to exit on SIGTERM (default 0.5 s).
-    pub fn with_grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
-        self
-    }
-
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The child's handle (e.g. its stdin).
-    pub fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + self.grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            sleep(Duration::from_millis(10));
-        }
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
 }
 
 /// A container as the tests see it.
@@ -749,88 +547,6 @@ fn unmount_below(dir: &Path) {
         };
         // SAFETY: a valid NUL-terminated path; umount2 only reads it.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-    }
-}
-
-/// Every kernel object and file a world's containers can leave behind,
-/// to compare before and after: equal footprints mean nothing leaked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Footprint {
-    /// Interfaces in the host namespace.
-    pub links: Vec<String>,
-    /// Routes in the host namespace.
-    pub routes: Vec<String>,
-    /// Entries of the maps that hold per-container or per-port state.
-    pub map_entries: Vec<(String, u64)>,
-    /// Container cgroup directories (below the per-hierarchy parents).
-    pub cgroups: Vec<PathBuf>,
-    /// Container state directories.
-    pub state: Vec<String>,
-    /// Stored endpoints of other engines.
-    pub endpoints: Vec<String>,
-    /// Mounts (seen from the host mount namespace) below the world's dir.
-    pub mounts: Vec<String>,
-    /// Files below the pin directory.
-    pub pins: Vec<String>,
-}
-
-impl World {
-    /// What exists now; see [`Footprint`].
-    pub fn footprint(&self) -> Footprint {
-        let names = |text: String| -> Vec<String> {
-            let mut v: Vec<String> = text.lines().map(str::to_owned).collect();
-            v.sort();
-            v
-        };
-        let links = check(&mut self.in_host("ip", &["-o", "link", "show"]))
-            .lines()
-            .filter_map(|l| l.split(':').nth(1))
-            .map(|n| n.trim().split('@').next().unwrap_or_default().to_owned())
-            .collect();
-        let datapath = self.datapath();
-        let map_entries = [
-            "endpoints",
-            "portmap",
-            "port_stats",
-            "sock_netns",
-            "networks",
-        ]
-        .iter()
-        .map(|m| {
-            let n = map_of(&datapath, m)["Entries"].as_u64().unwrap_or(u64::MAX);
-            ((*m).to_owned(), n)
-        })
-        .collect();
-        let mut cgroups = self.container_cgroups();
-        cgroups.sort();
-        let files = |dir: &str| {
-            std::fs::read_dir(self.dir.join(dir))
-                .map(|d| {
-                    d.filter_map(Result::ok)
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        };
-        let state = files("state/containers");
-        let dir = self.dir.display().to_string();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(&dir))
-            .map(str::to_owned)
-            .collect();
-        let pins = check(Command::new("find").arg(&self.pin_dir));
-        Footprint {
-            links,
-            routes: names(check(&mut self.in_host("ip", &["route", "show"]))),
-            map_entries,
-            cgroups,
-            state: names(state.join("\n")),
-            endpoints: names(files("state/endpoints").join("\n")),
-            mounts,
-            pins: names(pins),
-        }
     }
 }
 

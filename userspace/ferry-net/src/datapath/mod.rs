@@ -5,43 +5,53 @@
 //! Pins (one line each in docs/datapath.md):
 //! - `<pin>/endpoints`, `<pin>/ep_stats`, `<pin>/drops`: the maps, reused by
 //!   a restarted ferryd so counters and entries survive it;
-//! - `<pin>/portmap`, `<pin>/host_addrs`, `<pin>/ct`: published ports, the
-//!   host's addresses, connection tracking;
+//! - `<pin>/portmap`, `<pin>/host_addrs`: published ports, the host's
+//!   addresses;
+//! - `<pin>/ct`, `<pin>/ct_new`, `<pin>/ct_stats`: connection tracking
+//!   (assured flows, flows not yet assured, their counters);
 //! - `<pin>/sock_netns`, `<pin>/sock_peer`, `<pin>/sock_revnat`: namespaces
 //!   the socket hooks serve, and what translated sockets asked for
 //!   (connected ones on the socket itself, unconnected UDP by destination);
 //! - `<pin>/progs/<program>`: the programs;
 //! - `<pin>/links/sock_*`: the cgroup links of the socket hooks.
 //!
-//! Attachments (container veths and uplinks) are netlink cls_bpf filters (`tc filter show`, `bpftool net
-//! show` list them by program name). They belong to the interface, not to
-//! ferryd: they stay when ferryd exits and go when the veth is deleted.
+//! Attachments (container veths and uplinks) are netlink cls_bpf filters
+//! (`tc filter show`, `bpftool net show` list them by program name). They
+//! belong to the interface, not to ferryd: they stay when ferryd exits and
+//! go when the veth is deleted.
+//!
+//! `entries` writes and reads what the maps hold for ferryd's objects,
+//! `pins` keeps the pin directory and wraps the bpf(2) commands aya does
+//! not.
 
 use std::{
     collections::HashMap,
     io,
     mem::ManuallyDrop,
     net::Ipv4Addr,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, Map, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Map, PerCpuArray},
     programs::{
         CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType,
-        TestRun as _, TestRunOptions, Xdp, XdpMode,
+        Xdp, XdpMode,
         links::FdLink,
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
-    util::nr_cpus,
 };
 use ferry_common::{
-    CONFIG_DEBUG_LOG, CONFIG_FLAGS, DropReason, Endpoint, EndpointStats, Ipv4Key, MAX_CT,
-    MAX_CT_NEW, MAX_ENDPOINTS, MAX_PORTMAPS, NetPolicy, PortKey, PortTarget,
+    CONFIG_DEBUG_LOG, CONFIG_FLAGS, MAX_CT, MAX_CT_NEW, MAX_ENDPOINTS, MAX_PORTMAPS, PortKey,
 };
 use tracing::{debug, info};
+
+mod entries;
+mod pins;
+
+use pins::{count_keys, remove_changed_maps, remove_stale_pins, update_pinned_link};
 
 /// The kernel object built by build.rs from `ebpf/ferry-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-datapath"));
@@ -586,35 +596,6 @@ impl Datapath {
         Ok(flags & CONFIG_DEBUG_LOG != 0)
     }
 
-    /// Lets the socket hooks act in the namespace with this cookie.
-    pub fn add_netns(&mut self, cookie: u64, kind: u32) -> Result<(), DatapathError> {
-        let mut map: BpfHashMap<_, u64, u32> =
-            BpfHashMap::try_from(self.map(MAP_SOCK_NETNS)?).map_err(map_err(MAP_SOCK_NETNS))?;
-        map.insert(cookie, kind, 0).map_err(map_err(MAP_SOCK_NETNS))
-    }
-
-    /// Sets a user-defined network's policy (`NET_*` bits).
-    pub fn set_network(&mut self, net_id: u32, flags: u32) -> Result<(), DatapathError> {
-        let mut map: BpfHashMap<_, u32, NetPolicy> =
-            BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
-        let inserted = map.insert(net_id, NetPolicy { flags }, 0);
-        inserted.map_err(|e| self.insert_error(MAP_NETWORKS, e))
-    }
-
-    /// Forgets a network's policy. Missing is fine.
-    pub fn remove_network(&mut self, net_id: u32) -> Result<(), DatapathError> {
-        let mut map: BpfHashMap<_, u32, NetPolicy> =
-            BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
-        ignore_missing(map.remove(&net_id)).map_err(map_err(MAP_NETWORKS))
-    }
-
-    /// Stops the socket hooks acting in that namespace. Missing is fine.
-    pub fn remove_netns(&mut self, cookie: u64) -> Result<(), DatapathError> {
-        let mut map: BpfHashMap<_, u64, u32> =
-            BpfHashMap::try_from(self.map(MAP_SOCK_NETNS)?).map_err(map_err(MAP_SOCK_NETNS))?;
-        ignore_missing(map.remove(&cookie)).map_err(map_err(MAP_SOCK_NETNS))
-    }
-
     /// Forgets the attachments of an interface that is being deleted (the
     /// kernel removes the filters with the interface).
     pub fn forget(&mut self, ifname: &str) {
@@ -625,310 +606,6 @@ impl Datapath {
         self.ebpf
             .map_mut(name)
             .ok_or(DatapathError::MissingMap(name))
-    }
-
-    /// Publishes a container to the datapath. A new one gets the lowest
-    /// free counter slot (`Endpoint::stats`, whatever the caller set),
-    /// zeroed; one already there (adoption) keeps its slot and counters.
-    /// A full map is [`DatapathError::Full`], with nothing left behind.
-    pub fn add_endpoint(
-        &mut self,
-        ip: Ipv4Addr,
-        mut endpoint: Endpoint,
-    ) -> Result<(), DatapathError> {
-        let key = Ipv4Key { ip: ip.octets() };
-        let capacity = self.ep_stats_len()?;
-        endpoint.stats = match self.endpoint(&key)? {
-            Some(present) => present.stats,
-            None => {
-                let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-                    BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?)
-                        .map_err(map_err(MAP_ENDPOINTS))?;
-                // Slots in use are read off the endpoints themselves, so
-                // there is no second record to drift from the map (a few
-                // hundred lookups at most on a busy host).
-                let used: std::collections::HashSet<u32> = endpoints
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|(_, e)| e.stats)
-                    .collect();
-                let free = (0..capacity).find(|s| !used.contains(s));
-                let Some(free) = free else {
-                    return Err(DatapathError::Full {
-                        map: MAP_ENDPOINTS,
-                        capacity,
-                    });
-                };
-                self.zero_ep_stats(free)?;
-                free
-            }
-        };
-        let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        endpoints
-            .insert(key, endpoint, 0)
-            .map_err(|e| self.insert_error(MAP_ENDPOINTS, e))
-    }
-
-    /// The endpoint at `key`, if any.
-    fn endpoint(&mut self, key: &Ipv4Key) -> Result<Option<Endpoint>, DatapathError> {
-        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        match endpoints.get(key, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                map: MAP_ENDPOINTS,
-                source,
-            }),
-        }
-    }
-
-    /// Slots in `ep_stats` (its capacity, which a pinned map keeps).
-    fn ep_stats_len(&mut self) -> Result<u32, DatapathError> {
-        let stats: PerCpuArray<_, EndpointStats> =
-            PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        Ok(stats.len())
-    }
-
-    fn zero_ep_stats(&mut self, slot: u32) -> Result<(), DatapathError> {
-        let zeros = zeroed_counters()?;
-        let mut stats: PerCpuArray<_, EndpointStats> =
-            PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        stats.set(slot, zeros, 0).map_err(map_err(MAP_EP_STATS))
-    }
-
-    /// What a failed insert into `name` means: the map is full, or the
-    /// kernel's error.
-    fn insert_error(&self, name: &'static str, e: aya::maps::MapError) -> DatapathError {
-        match &e {
-            aya::maps::MapError::SyscallError(s)
-                if s.io_error.raw_os_error() == Some(libc::E2BIG) =>
-            {
-                let capacity = aya::maps::MapInfo::from_pin(self.pin_dir.join(name))
-                    .map_or(0, |info| info.max_entries());
-                DatapathError::Full {
-                    map: name,
-                    capacity,
-                }
-            }
-            _ => DatapathError::Map {
-                map: name,
-                source: e,
-            },
-        }
-    }
-
-    /// Removes a container from the datapath (its counter slot is free
-    /// again, zeroed when next given out). Missing is fine.
-    pub fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), DatapathError> {
-        let key = Ipv4Key { ip: ip.octets() };
-        let mut endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        ignore_missing(endpoints.remove(&key)).map_err(map_err(MAP_ENDPOINTS))
-    }
-
-    /// A container's counters, summed over CPUs (zero for an unknown one).
-    pub fn endpoint_stats(&mut self, ip: Ipv4Addr) -> Result<EndpointStats, DatapathError> {
-        let Some(endpoint) = self.endpoint(&Ipv4Key { ip: ip.octets() })? else {
-            return Ok(EndpointStats::default());
-        };
-        let stats: PerCpuArray<_, EndpointStats> =
-            PerCpuArray::try_from(self.map(MAP_EP_STATS)?).map_err(map_err(MAP_EP_STATS))?;
-        let values = stats
-            .get(&endpoint.stats, 0)
-            .map_err(map_err(MAP_EP_STATS))?;
-        Ok(summed(&values))
-    }
-
-    /// Drop counters by reason, summed over CPUs.
-    pub fn drops(&mut self) -> Result<Vec<(DropReason, u64)>, DatapathError> {
-        let drops: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.map(MAP_DROPS)?).map_err(map_err(MAP_DROPS))?;
-        DropReason::ALL
-            .iter()
-            .map(|reason| {
-                let values = drops
-                    .get(&(*reason as u32), 0)
-                    .map_err(map_err(MAP_DROPS))?;
-                Ok((*reason, values.iter().sum()))
-            })
-            .collect()
-    }
-
-    /// Runs `program` once on `frame` with BPF_PROG_TEST_RUN (no interface
-    /// involved; the skb's ifindex is the loopback's, 1). Returns the verdict
-    /// and the frame as the program left it.
-    pub fn test_run(
-        &mut self,
-        program: &'static str,
-        frame: &[u8],
-    ) -> Result<(u32, Vec<u8>), DatapathError> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ..TestRunOptions::default()
-        };
-        let result = match self.ebpf.program_mut(program) {
-            Some(Program::SchedClassifier(p)) => p.test_run(opts),
-            Some(Program::Xdp(p)) => p.test_run(opts),
-            _ => Err(ProgramError::UnexpectedProgramType),
-        }
-        .map_err(|source| DatapathError::Program {
-            name: program,
-            source,
-        })?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
-    }
-
-    /// Makes a zeroed per-CPU counter entry for `key` in the stats map
-    /// `name`, keeping one that exists (adoption keeps its counters).
-    fn add_stats<K: aya::Pod>(&mut self, name: &'static str, key: K) -> Result<(), DatapathError> {
-        let zeros = zeroed_counters()?;
-        let mut stats: PerCpuHashMap<_, K, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
-        match stats.insert(key, zeros, BPF_NOEXIST) {
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(self.insert_error(name, e)),
-            Ok(()) => Ok(()),
-        }
-    }
-
-    /// Counters of `key` in the stats map `name`, summed over CPUs.
-    fn read_stats<K: aya::Pod>(
-        &mut self,
-        name: &'static str,
-        key: &K,
-    ) -> Result<EndpointStats, DatapathError> {
-        let stats: PerCpuHashMap<_, K, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(name)?).map_err(map_err(name))?;
-        match stats.get(key, 0) {
-            Ok(values) => Ok(summed(&values)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(EndpointStats::default()),
-            Err(source) => Err(DatapathError::Map { map: name, source }),
-        }
-    }
-
-    /// Traffic of a published port through the uplink (rx: to the
-    /// container, tx: its replies).
-    pub fn port_stats(&mut self, key: &PortKey) -> Result<EndpointStats, DatapathError> {
-        self.read_stats(MAP_PORT_STATS, key)
-    }
-
-    /// Publishes a host port: packets for it are DNAT'ed to `target`. A
-    /// full map is [`DatapathError::Full`], with nothing left behind.
-    pub fn add_port(&mut self, key: PortKey, target: PortTarget) -> Result<(), DatapathError> {
-        let mut ports: BpfHashMap<_, PortKey, PortTarget> =
-            BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
-        let inserted = ports.insert(key, target, 0);
-        // Counters second, as in `add_endpoint`.
-        let added = match inserted {
-            Ok(()) => self.add_stats(MAP_PORT_STATS, key),
-            Err(e) => Err(self.insert_error(MAP_PORTMAP, e)),
-        };
-        if added.is_err() {
-            let _ = self.remove_port(&key);
-        }
-        added
-    }
-
-    /// Unpublishes a host port. Missing is fine.
-    pub fn remove_port(&mut self, key: &PortKey) -> Result<(), DatapathError> {
-        let mut ports: BpfHashMap<_, PortKey, PortTarget> =
-            BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
-        ignore_missing(ports.remove(key)).map_err(map_err(MAP_PORTMAP))?;
-        let mut stats: PerCpuHashMap<_, PortKey, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(MAP_PORT_STATS)?).map_err(map_err(MAP_PORT_STATS))?;
-        ignore_missing(stats.remove(key)).map_err(map_err(MAP_PORT_STATS))
-    }
-
-    /// Makes `host_addrs` hold exactly `addrs`.
-    pub fn set_host_addrs(&mut self, addrs: &[Ipv4Addr]) -> Result<(), DatapathError> {
-        let mut map: BpfHashMap<_, Ipv4Key, u32> =
-            BpfHashMap::try_from(self.map(MAP_HOST_ADDRS)?).map_err(map_err(MAP_HOST_ADDRS))?;
-        let wanted: Vec<Ipv4Key> = addrs.iter().map(|a| Ipv4Key { ip: a.octets() }).collect();
-        let stale: Vec<Ipv4Key> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(k))
-            .collect();
-        for key in stale {
-            ignore_missing(map.remove(&key)).map_err(map_err(MAP_HOST_ADDRS))?;
-        }
-        for key in wanted {
-            map.insert(key, 1, 0).map_err(map_err(MAP_HOST_ADDRS))?;
-        }
-        Ok(())
-    }
-
-    /// Removes the entries that belong to nothing alive: endpoints for
-    /// addresses not in `live.ips`, published ports and
-    /// their counters not in `live.ports`, socket-hook namespaces not in
-    /// `live.netns`. What a crash between two steps of a run or a removal
-    /// leaves; returns a line for each entry removed.
-    pub fn prune(&mut self, live: &Live) -> Result<Vec<String>, DatapathError> {
-        let mut removed = Vec::new();
-        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        let ips: Vec<Ipv4Key> = endpoints.keys().filter_map(Result::ok).collect();
-        for key in ips {
-            let ip = Ipv4Addr::from(key.ip);
-            if !live.ips.contains(&ip) {
-                self.remove_endpoint(ip)?;
-                removed.push(format!("endpoint {ip}"));
-            }
-        }
-        let ports: BpfHashMap<_, PortKey, PortTarget> =
-            BpfHashMap::try_from(self.map(MAP_PORTMAP)?).map_err(map_err(MAP_PORTMAP))?;
-        let mut keys: Vec<PortKey> = ports.keys().filter_map(Result::ok).collect();
-        let port_stats: PerCpuHashMap<_, PortKey, EndpointStats> =
-            PerCpuHashMap::try_from(self.map(MAP_PORT_STATS)?).map_err(map_err(MAP_PORT_STATS))?;
-        keys.extend(port_stats.keys().filter_map(Result::ok));
-        keys.sort_by_key(|k| (k.ip, k.port, k.proto));
-        keys.dedup();
-        for key in keys {
-            if !live.ports.contains(&key) {
-                self.remove_port(&key)?;
-                removed.push(format!(
-                    "published port {}:{}/{}",
-                    Ipv4Addr::from(key.ip),
-                    u16::from_be_bytes(key.port),
-                    key.proto
-                ));
-            }
-        }
-        let policies: BpfHashMap<_, u32, NetPolicy> =
-            BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
-        let net_ids: Vec<u32> = policies.keys().filter_map(Result::ok).collect();
-        for net_id in net_ids {
-            if !live.networks.contains(&net_id) {
-                self.remove_network(net_id)?;
-                removed.push(format!("network policy {net_id}"));
-            }
-        }
-        let netns: BpfHashMap<_, u64, u32> =
-            BpfHashMap::try_from(self.map(MAP_SOCK_NETNS)?).map_err(map_err(MAP_SOCK_NETNS))?;
-        let cookies: Vec<u64> = netns.keys().filter_map(Result::ok).collect();
-        for cookie in cookies {
-            if !live.netns.contains(&cookie) {
-                self.remove_netns(cookie)?;
-                removed.push(format!("socket-hook namespace {cookie}"));
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Number of endpoints in the map.
-    pub fn endpoint_count(&mut self) -> Result<usize, DatapathError> {
-        let endpoints: BpfHashMap<_, Ipv4Key, Endpoint> =
-            BpfHashMap::try_from(self.map(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS))?;
-        Ok(endpoints.keys().filter(Result::is_ok).count())
     }
 }
 
@@ -944,205 +621,6 @@ fn classifier<'a>(
         .ok_or_else(missing)?
         .try_into()
         .map_err(|source| DatapathError::Program { name, source })
-}
-
-/// `bpf(2)` with a command and its attribute struct.
-fn bpf_cmd<T>(cmd: libc::c_long, attr: &T) -> io::Result<libc::c_long> {
-    // SAFETY: `attr` is a valid, initialised struct of the size passed, laid
-    // out as the kernel's `union bpf_attr` member for `cmd`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *const T,
-            size_of::<T>() as libc::c_uint,
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// Removes pins an earlier ferry left under names this one no longer uses:
-/// maps, programs and socket-hook links (a stale link pin would keep its
-/// old program attached next to the new one).
-fn remove_stale_pins(pin_dir: &Path) {
-    let stale = |dir: &str, keep: &dyn Fn(&str) -> bool| {
-        let Ok(entries) = std::fs::read_dir(pin_dir.join(dir)) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if keep(&name) {
-                continue;
-            }
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => info!(pin = %entry.path().display(), "removed a stale pin"),
-                Err(e) => {
-                    tracing::warn!(pin = %entry.path().display(), %e, "cannot remove a stale pin")
-                }
-            }
-        }
-    };
-    stale("", &|name| {
-        MAPS.contains(&name) || name == "progs" || name == "links"
-    });
-    stale("progs", &|name| PROGRAMS.contains(&name));
-    stale("links", &|name| {
-        !name.starts_with("sock_") || SOCK_PROGRAMS.contains(&name)
-    });
-}
-
-/// Zeroed counters, one per possible CPU (as per-CPU map writes take).
-fn zeroed_counters() -> Result<PerCpuValues<EndpointStats>, DatapathError> {
-    let cpus = nr_cpus().map_err(|(what, e)| DatapathError::Cpus(format!("{what}: {e}")))?;
-    PerCpuValues::try_from(vec![EndpointStats::default(); cpus])
-        .map_err(|e| DatapathError::Cpus(e.to_string()))
-}
-
-/// Per-CPU counters summed.
-fn summed(values: &PerCpuValues<EndpointStats>) -> EndpointStats {
-    values
-        .iter()
-        .fold(EndpointStats::default(), |acc, v| acc.merged(*v))
-}
-
-/// Removes the pins of maps whose layout (type, key or value size, flags,
-/// an array's length) differs from this build's definition, so that they
-/// are made anew: the loader would otherwise reuse an old map as it is,
-/// and the programs would read its values with the new layout. What such a map held is
-/// lost (ferryd puts its endpoints and ports back as it adopts the
-/// containers; counters restart, tracked flows are forgotten); each one is
-/// logged. A hash map's capacity is not layout: a pinned one keeps its own.
-fn remove_changed_maps(pin_dir: &Path) -> Result<(), DatapathError> {
-    let object = aya_obj::Object::parse(OBJECT)
-        .map_err(|e| DatapathError::Load(Box::new(aya::EbpfError::ParseError(e))))?;
-    for name in MAPS {
-        let path = pin_dir.join(name);
-        let Ok(pinned) = aya::maps::MapInfo::from_pin(&path) else {
-            continue;
-        };
-        let Some(wanted) = object.maps.get(name) else {
-            continue;
-        };
-        // An array's capacity is its layout: its indexes are fixed slots.
-        let is_array = |t: u32| {
-            t == aya::maps::MapType::Array as u32 || t == aya::maps::MapType::PerCpuArray as u32
-        };
-        let pinned_type = pinned.map_type().ok().map(|t| t as u32);
-        let pinned_layout = (
-            pinned_type,
-            pinned.key_size(),
-            pinned.value_size(),
-            pinned.map_flags(),
-            pinned_type
-                .is_some_and(is_array)
-                .then(|| pinned.max_entries()),
-        );
-        let wanted_layout = (
-            Some(wanted.map_type()),
-            wanted.key_size(),
-            wanted.value_size(),
-            wanted.map_flags(),
-            is_array(wanted.map_type()).then(|| wanted.max_entries()),
-        );
-        if pinned_layout == wanted_layout {
-            continue;
-        }
-        tracing::warn!(
-            map = name,
-            pinned = ?pinned_layout,
-            wanted = ?wanted_layout,
-            "a pinned map has another layout (type, key size, value size, flags, array \
-             length) than this build's: made anew, its entries are lost"
-        );
-        std::fs::remove_file(&path).map_err(|e| DatapathError::Pin {
-            what: name,
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-    }
-    Ok(())
-}
-
-/// Counts a map's keys with BPF_MAP_GET_NEXT_KEY (at most `capacity` + 1
-/// steps, however the map changes meanwhile).
-fn count_keys(map: BorrowedFd<'_>, key_size: u32, capacity: u32) -> io::Result<usize> {
-    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
-    #[repr(C)]
-    struct NextKey {
-        map_fd: u32,
-        pad: u32,
-        key: u64,
-        next_key: u64,
-    }
-    let mut key = vec![0u8; key_size as usize];
-    let mut next = vec![0u8; key_size as usize];
-    let mut count = 0;
-    let mut first = true;
-    while count <= capacity as usize {
-        let attr = NextKey {
-            map_fd: map.as_raw_fd() as u32,
-            pad: 0,
-            key: if first { 0 } else { key.as_ptr() as u64 },
-            next_key: next.as_mut_ptr() as u64,
-        };
-        match bpf_cmd(BPF_MAP_GET_NEXT_KEY, &attr) {
-            Ok(_) => {
-                count += 1;
-                first = false;
-                std::mem::swap(&mut key, &mut next);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(count)
-}
-
-/// Atomically swaps the program of the BPF link pinned at `pin` for
-/// `prog` (BPF_OBJ_GET + BPF_LINK_UPDATE): a restarted ferryd takes over
-/// its attachments without a moment where nothing is attached.
-fn update_pinned_link(pin: &Path, prog: BorrowedFd<'_>) -> io::Result<()> {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_UPDATE: libc::c_long = 29;
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    #[repr(C)]
-    struct LinkUpdate {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-    let path = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let fd = bpf_cmd(
-        BPF_OBJ_GET,
-        &ObjGet {
-            pathname: path.as_ptr() as u64,
-            bpf_fd: 0,
-            file_flags: 0,
-        },
-    )?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    bpf_cmd(
-        BPF_LINK_UPDATE,
-        &LinkUpdate {
-            link_fd: link.as_raw_fd() as u32,
-            new_prog_fd: prog.as_raw_fd() as u32,
-            flags: 0,
-            old_prog_fd: 0,
-        },
-    )
-    .map(|_| ())
 }
 
 /// Points the link pinned at `pin` at `prog`, or when there is none (or it
@@ -1179,18 +657,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DatapathError {
     move |source| DatapathError::Map { map, source }
-}
-
-fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
-    match r {
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
-        other => other,
-    }
 }
 
 fn is_eexist(e: &aya::programs::tc::TcError) -> bool {
