@@ -139,7 +139,7 @@ fn promote_if_assured(key: &CtKey, entry: *const CtEntry) {
     // anything deletes it.
     let entry = unsafe { &*entry };
     let pair = key.pair(entry);
-    let Some(reply) = ct_new.get_ptr(&pair) else {
+    let Some(reply) = ct_new.get_ptr(pair) else {
         return;
     };
     // SAFETY: as `entry`.
@@ -191,7 +191,7 @@ fn demote(key: &CtKey, entry: *const CtEntry) {
     // SAFETY: as in `promote_if_assured`.
     let entry = unsafe { &*entry };
     let pair = key.pair(entry);
-    let reply = ct.get_ptr(&pair);
+    let reply = ct.get_ptr(pair);
     // SAFETY: as `entry`.
     let answered = reply.map_or(0, |r| unsafe { (*r).tcp_flags });
     if (entry.tcp_flags | answered) & TCP_RST == 0 && entry.tcp_flags & answered & TCP_FIN == 0 {
