@@ -1,7 +1,9 @@
 //! podman from Debian's packages as a real CNI runtime, kept inside a
 //! world: its own storage, run and configuration directories, the CNI
 //! backend with ferry-cni installed by `ferry cni install`, and a busybox
-//! image made here (no registry). Dropping it removes its containers.
+//! image made here (no registry). Dropping it removes its containers. For
+//! the bench, also podman on Debian's own bridge and portmap plugins in a
+//! namespace of its own.
 //! runc, not crun: crun refuses this machine's hybrid cgroups.
 
 use std::{
@@ -27,7 +29,32 @@ fn install(world: &World, dir: &Path, name: &str, network: &str) {
     assert!(out.contains(&format!("50-{name}.conflist")), "{out}");
 }
 
-use crate::{World, busybox_tar, check, output};
+use crate::{World, busybox_tar, check, in_netns, output};
+
+/// The network podman 4 writes for its CNI backend (`podman`, on
+/// cni-podman0), as Debian's plugins run it.
+const DEBIAN_BRIDGE: &str = r#"{
+  "cniVersion": "0.4.0",
+  "name": "podman",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni-podman0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "ranges": [[{ "subnet": "10.88.0.0/16", "gateway": "10.88.0.1" }]]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } },
+    { "type": "firewall" },
+    { "type": "tuning" }
+  ]
+}
+"#;
 
 /// The image every podman test runs (see [`busybox_tar`]).
 pub const IMAGE: &str = "localhost/ferry-busybox:test";
@@ -35,6 +62,9 @@ pub const IMAGE: &str = "localhost/ferry-busybox:test";
 pub struct Podman {
     dir: PathBuf,
     conf: PathBuf,
+    /// The network namespace podman runs in (its host ports, and for
+    /// Debian's plugins their bridge and rules), else the caller's.
+    netns: Option<PathBuf>,
 }
 
 impl Podman {
@@ -42,8 +72,32 @@ impl Podman {
     /// `network`, and the test image imported.
     pub fn new(world: &World, name: &str, network: &str) -> Self {
         let dir = world.dir.join("podman");
-        let (bin, net_conf) = (dir.join("cni-bin"), dir.join("cni-conf"));
         install(world, &dir, name, network);
+        let podman = Self::configured(&dir, &dir.join("cni-bin"), None);
+        podman.import_image();
+        podman
+    }
+
+    /// podman for `world` running in its host namespace, beside ferryd,
+    /// with the CNI network `name` on ferry network `network`; no image.
+    pub fn beside(world: &World, name: &str, network: &str) -> Self {
+        let dir = world.dir.join("podman");
+        install(world, &dir, name, network);
+        Self::configured(&dir, &dir.join("cni-bin"), Some(world.host_ns_path()))
+    }
+
+    /// podman in the namespace at `netns` with its default network made of
+    /// Debian's CNI plugins (bridge, portmap, firewall, tuning: what podman
+    /// 4 writes for its CNI backend), state under `dir`; no image.
+    pub fn with_debian_bridge(dir: &Path, netns: &Path) -> Self {
+        let net_conf = dir.join("cni-conf");
+        std::fs::create_dir_all(&net_conf).expect("cni conf dir");
+        std::fs::write(net_conf.join("87-podman.conflist"), DEBIAN_BRIDGE).expect("conflist");
+        Self::configured(dir, Path::new("/usr/lib/cni"), Some(netns.to_owned()))
+    }
+
+    fn configured(dir: &Path, plugins: &Path, netns: Option<PathBuf>) -> Self {
+        let net_conf = dir.join("cni-conf");
         // podman raises the open-files and process limits to values root
         // may not set here (no CAP_SYS_RESOURCE): ask for the hard limits.
         let hard = |resource| {
@@ -56,7 +110,7 @@ impl Podman {
         // own default is far above what a test needs.)
         let nproc = hard(nix::sys::resource::Resource::RLIMIT_NPROC).min(4096);
         let conf = dir.join("containers.conf");
-        std::fs::create_dir_all(&dir).expect("podman dir");
+        std::fs::create_dir_all(dir).expect("podman dir");
         std::fs::write(
             &conf,
             format!(
@@ -72,19 +126,24 @@ impl Podman {
                  cni_plugin_dirs = [\"{bin}\"]\n\
                  network_config_dir = \"{net}\"\n",
                 tmp = dir.join("tmp").display(),
-                bin = bin.display(),
+                bin = plugins.display(),
                 net = net_conf.display(),
             ),
         )
         .expect("containers.conf");
-        let podman = Self { dir, conf };
-        podman.import_image();
-        podman
+        Self {
+            dir: dir.to_owned(),
+            conf,
+            netns,
+        }
     }
 
     /// A podman command on this world's storage and configuration.
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("podman");
+        let mut cmd = match &self.netns {
+            Some(ns) => in_netns(ns, "podman", &[]),
+            None => Command::new("podman"),
+        };
         cmd.env("CONTAINERS_CONF", &self.conf)
             .arg("--root")
             .arg(self.dir.join("root"))
@@ -113,7 +172,12 @@ impl Podman {
     /// Imports the busybox image (see [`busybox_tar`]) as [`IMAGE`].
     fn import_image(&self) {
         let tar = busybox_tar(&self.dir);
-        self.ok(&["import", &tar.display().to_string(), IMAGE]);
+        self.import(&tar, IMAGE);
+    }
+
+    /// `podman import TAR NAME`: a root filesystem tarball as an image.
+    pub fn import(&self, tar: &Path, name: &str) {
+        self.ok(&["import", &tar.display().to_string(), name]);
     }
 
     /// Another CNI network for `ferry network`, beside the first.

@@ -168,6 +168,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
             _world: None,
             _netns: Vec::new(),
             _engine: None,
+            _podman: None,
         },
         Target {
             name: "docker",
@@ -178,6 +179,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
             _world: None,
             _netns: Vec::new(),
             _engine: None,
+            _podman: None,
         },
     ];
     for t in &targets {

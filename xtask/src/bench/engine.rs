@@ -84,41 +84,9 @@ impl DockerEngine {
         self.dockerd.docker(args)
     }
 
-    /// Imports [`IMAGE`]: the host's nginx and taskset with every library
-    /// `ldd` names, plus the passwd/group entries nginx looks up.
+    /// Imports [`IMAGE`] (see [`nginx_image_tar`]).
     fn import_image(&self) -> anyhow::Result<()> {
-        let mut paths: Vec<String> = IMAGE_BINARIES.iter().map(|s| (*s).to_owned()).collect();
-        for binary in IMAGE_BINARIES {
-            let libs = capture(Command::new("ldd").arg(binary))?;
-            paths.extend(
-                libs.split_whitespace()
-                    .filter(|w| w.starts_with('/'))
-                    .map(str::to_owned),
-            );
-        }
-        paths.sort();
-        paths.dedup();
-        let dir = self.dockerd.dir();
-        let etc = dir.join("image/etc");
-        std::fs::create_dir_all(&etc)?;
-        std::fs::write(
-            etc.join("passwd"),
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-        )?;
-        std::fs::write(etc.join("group"), "root:x:0:\nnogroup:x:65534:\n")?;
-        let tarball = dir.join("image.tar");
-        // -h: store what the library symlinks point at, under their names.
-        capture(
-            Command::new("tar")
-                .arg("-chf")
-                .arg(&tarball)
-                .arg("-C")
-                .arg(dir.join("image"))
-                .arg("etc")
-                .arg("-C")
-                .arg("/")
-                .args(paths.iter().map(|p| p.trim_start_matches('/'))),
-        )?;
+        let tarball = nginx_image_tar(self.dockerd.dir())?;
         let tarball = tarball.to_str().context("utf-8 path")?;
         capture(&mut self.docker(&["import", tarball, IMAGE]))?;
         Ok(())
@@ -148,4 +116,42 @@ impl DockerEngine {
         let id = capture(&mut self.docker(&args))?;
         Ok(id.trim().to_owned())
     }
+}
+
+/// A root filesystem tarball for the engines' nginx image, made under
+/// `dir`: the host's nginx and taskset with every library `ldd` names,
+/// plus the passwd/group entries nginx looks up.
+pub fn nginx_image_tar(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let mut paths: Vec<String> = IMAGE_BINARIES.iter().map(|s| (*s).to_owned()).collect();
+    for binary in IMAGE_BINARIES {
+        let libs = capture(Command::new("ldd").arg(binary))?;
+        paths.extend(
+            libs.split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(str::to_owned),
+        );
+    }
+    paths.sort();
+    paths.dedup();
+    let etc = dir.join("image/etc");
+    std::fs::create_dir_all(&etc)?;
+    std::fs::write(
+        etc.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    std::fs::write(etc.join("group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    let tarball = dir.join("image.tar");
+    // -h: store what the library symlinks point at, under their names.
+    capture(
+        Command::new("tar")
+            .arg("-chf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(dir.join("image"))
+            .arg("etc")
+            .arg("-C")
+            .arg("/")
+            .args(paths.iter().map(|p| p.trim_start_matches('/'))),
+    )?;
+    Ok(tarball)
 }

@@ -59,6 +59,9 @@ pub(super) struct Target {
     /// Dropped first (fields drop in order): its containers go while the
     /// world's ferryd, their network plugin, still answers.
     pub(super) _engine: Option<DockerEngine>,
+    /// Dropped before the world too: removing its containers asks
+    /// ferry's CNI plugin, which asks ferryd.
+    pub(super) _podman: Option<ferry_integration::podman::Podman>,
     pub(super) _world: Option<World>,
     pub(super) _netns: Vec<TempNetns>,
 }
@@ -164,6 +167,7 @@ pub(super) fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target>
         _world: None,
         _netns: vec![client, host],
         _engine: None,
+        _podman: None,
     })
 }
 
@@ -188,6 +192,7 @@ pub(super) fn ferry_target(
         _world: Some(world),
         _netns: Vec::new(),
         _engine: None,
+        _podman: None,
     })
 }
 
@@ -211,6 +216,7 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
         _world: None,
         _netns: netns,
         _engine: None,
+        _podman: None,
     })
 }
 
@@ -235,6 +241,7 @@ fn routed_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
         _world: None,
         _netns: vec![client, server, host],
         _engine: None,
+        _podman: None,
     })
 }
 
@@ -258,6 +265,7 @@ fn engine_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
         _world: None,
         _netns: vec![client],
         _engine: Some(engine),
+        _podman: None,
     })
 }
 
@@ -278,6 +286,7 @@ fn engine_ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
         url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
         _servers: Vec::new(),
         _engine: Some(engine),
+        _podman: None,
         _world: Some(world),
         _netns: Vec::new(),
     })
@@ -421,6 +430,7 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         _world: None,
         _netns: Vec::new(),
         _engine: None,
+        _podman: None,
     };
     let targets = vec![
         target("direct", format!("http://{}:80/", c.ip)),
@@ -447,7 +457,7 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
 
 /// Runs every target, interleaved, and prints medians with ratios to the
 /// `baselines`.
-fn run_targets(
+pub(super) fn run_targets(
     scenario: &str,
     method: String,
     targets: &[Target],

@@ -9,6 +9,7 @@ mod docker;
 mod egress;
 mod engine;
 mod http;
+mod podman;
 mod port_scale;
 mod profile;
 mod report;
@@ -28,7 +29,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all). Known: c2c, publish-http,
+    /// Scenarios to run (default: all). Known: c2c, publish-http, podman-http,
     /// local-http, egress, start, port-scale, conntrack-scale, ct-flood,
     /// publish-profile.
     pub scenarios: Vec<String>,
@@ -46,6 +47,7 @@ pub struct BenchArgs {
 const SCENARIOS: &[&str] = &[
     "c2c",
     "publish-http",
+    "podman-http",
     "local-http",
     "egress",
     "start",
@@ -70,6 +72,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         let section = match s {
             "c2c" => c2c::run(args)?,
             "publish-http" => http::publish(args, &out_dir)?,
+            "podman-http" => podman::run(args, &out_dir)?,
             "local-http" => http::local(args, &out_dir)?,
             "egress" => egress::run(args)?,
             "start" => start::run(args)?,

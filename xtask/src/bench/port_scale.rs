@@ -73,6 +73,7 @@ fn ferry_setup(n: u32, out_dir: &Path, root: &Path) -> anyhow::Result<(Vec<Targe
         _world: None,
         _netns: Vec::new(),
         _engine: None,
+        _podman: None,
     };
     let targets = vec![
         target("ferry", 8080, Vec::new()),
@@ -122,6 +123,7 @@ fn docker_setup(
             _world: None,
             _netns: vec![client],
             _engine: None,
+            _podman: None,
         },
         Target {
             name: "docker host service",
@@ -132,6 +134,7 @@ fn docker_setup(
             _world: None,
             _netns: Vec::new(),
             _engine: None,
+            _podman: None,
         },
     ];
     Ok((targets, bridge))
