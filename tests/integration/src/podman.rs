@@ -69,17 +69,17 @@ pub struct Podman {
 
 impl Podman {
     /// podman for `world`, with the CNI network `name` on ferry network
-    /// `network`, and the test image imported.
+    /// `network`, and the test image imported (see [`Podman::beside`]).
     pub fn new(world: &World, name: &str, network: &str) -> Self {
-        let dir = world.dir.join("podman");
-        install(world, &dir, name, network);
-        let podman = Self::configured(&dir, &dir.join("cni-bin"), None);
+        let podman = Self::beside(world, name, network);
         podman.import_image();
         podman
     }
 
-    /// podman for `world` running in its host namespace, beside ferryd,
-    /// with the CNI network `name` on ferry network `network`; no image.
+    /// podman for `world` running in its host namespace, beside ferryd as
+    /// on a real host (its host-port reservations share ferryd's
+    /// namespace), with the CNI network `name` on ferry network `network`;
+    /// no image.
     pub fn beside(world: &World, name: &str, network: &str) -> Self {
         let dir = world.dir.join("podman");
         install(world, &dir, name, network);

@@ -225,13 +225,28 @@ pub enum ReserveError {
     },
 }
 
-/// A host port held by ferryd so no host process can bind it (the socket
-/// is bound, never listened on: a connection that somehow reaches the host
-/// stack gets a reset instead of a wrong server).
+/// Who keeps host processes off a published host port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// ferryd binds it (its own containers, Docker's: dockerd leaves a
+    /// remote driver's ports to the driver).
+    Socket,
+    /// The container runtime does, as CNI's portmap contract has it:
+    /// rootful podman listens on its containers' host ports itself after
+    /// the plugin's ADD, and a socket of ferryd's there would make it fail
+    /// with "address already in use". Conflicts with ferry's other
+    /// endpoints are still refused.
+    Runtime,
+}
+
+/// A host port held so no host process can bind it: by ferryd's socket
+/// (bound, never listened on: a connection that somehow reaches the host
+/// stack gets a reset instead of a wrong server), or by the runtime.
 #[derive(Debug)]
 pub enum Reservation {
     Tcp(TcpListener),
     Udp(UdpSocket),
+    Runtime,
 }
 
 impl Reservation {
@@ -264,9 +279,15 @@ impl Reservation {
     }
 }
 
-/// Turns a spec into mappings, reserving every host port on the way. On
-/// error nothing stays reserved (the reservations made so far are dropped).
-pub fn allocate(spec: &PublishSpec) -> Result<Vec<(PortMapping, Reservation)>, ReserveError> {
+/// Turns a spec into mappings, reserving every host port on the way as
+/// `hold` says; a port `taken` names (published by another endpoint) is
+/// in use whoever holds it. On error nothing stays reserved (the
+/// reservations made so far are dropped).
+pub fn allocate(
+    spec: &PublishSpec,
+    hold: Hold,
+    taken: &dyn Fn(Ipv4Addr, u16, Proto) -> bool,
+) -> Result<Vec<(PortMapping, Reservation)>, ReserveError> {
     let ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let proto = spec.proto;
     let (c_lo, c_hi) = spec.container_ports;
@@ -282,10 +303,27 @@ pub fn allocate(spec: &PublishSpec) -> Result<Vec<(PortMapping, Reservation)>, R
         proto,
         reason: e.to_string(),
     };
-    let one = |port: u16| match Reservation::bind(ip, port, proto) {
-        Ok(r) => Ok(r),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(in_use(port)),
-        Err(e) => Err(other(e)),
+    let one = |port: u16| {
+        if port != 0 && taken(ip, port, proto) {
+            return Err(in_use(port));
+        }
+        // A runtime that holds its ports may hold them already (a restart
+        // adopting them): only ferry's own endpoints are checked.
+        if hold == Hold::Runtime && port != 0 {
+            return Ok((Reservation::Runtime, port));
+        }
+        match Reservation::bind(ip, port, proto) {
+            // A free port the kernel chose, left to the runtime.
+            Ok((_, port)) if hold == Hold::Runtime => {
+                if taken(ip, port, proto) {
+                    return Err(in_use(port));
+                }
+                Ok((Reservation::Runtime, port))
+            }
+            Ok(r) => Ok(r),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(in_use(port)),
+            Err(e) => Err(other(e)),
+        }
     };
     match spec.host_ports {
         HostPorts::Any => {
@@ -464,10 +502,45 @@ mod tests {
         }
     }
 
+    /// No other endpoint publishes anything.
+    fn free(_: Ipv4Addr, _: u16, _: Proto) -> bool {
+        false
+    }
+
+    #[test]
+    fn a_runtime_held_port_is_left_to_the_runtime_but_not_shared() {
+        // A host process (standing for the runtime) listens on the port:
+        // ferryd does not bind it, so that is no conflict.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let one = format!("127.0.0.1:{port}:80");
+        let (m, r) = allocate(&spec(&one), Hold::Runtime, &free)
+            .expect("runtime-held")
+            .remove(0);
+        assert_eq!(m.host_port, port);
+        assert!(matches!(r, Reservation::Runtime));
+        // Another endpoint's publish of it is one.
+        let published = |_: Ipv4Addr, p: u16, proto: Proto| p == port && proto == Proto::Tcp;
+        assert_eq!(
+            allocate(&spec(&one), Hold::Runtime, &published).map(|v| v.len()),
+            Err(ReserveError::InUse {
+                ip: Ipv4Addr::LOCALHOST,
+                port,
+                proto: Proto::Tcp
+            })
+        );
+        // Any port: a free one the kernel picks, not held by ferryd.
+        let (m, r) = allocate(&spec("127.0.0.1::80"), Hold::Runtime, &free)
+            .expect("any")
+            .remove(0);
+        assert!(matches!(r, Reservation::Runtime));
+        std::net::TcpListener::bind(("127.0.0.1", m.host_port)).expect("left free");
+    }
+
     #[test]
     fn allocation_reserves_and_reports_ports_in_use() {
         // A port the kernel picks is free; holding it makes it unavailable.
-        let got = allocate(&spec("127.0.0.1::80")).expect("any port");
+        let got = allocate(&spec("127.0.0.1::80"), Hold::Socket, &free).expect("any port");
         assert_eq!(got.len(), 1);
         let (m, _held) = &got[0];
         assert_ne!(m.host_port, 0);
@@ -477,7 +550,9 @@ mod tests {
         );
         let again = format!("127.0.0.1:{}:80", m.host_port);
         assert_eq!(
-            allocate(&spec(&again)).map(|v| v.len()).expect_err("taken"),
+            allocate(&spec(&again), Hold::Socket, &free)
+                .map(|v| v.len())
+                .expect_err("taken"),
             ReserveError::InUse {
                 ip: Ipv4Addr::LOCALHOST,
                 port: m.host_port,
@@ -486,18 +561,20 @@ mod tests {
         );
         // The same port number is independent for UDP.
         let udp = format!("127.0.0.1:{}:80/udp", m.host_port);
-        assert!(allocate(&spec(&udp)).is_ok());
+        assert!(allocate(&spec(&udp), Hold::Socket, &free).is_ok());
     }
 
     #[test]
     fn a_host_range_for_one_port_skips_taken_ports() {
-        let (first, held) = allocate(&spec("127.0.0.1::80")).expect("any").remove(0);
+        let (first, held) = allocate(&spec("127.0.0.1::80"), Hold::Socket, &free)
+            .expect("any")
+            .remove(0);
         let p = first.host_port;
         if p == u16::MAX {
             return;
         }
         let range = format!("127.0.0.1:{}-{}:80", p, p + 1);
-        let got = allocate(&spec(&range));
+        let got = allocate(&spec(&range), Hold::Socket, &free);
         drop(held);
         match got {
             Ok(v) => assert_eq!(v[0].0.host_port, p + 1),
@@ -508,17 +585,19 @@ mod tests {
 
     #[test]
     fn pairwise_ranges_roll_back_on_conflict() {
-        let (taken, _held) = allocate(&spec("127.0.0.1::80")).expect("any").remove(0);
+        let (taken, _held) = allocate(&spec("127.0.0.1::80"), Hold::Socket, &free)
+            .expect("any")
+            .remove(0);
         let p = taken.host_port;
         if p < 2 {
             return;
         }
         // p-1 is reserved by the range then released when p fails.
         let range = format!("127.0.0.1:{}-{}:9000-9001", p - 1, p);
-        assert!(allocate(&spec(&range)).is_err());
+        assert!(allocate(&spec(&range), Hold::Socket, &free).is_err());
         let single = format!("127.0.0.1:{}:80", p - 1);
         assert!(
-            allocate(&spec(&single)).is_ok(),
+            allocate(&spec(&single), Hold::Socket, &free).is_ok(),
             "port {} stayed reserved",
             p - 1
         );

@@ -27,7 +27,7 @@ use crate::{
     link::{Mac, Netlink},
     netns::{self, NetNsGuard},
     network::{CreateSpec, NetworkDef, NetworkError, Networks},
-    portmap::{self, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
+    portmap::{self, Hold, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
 };
 
 /// What went wrong, by the kind of answer the caller owes its own client.
@@ -338,14 +338,15 @@ impl Agent {
     }
 
     /// Reserves the host ports of `specs` for `owner` (named `name` in a
-    /// conflict) and publishes them to `ip`. Everything made is recorded in
-    /// `partial` for rollback.
+    /// conflict) as `hold` says, and publishes them to `ip`. Everything made
+    /// is recorded in `partial` for rollback.
     pub async fn publish(
         &mut self,
         owner: &str,
         name: &str,
         ip: Ipv4Addr,
         specs: &[PublishSpec],
+        hold: Hold,
         partial: &mut Partial,
     ) -> Result<Vec<PortMapping>, AgentError> {
         if specs.is_empty() {
@@ -357,7 +358,10 @@ impl Agent {
             .map_err(AgentError::internal)?;
         let mut mappings = Vec::new();
         for spec in specs {
-            let allocated = portmap::allocate(spec).map_err(|e| self.explain_conflict(e))?;
+            let allocated = portmap::allocate(spec, hold, &|ip, port, proto| {
+                self.published_by(ip, port, proto).is_some()
+            })
+            .map_err(|e| self.explain_conflict(e))?;
             for (mapping, reservation) in allocated {
                 let key = port_key(&mapping);
                 let target = PortTarget {
@@ -382,28 +386,36 @@ impl Agent {
         Ok(mappings)
     }
 
+    /// The endpoint that publishes `port`/`proto` where `ip` would (the
+    /// same address, or either is every address), by its name.
+    fn published_by(&self, ip: Ipv4Addr, port: u16, proto: portmap::Proto) -> Option<&str> {
+        self.held
+            .values()
+            .find(|h| {
+                h.ports.iter().any(|m| {
+                    m.host_port == port
+                        && m.proto == proto
+                        && (m.host_ip.is_none() || ip.is_unspecified() || m.host_ip == Some(ip))
+                })
+            })
+            .map(|h| h.name.as_str())
+    }
+
     /// A port in use because another endpoint publishes it says whose.
     fn explain_conflict(&self, err: ReserveError) -> AgentError {
-        if let ReserveError::InUse { ip, port, proto } = &err {
-            let owner = self.held.values().find(|h| {
-                h.ports.iter().any(|m| {
-                    m.host_port == *port
-                        && m.proto == *proto
-                        && (m.host_ip.is_none() || ip.is_unspecified() || m.host_ip == Some(*ip))
-                })
-            });
-            if let Some(owner) = owner {
-                return AgentError::Conflict(format!(
-                    "{proto} port {port} is already published by {}",
-                    owner.name
-                ));
-            }
+        if let ReserveError::InUse { ip, port, proto } = &err
+            && let Some(owner) = self.published_by(*ip, *port, *proto)
+        {
+            return AgentError::Conflict(format!(
+                "{proto} port {port} is already published by {owner}"
+            ));
         }
         AgentError::Conflict(err.to_string())
     }
 
-    /// Holds the ports of an endpoint taken over from an earlier ferryd.
-    pub fn adopt_ports(&mut self, owner: &str, name: &str, ports: &[PortMapping]) {
+    /// Holds the ports of an endpoint taken over from an earlier ferryd, as
+    /// `hold` says.
+    pub fn adopt_ports(&mut self, owner: &str, name: &str, ports: &[PortMapping], hold: Hold) {
         for mapping in ports {
             let spec = PublishSpec {
                 host_ip: mapping.host_ip,
@@ -411,7 +423,7 @@ impl Agent {
                 container_ports: (mapping.container_port, mapping.container_port),
                 proto: mapping.proto,
             };
-            match portmap::allocate(&spec) {
+            match portmap::allocate(&spec, hold, &|_, _, _| false) {
                 Ok(got) => {
                     let held = self.held.entry(owner.to_owned()).or_insert_with(|| Held {
                         name: name.to_owned(),

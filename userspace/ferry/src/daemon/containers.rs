@@ -303,7 +303,14 @@ impl Inner {
                 let owner = format!("container {name}");
                 let ports = self
                     .agent
-                    .publish(id, &owner, net.ip, &plan.specs, &mut partial.net)
+                    .publish(
+                        id,
+                        &owner,
+                        net.ip,
+                        &plan.specs,
+                        ferry_net::portmap::Hold::Socket,
+                        &mut partial.net,
+                    )
                     .await?;
                 (Some(net), ports)
             }

@@ -272,7 +272,14 @@ impl Daemon {
         let mut partial = agent::Partial::default();
         let published = inner
             .agent
-            .publish(&record.id, &owner, record.network.ip, specs, &mut partial)
+            .publish(
+                &record.id,
+                &owner,
+                record.network.ip,
+                specs,
+                ferry_net::portmap::Hold::Socket,
+                &mut partial,
+            )
             .await;
         match published {
             Ok(ports) => {

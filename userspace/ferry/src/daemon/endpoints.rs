@@ -20,6 +20,17 @@ use crate::{api::ApiError, netns, network::NetworkDef};
 /// The engines that may own endpoints.
 const KINDS: [&str; 2] = ["cni", "docker"];
 
+/// Who holds an endpoint's host ports against host processes: a CNI
+/// runtime does it itself (rootful podman listens on them after ADD, as
+/// with the portmap plugin); dockerd leaves a remote driver's to it.
+fn hold_of(kind: &str) -> ferry_net::portmap::Hold {
+    if kind == "cni" {
+        ferry_net::portmap::Hold::Runtime
+    } else {
+        ferry_net::portmap::Hold::Socket
+    }
+}
+
 /// Linux's limit on an interface name, without the NUL.
 const IFNAME_MAX: usize = 15;
 
@@ -230,7 +241,14 @@ impl Daemon {
             let owner = format!("{} endpoint {name}", req.kind);
             let ports = inner
                 .agent
-                .publish(&id, &owner, net.ip, &plan.specs, &mut partial)
+                .publish(
+                    &id,
+                    &owner,
+                    net.ip,
+                    &plan.specs,
+                    hold_of(&req.kind),
+                    &mut partial,
+                )
                 .await?;
             let record = EndpointRecord {
                 id: id.clone(),
@@ -405,9 +423,12 @@ impl Daemon {
                     .agent
                     .join_dns(&record.id, std::slice::from_ref(&record.name), net, None);
             }
-            inner
-                .agent
-                .adopt_ports(&record.id, &record.owner_name(), &record.ports);
+            inner.agent.adopt_ports(
+                &record.id,
+                &record.owner_name(),
+                &record.ports,
+                hold_of(&record.kind),
+            );
             info!(id = %record.short_id(), kind = %record.kind, key = %record.key, "adopted endpoint");
             inner.endpoints.insert(record.id.clone(), record);
         }

@@ -350,9 +350,12 @@ impl Daemon {
                         warn!(id = %record.id, %e, "cannot serve the container's DNS");
                     }
                 }
-                inner
-                    .agent
-                    .adopt_ports(&record.id, &record.owner_name(), &record.ports);
+                inner.agent.adopt_ports(
+                    &record.id,
+                    &record.owner_name(),
+                    &record.ports,
+                    ferry_net::portmap::Hold::Socket,
+                );
                 info!(id = %record.short_id(), "adopted running container");
                 if let Some(pid) = record.monitor_pid {
                     self.watch_exit(&mut inner, record.id.clone(), pid);
