@@ -43,16 +43,38 @@ fn pass(dp: &mut Loaded, program: &'static str, frame: &[u8], what: &str) -> Vec
     out
 }
 
+/// Who sends a segment of a published-port flow.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The client, to HOST_IP:8080.
+    Client,
+    /// Container A, back to the client.
+    Container,
+}
+use Side::{Client, Container};
+
+impl Side {
+    /// Sends a segment with `flags` of the client's `port` flow, expecting
+    /// it translated: to A:80 from the client, from HOST_IP:8080 to it.
+    fn send(self, dp: &mut Loaded, flags: u8, port: u16, what: &str) {
+        match self {
+            Client => {
+                let out = pass(dp, PROG_UPLINK_INGRESS, &from_client(flags, port), what);
+                assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80), "{what}");
+            }
+            Container => {
+                let out = pass(dp, PROG_FROM_CONTAINER, &from_a(flags, port), what);
+                assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080), "{what}");
+            }
+        }
+    }
+}
+
 /// A published-port handshake from the client's `port`, completed.
 fn handshake(dp: &mut Loaded, port: u16) {
-    pass(dp, PROG_UPLINK_INGRESS, &from_client(TCP_SYN, port), "SYN");
-    pass(
-        dp,
-        PROG_FROM_CONTAINER,
-        &from_a(TCP_SYN | TCP_ACK, port),
-        "SYN-ACK",
-    );
-    pass(dp, PROG_UPLINK_INGRESS, &from_client(TCP_ACK, port), "ACK");
+    Client.send(dp, TCP_SYN, port, "SYN");
+    Container.send(dp, TCP_SYN | TCP_ACK, port, "SYN-ACK");
+    Client.send(dp, TCP_ACK, port, "ACK");
 }
 
 /// Expects: a published-port flow is in `ct_new` through SYN and SYN-ACK,
@@ -63,76 +85,47 @@ fn handshake(dp: &mut Loaded, port: u16) {
 fn ct_handshake_promotes_and_close_demotes() {
     let mut dp = Loaded::new();
     publish(&mut dp, 6, 8080, 80);
-    pass(
-        &mut dp,
-        PROG_UPLINK_INGRESS,
-        &from_client(TCP_SYN, 40000),
-        "SYN",
-    );
-    assert_eq!(tables(&dp), (0, 2), "half-open: unassured");
-    pass(
-        &mut dp,
-        PROG_FROM_CONTAINER,
-        &from_a(TCP_SYN | TCP_ACK, 40000),
-        "SYN-ACK",
-    );
-    assert_eq!(tables(&dp), (0, 2), "answered, not acknowledged");
-    // A retransmitted SYN completes nothing.
-    pass(
-        &mut dp,
-        PROG_UPLINK_INGRESS,
-        &from_client(TCP_SYN, 40000),
-        "SYN again",
-    );
-    assert_eq!(tables(&dp), (0, 2));
-    let out = pass(
-        &mut dp,
-        PROG_UPLINK_INGRESS,
-        &from_client(TCP_ACK, 40000),
-        "ACK",
-    );
-    assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
-    assert_eq!(tables(&dp), (2, 0), "assured");
-    let out = pass(
-        &mut dp,
-        PROG_FROM_CONTAINER,
-        &from_a(TCP_ACK, 40000),
-        "data",
-    );
-    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
-
-    let out = pass(
-        &mut dp,
-        PROG_UPLINK_INGRESS,
-        &from_client(TCP_FIN | TCP_ACK, 40000),
-        "FIN",
-    );
-    assert_eq!((ip_dst(&out), dport(&out)), (A_IP, 80));
-    assert_eq!(tables(&dp), (2, 0), "half-closed: still assured");
-    let out = pass(
-        &mut dp,
-        PROG_FROM_CONTAINER,
-        &from_a(TCP_ACK, 40000),
-        "more data",
-    );
-    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
-    let out = pass(
-        &mut dp,
-        PROG_FROM_CONTAINER,
-        &from_a(TCP_FIN | TCP_ACK, 40000),
-        "FIN back",
-    );
-    assert_eq!((ip_src(&out), sport(&out)), (HOST_IP, 8080));
-    assert_eq!(tables(&dp), (0, 2), "closed both ways: unassured again");
-    // The last ACK of a closing flow does not promote it again.
-    pass(
-        &mut dp,
-        PROG_UPLINK_INGRESS,
-        &from_client(TCP_ACK, 40000),
-        "last ACK",
-    );
-    assert_eq!(tables(&dp), (0, 2));
-
+    // (who sends, flags, tables after: (ct, ct_new), what it shows)
+    let steps = [
+        (Client, TCP_SYN, (0, 2), "half-open: unassured"),
+        (
+            Container,
+            TCP_SYN | TCP_ACK,
+            (0, 2),
+            "answered, not acknowledged",
+        ),
+        (
+            Client,
+            TCP_SYN,
+            (0, 2),
+            "a retransmitted SYN completes nothing",
+        ),
+        (Client, TCP_ACK, (2, 0), "assured"),
+        (Container, TCP_ACK, (2, 0), "data"),
+        (
+            Client,
+            TCP_FIN | TCP_ACK,
+            (2, 0),
+            "half-closed: still assured",
+        ),
+        (Container, TCP_ACK, (2, 0), "more data after the half-close"),
+        (
+            Container,
+            TCP_FIN | TCP_ACK,
+            (0, 2),
+            "closed both ways: unassured again",
+        ),
+        (
+            Client,
+            TCP_ACK,
+            (0, 2),
+            "the last ACK does not promote it again",
+        ),
+    ];
+    for (side, flags, want, what) in steps {
+        side.send(&mut dp, flags, 40000, what);
+        assert_eq!(tables(&dp), want, "{what}");
+    }
     let c = dp.datapath.ct_counts().expect("counts");
     assert_eq!(
         (c.new.entered, c.new.left, c.assured.entered, c.assured.left),

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use super::{
     BenchArgs,
     docker::DockerBridge,
-    http::{Target, client_of, docroot, nginx_conf, run_nginx, wrk},
+    http::{Target, client_of, docroot, ferry_url, nginx_conf, run_nginx, wrk},
     report::{Chart, Section, Table},
     spawn, spawn_in, spread,
 };
@@ -260,17 +260,7 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         &delay,
     ]);
     let ferry = Victim {
-        target: Target {
-            name: "ferry",
-            client_ns: world.client_ns_path(),
-            cgroup: None,
-            url: format!("http://{HOST_UPLINK_IP}:8080/"),
-            _servers: Vec::new(),
-            _world: None,
-            _netns: Vec::new(),
-            _engine: None,
-            _podman: None,
-        },
+        target: Target::at("ferry", world.client_ns_path(), ferry_url()),
         host: None,
         client: world.client_ns_path(),
         address: HOST_UPLINK_IP.to_owned(),
@@ -292,15 +282,8 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     let server = spawn_in(&container, 0, "python3", &["-c", SERVER, &port, &n, &delay]);
     let docker = Victim {
         target: Target {
-            name: "docker",
-            client_ns: client.path(),
-            cgroup: None,
-            url: "http://10.207.0.1:8080/".into(),
             _servers: vec![nginx, server],
-            _world: None,
-            _netns: Vec::new(),
-            _engine: None,
-            _podman: None,
+            ..Target::at("docker", client.path(), "http://10.207.0.1:8080/".into())
         },
         client: client.path(),
         address: "10.207.0.1".into(),

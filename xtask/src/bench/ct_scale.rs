@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::{
     BenchArgs, KernelSwitch,
     docker::DockerBridge,
-    http::{Target, client_of, docroot, nginx_conf, run_nginx, wrk},
+    http::{Target, client_of, docroot, ferry_url, nginx_conf, run_nginx, wrk},
     prog_stats,
     report::{Chart, Section, Table},
     spawn_in, spread,
@@ -159,27 +159,10 @@ pub fn run(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
         &["-c", docker_conf.to_str().context("utf-8 path")?],
     );
     let targets = [
+        Target::at("ferry", world.client_ns_path(), ferry_url()),
         Target {
-            name: "ferry",
-            client_ns: world.client_ns_path(),
-            cgroup: None,
-            url: format!("http://{HOST_UPLINK_IP}:8080/"),
-            _servers: Vec::new(),
-            _world: None,
-            _netns: Vec::new(),
-            _engine: None,
-            _podman: None,
-        },
-        Target {
-            name: "docker",
-            client_ns: client.path(),
-            cgroup: None,
-            url: "http://10.206.0.1:8080/".into(),
             _servers: vec![nginx],
-            _world: None,
-            _netns: Vec::new(),
-            _engine: None,
-            _podman: None,
+            ..Target::at("docker", client.path(), "http://10.206.0.1:8080/".into())
         },
     ];
     for t in &targets {

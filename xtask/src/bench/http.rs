@@ -66,6 +66,29 @@ pub(super) struct Target {
     pub(super) _netns: Vec<TempNetns>,
 }
 
+impl Target {
+    /// Variant `name`, measured from `client_ns` at `url`, holding
+    /// nothing; the guards it needs are set over it.
+    pub(super) fn at(name: &'static str, client_ns: PathBuf, url: String) -> Self {
+        Self {
+            name,
+            client_ns,
+            cgroup: None,
+            url,
+            _servers: Vec::new(),
+            _engine: None,
+            _podman: None,
+            _world: None,
+            _netns: Vec::new(),
+        }
+    }
+}
+
+/// Where a world's published port 8080 answers its client.
+pub(super) fn ferry_url() -> String {
+    format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP)
+}
+
 /// The docroot every variant serves: one small page.
 pub(super) fn docroot(out_dir: &Path) -> anyhow::Result<PathBuf> {
     let root = out_dir.join("www");
@@ -158,16 +181,11 @@ pub(super) fn host_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target>
     let host = TempNetns::new(&unique_name("fyh"));
     let client = client_of(&host, "10.202.0");
     let nginx = nginx_in(out_dir, root, "host", &host.path(), 8080)?;
+    let base = Target::at("host", client.path(), "http://10.202.0.1:8080/".into());
     Ok(Target {
-        name: "host",
-        client_ns: client.path(),
-        cgroup: None,
-        url: "http://10.202.0.1:8080/".into(),
         _servers: vec![nginx],
-        _world: None,
         _netns: vec![client, host],
-        _engine: None,
-        _podman: None,
+        ..base
     })
 }
 
@@ -183,16 +201,10 @@ pub(super) fn ferry_target(
     let conf = nginx_conf(out_dir, name, 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
     run_nginx(&world, out_dir, conf)?;
+    let base = Target::at(name, world.client_ns_path(), ferry_url());
     Ok(Target {
-        name,
-        client_ns: world.client_ns_path(),
-        cgroup: None,
-        url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
-        _servers: Vec::new(),
         _world: Some(world),
-        _netns: Vec::new(),
-        _engine: None,
-        _podman: None,
+        ..base
     })
 }
 
@@ -207,16 +219,11 @@ fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let mut netns = vec![client];
     netns.extend(containers);
     netns.push(host);
+    let base = Target::at("docker", netns[0].path(), "http://10.203.0.1:8080/".into());
     Ok(Target {
-        name: "docker",
-        client_ns: netns[0].path(),
-        cgroup: None,
-        url: "http://10.203.0.1:8080/".into(),
         _servers: vec![nginx],
-        _world: None,
         _netns: netns,
-        _engine: None,
-        _podman: None,
+        ..base
     })
 }
 
@@ -232,16 +239,11 @@ fn routed_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     client.ip(&["route", "add", "172.28.0.0/24", "via", "10.207.0.1"]);
     capture(&mut host.cmd("sysctl", &["-qw", "net.ipv4.ip_forward=1"]))?;
     let nginx = nginx_in(out_dir, root, "veth-routed", &server.path(), 80)?;
+    let base = Target::at("veth-routed", client.path(), "http://172.28.0.2:80/".into());
     Ok(Target {
-        name: "veth-routed",
-        client_ns: client.path(),
-        cgroup: None,
-        url: "http://172.28.0.2:80/".into(),
         _servers: vec![nginx],
-        _world: None,
         _netns: vec![client, server, host],
-        _engine: None,
-        _podman: None,
+        ..base
     })
 }
 
@@ -256,16 +258,15 @@ fn engine_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let conf = nginx_conf(out_dir, "docker-engine", 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
     engine.run_nginx(out_dir, "8080:80", conf)?;
+    let base = Target::at(
+        "docker-engine",
+        client.path(),
+        "http://10.204.0.1:8080/".into(),
+    );
     Ok(Target {
-        name: "docker-engine",
-        client_ns: client.path(),
-        cgroup: None,
-        url: "http://10.204.0.1:8080/".into(),
-        _servers: Vec::new(),
-        _world: None,
         _netns: vec![client],
         _engine: Some(engine),
-        _podman: None,
+        ..base
     })
 }
 
@@ -279,16 +280,11 @@ fn engine_ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let conf = nginx_conf(out_dir, "docker-engine-ferry", 80, root)?;
     let conf = conf.to_str().context("utf-8 path")?;
     engine.run_nginx_on(out_dir, Some("fnet"), "8080:80", conf)?;
+    let base = Target::at("docker-engine-ferry", world.client_ns_path(), ferry_url());
     Ok(Target {
-        name: "docker-engine-ferry",
-        client_ns: world.client_ns_path(),
-        cgroup: None,
-        url: format!("http://{}:8080/", ferry_integration::HOST_UPLINK_IP),
-        _servers: Vec::new(),
         _engine: Some(engine),
-        _podman: None,
         _world: Some(world),
-        _netns: Vec::new(),
+        ..base
     })
 }
 
@@ -422,15 +418,8 @@ pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     let docker_proxy = spawn(cmd);
     tools::await_status(status)?;
     let target = |name, url: String| Target {
-        name,
-        client_ns: host.clone(),
         cgroup: Some(world.cgroup.clone()),
-        url,
-        _servers: Vec::new(),
-        _world: None,
-        _netns: Vec::new(),
-        _engine: None,
-        _podman: None,
+        ..Target::at(name, host.clone(), url)
     };
     let targets = vec![
         target("direct", format!("http://{}:80/", c.ip)),

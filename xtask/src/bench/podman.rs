@@ -10,12 +10,12 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use ferry_integration::{HOST_UPLINK_IP, TempNetns, World, podman::Podman, unique_name};
+use ferry_integration::{TempNetns, World, podman::Podman, unique_name};
 
 use super::{
     BenchArgs,
     engine::nginx_image_tar,
-    http::{Target, client_of, docroot, host_target, nginx_conf, run_targets},
+    http::{Target, client_of, docroot, ferry_url, host_target, nginx_conf, run_targets},
     report::Section,
 };
 use crate::step;
@@ -52,16 +52,15 @@ fn bridge_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let podman = Podman::with_debian_bridge(&dir, &host.path());
     let conf = nginx_conf(out_dir, "podman-bridge", 80, root)?;
     run_nginx(&podman, out_dir, &dir, None, &conf)?;
+    let base = Target::at(
+        "podman-bridge",
+        client.path(),
+        "http://10.209.0.1:8080/".into(),
+    );
     Ok(Target {
-        name: "podman-bridge",
-        client_ns: client.path(),
-        cgroup: None,
-        url: "http://10.209.0.1:8080/".into(),
-        _servers: Vec::new(),
-        _engine: None,
         _podman: Some(podman),
-        _world: None,
         _netns: vec![client, host],
+        ..base
     })
 }
 
@@ -72,16 +71,11 @@ fn ferry_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let conf = nginx_conf(out_dir, "podman-ferry", 80, root)?;
     let dir = world.dir.join("podman");
     run_nginx(&podman, out_dir, &dir, Some("ferrynet"), &conf)?;
+    let base = Target::at("podman-ferry", world.client_ns_path(), ferry_url());
     Ok(Target {
-        name: "podman-ferry",
-        client_ns: world.client_ns_path(),
-        cgroup: None,
-        url: format!("http://{HOST_UPLINK_IP}:8080/"),
-        _servers: Vec::new(),
-        _engine: None,
         _podman: Some(podman),
         _world: Some(world),
-        _netns: Vec::new(),
+        ..base
     })
 }
 

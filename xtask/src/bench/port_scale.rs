@@ -65,15 +65,12 @@ fn ferry_setup(n: u32, out_dir: &Path, root: &Path) -> anyhow::Result<(Vec<Targe
         &["-c", host_conf.to_str().context("utf-8 path")?],
     );
     let target = |name, port: u16, servers| Target {
-        name,
-        client_ns: world.client_ns_path(),
-        cgroup: None,
-        url: format!("http://{HOST_UPLINK_IP}:{port}/"),
         _servers: servers,
-        _world: None,
-        _netns: Vec::new(),
-        _engine: None,
-        _podman: None,
+        ..Target::at(
+            name,
+            world.client_ns_path(),
+            format!("http://{HOST_UPLINK_IP}:{port}/"),
+        )
     };
     let targets = vec![
         target("ferry", 8080, Vec::new()),
@@ -115,26 +112,21 @@ fn docker_setup(
     let client_ns = client.path();
     let targets = vec![
         Target {
-            name: "docker",
-            client_ns: client_ns.clone(),
-            cgroup: None,
-            url: "http://10.206.0.1:8080/".into(),
             _servers: vec![nginx],
-            _world: None,
             _netns: vec![client],
-            _engine: None,
-            _podman: None,
+            ..Target::at(
+                "docker",
+                client_ns.clone(),
+                "http://10.206.0.1:8080/".into(),
+            )
         },
         Target {
-            name: "docker host service",
-            client_ns,
-            cgroup: None,
-            url: "http://10.206.0.1:9090/".into(),
             _servers: vec![host_nginx],
-            _world: None,
-            _netns: Vec::new(),
-            _engine: None,
-            _podman: None,
+            ..Target::at(
+                "docker host service",
+                client_ns,
+                "http://10.206.0.1:9090/".into(),
+            )
         },
     ];
     Ok((targets, bridge))
