@@ -70,6 +70,22 @@ impl Side {
     }
 }
 
+/// A client's datagram to the published HOST_IP:5353 (A's port 53).
+fn query() -> Vec<u8> {
+    l4_frame(
+        17,
+        (CLIENT, 40000),
+        (HOST_IP, 5353),
+        (CLIENT_MAC, UPLINK_MAC),
+        false,
+    )
+}
+
+/// A's answer to it.
+fn answer() -> Vec<u8> {
+    l4_frame(17, (A_IP, 53), (CLIENT, 40000), (A.mac, A.host_mac), false)
+}
+
 /// A published-port handshake from the client's `port`, completed.
 fn handshake(dp: &mut Loaded, port: u16) {
     Client.send(dp, TCP_SYN, port, "SYN");
@@ -152,14 +168,7 @@ fn ct_reset_demotes() {
 fn ct_udp_is_promoted_once_answered() {
     let mut dp = Loaded::new();
     publish(&mut dp, 17, 5353, 53);
-    let request = l4_frame(
-        17,
-        (CLIENT, 40000),
-        (HOST_IP, 5353),
-        (CLIENT_MAC, UPLINK_MAC),
-        false,
-    );
-    let answer = l4_frame(17, (A_IP, 53), (CLIENT, 40000), (A.mac, A.host_mac), false);
+    let (request, answer) = (query(), answer());
     pass(&mut dp, PROG_UPLINK_INGRESS, &request, "query");
     pass(&mut dp, PROG_UPLINK_INGRESS, &request, "query again");
     assert_eq!(tables(&dp), (0, 2), "unanswered");
@@ -404,14 +413,7 @@ fn ct_states_follow_the_packets() {
 
     let mut dp = Loaded::new();
     publish(&mut dp, 17, 5353, 53);
-    let query = l4_frame(
-        17,
-        (CLIENT, 40000),
-        (HOST_IP, 5353),
-        (CLIENT_MAC, UPLINK_MAC),
-        false,
-    );
-    let answer = l4_frame(17, (A_IP, 53), (CLIENT, 40000), (A.mac, A.host_mac), false);
+    let (query, answer) = (query(), answer());
     for (program, frame, (want, assured)) in [
         (PROG_UPLINK_INGRESS, &query, ("udp_unreplied", false)),
         (PROG_FROM_CONTAINER, &answer, ("udp", false)),
