@@ -562,3 +562,44 @@ fn the_xdp_prefilter_stays_off_a_veth_uplink_unless_asked() {
     let link = String::from_utf8_lossy(&link.stdout);
     assert!(!link.contains("prog/xdp"), "XDP still attached: {link}");
 }
+
+/// Runs `ferry <args> | head -1` in a shell; ferry's exit status and
+/// stderr, and the line head kept.
+fn first_line_of(world: &World, args: &str) -> (String, String, String) {
+    let dir = world.dir.join("pipe");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (err, code) = (dir.join("err"), dir.join("code"));
+    let ferry = ferry_integration::bin_dir().join("ferry");
+    let script = format!(
+        "{{ {} -H {} {args} 2>{}; echo $? >{}; }} | head -1",
+        ferry.display(),
+        world.socket.display(),
+        err.display(),
+        code.display()
+    );
+    let head = check(std::process::Command::new("sh").args(["-c", &script]));
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    (head, read(&code).trim().to_owned(), read(&err))
+}
+
+/// `ferry conntrack list | head -1` and `ferry logs C | head -1` on output
+/// far larger than a pipe holds: the reader goes away after a line, and
+/// ferry ends quietly, successful, with nothing on stderr (it panicked
+/// with "failed printing to stdout: Broken pipe").
+#[test]
+fn a_reader_that_goes_away_ends_the_output_quietly() {
+    let world = World::with_ferryd_args(&["--ct-timeout", "udp_unreplied=600"]);
+    let c = world.run("busy", &["sleep", "infinity"]);
+    check(&mut world.exec(&c, "python3", &["-c", UDP_FLOWS, "2000", CLIENT_IP]));
+    let (head, code, err) = first_line_of(&world, "conntrack list");
+    assert!(head.starts_with("PROTO"), "{head}");
+    assert_eq!((code.as_str(), err.as_str()), ("0", ""));
+
+    world.ferry_ok(&["run", "-d", "--name", "loud", "--", "seq", "1", "300000"]);
+    assert!(wait_until(Duration::from_secs(10), || world
+        .inspect("loud")["State"]["Status"]
+        == "exited"));
+    let (head, code, err) = first_line_of(&world, "logs loud");
+    assert_eq!(head, "1\n");
+    assert_eq!((code.as_str(), err.as_str()), ("0", ""));
+}

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use ferry::client::{Client, ClientError};
+use ferry::client::Client;
 use ferry_api::endpoint::{EndpointJson, PortMap};
 use hyper::Method;
 
@@ -58,16 +58,21 @@ pub async fn endpoint(client: &Client, action: EndpointAction) -> anyhow::Result
         EndpointAction::Ls { json } => {
             let list: Vec<EndpointJson> = client.call(Method::GET, "/endpoints", NO_BODY).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                out!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
             }
-            println!(
+            out!(
                 "{:<14}{:<8}{:<20}{:<12}{:<16}{:<16}PORTS",
-                "ENDPOINT ID", "ENGINE", "NAME", "NETWORK", "IP", "HOST VETH"
+                "ENDPOINT ID",
+                "ENGINE",
+                "NAME",
+                "NETWORK",
+                "IP",
+                "HOST VETH"
             );
             for e in &list {
                 let ports: Vec<String> = e.ports.iter().map(port_line).collect();
-                println!(
+                out!(
                     "{:<14}{:<8}{:<20}{:<12}{:<16}{:<16}{}",
                     &e.id[..12.min(e.id.len())],
                     e.kind,
@@ -85,19 +90,23 @@ pub async fn endpoint(client: &Client, action: EndpointAction) -> anyhow::Result
 
 /// After `ferry ps`'s containers: the containers other engines run on
 /// ferry's networks (their endpoints), if any, with their ports.
-pub async fn others_in_ps(client: &Client) -> Result<(), ClientError> {
+pub async fn others_in_ps(client: &Client) -> anyhow::Result<()> {
     let list: Vec<EndpointJson> = client.call(Method::GET, "/endpoints", NO_BODY).await?;
     if list.is_empty() {
         return Ok(());
     }
-    println!();
-    println!(
+    out!();
+    out!(
         "{:<14}{:<20}{:<10}{:<16}{:<16}PORTS",
-        "ENDPOINT ID", "NAME", "ENGINE", "IP", "HOST VETH"
+        "ENDPOINT ID",
+        "NAME",
+        "ENGINE",
+        "IP",
+        "HOST VETH"
     );
     for e in &list {
         let ports: Vec<String> = e.ports.iter().map(port_line).collect();
-        println!(
+        out!(
             "{:<14}{:<20}{:<10}{:<16}{:<16}{}",
             &e.id[..12.min(e.id.len())],
             e.name,
@@ -112,7 +121,7 @@ pub async fn others_in_ps(client: &Client) -> Result<(), ClientError> {
 
 /// `ferry port NAME` for an endpoint of another engine (Docker's own
 /// `docker port` is empty for plugin networks); false if none is named so.
-pub async fn endpoint_port(client: &Client, name: &str) -> Result<bool, ClientError> {
+pub async fn endpoint_port(client: &Client, name: &str) -> anyhow::Result<bool> {
     let list: Vec<EndpointJson> = client.call(Method::GET, "/endpoints", NO_BODY).await?;
     let Some(e) = list
         .iter()
@@ -121,7 +130,7 @@ pub async fn endpoint_port(client: &Client, name: &str) -> Result<bool, ClientEr
         return Ok(false);
     };
     for p in &e.ports {
-        println!("{}", port_line(p));
+        out!("{}", port_line(p));
     }
     Ok(true)
 }
@@ -163,8 +172,8 @@ pub fn cni(action: CniAction, socket: &Path) -> anyhow::Result<()> {
             let conflist = conf_dir.join(format!("50-{name}.conflist"));
             let text = serde_json::to_string_pretty(&conf)? + "\n";
             write_atomically(&conflist, text.as_bytes(), 0o644)?;
-            println!("installed {}", target.display());
-            println!(
+            out!("installed {}", target.display());
+            out!(
                 "installed {} (CNI network {name} on ferry network {network})",
                 conflist.display()
             );

@@ -1,5 +1,19 @@
 //! `ferry`: the command-line client of ferryd, with Docker's verbs.
 
+/// `println!` that hands a failed write back (`?`) instead of
+/// panicking: a reader that went away (`ferry ... | head`) ends the
+/// command quietly (see `main`).
+macro_rules! out {
+    () => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout())?
+    }};
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 mod engines;
 mod networks;
 mod stats;
@@ -271,11 +285,22 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(args)) {
         Ok(code) => code,
+        // The reader of the output went away (`ferry ... | head`): what it
+        // wanted it has; nothing to say.
+        Err(err) if broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ferry: {}", ferry::error_chain(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `err` is a write to a pipe whose reader has gone.
+fn broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 const NO_BODY: Option<&()> = None;
@@ -368,7 +393,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .call(Method::POST, "/containers/run", Some(&req))
                 .await?;
             if detach {
-                println!("{}", c.id);
+                out!("{}", c.id);
             } else {
                 return attached(&client, &c.id, rm).await;
             }
@@ -379,12 +404,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await?;
             if quiet {
                 for c in &list {
-                    println!("{}", &c.id[..12]);
+                    out!("{}", &c.id[..12]);
                 }
             } else {
-                println!(
+                out!(
                     "{:<14}{:<20}{:<10}{:<16}{:<16}COMMAND",
-                    "CONTAINER ID", "NAME", "STATUS", "IP", "HOST VETH"
+                    "CONTAINER ID",
+                    "NAME",
+                    "STATUS",
+                    "IP",
+                    "HOST VETH"
                 );
                 for c in &list {
                     let status = if c.state.running {
@@ -394,7 +423,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("exited({})", c.state.exit_code)
                     };
-                    println!(
+                    out!(
                         "{:<14}{:<20}{:<10}{:<16}{:<16}{}",
                         &c.id[..12],
                         c.name,
@@ -425,10 +454,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             match &format {
                 Some(template) => {
                     for c in &out {
-                        println!("{}", render(template, &serde_json::to_value(c)?)?);
+                        out!("{}", render(template, &serde_json::to_value(c)?)?);
                     }
                 }
-                None => println!("{}", serde_json::to_string_pretty(&out)?),
+                None => out!("{}", serde_json::to_string_pretty(&out)?),
             }
             if missing {
                 return Ok(ExitCode::FAILURE);
@@ -454,7 +483,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             for (port, bindings) in &c.network_settings.ports {
                 for b in bindings {
-                    println!("{port} -> {}:{}", b.host_ip, b.host_port);
+                    out!("{port} -> {}:{}", b.host_ip, b.host_port);
                 }
             }
         }
@@ -520,7 +549,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             let on = r["DebugLog"].as_bool().unwrap_or(false);
-            println!(
+            out!(
                 "datapath debug logging {} (in ferryd's log)",
                 if on { "on" } else { "off" }
             );
@@ -540,7 +569,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .call::<WaitResponse>(Method::POST, &format!("/containers/{c}/wait"), NO_BODY)
                     .await
                 {
-                    Ok(w) => println!("{}", w.status_code),
+                    Ok(w) => out!("{}", w.status_code),
                     Err(e) => {
                         eprintln!("ferry: {e}");
                         code = ExitCode::FAILURE;
@@ -573,9 +602,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     )
                     .await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&flows)?);
+                    out!("{}", serde_json::to_string_pretty(&flows)?);
                 } else {
-                    println!(
+                    out!(
                         "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<8}{:<7}EXPIRES",
                         "PROTO",
                         "NAT",
@@ -587,7 +616,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                         "IDLE"
                     );
                     for f in &flows {
-                        println!(
+                        out!(
                             "{:<6}{:<6}{:<23}{:<23}{:<23}{:<13}{:<8}{:<7}{}s",
                             f.proto,
                             f.nat,
@@ -605,47 +634,56 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ConntrackAction::Flush => {
                 let r: serde_json::Value =
                     client.call(Method::DELETE, "/conntrack", NO_BODY).await?;
-                println!("removed {} entries", r["Removed"]);
+                out!("removed {} entries", r["Removed"]);
             }
         },
         Command::Datapath { json } => {
             let d: DatapathJson = client.call(Method::GET, "/datapath", NO_BODY).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&d)?);
+                out!("{}", serde_json::to_string_pretty(&d)?);
             } else {
-                println!("pinned under: {}", d.pin_dir);
-                println!("debug log:    {}", if d.debug_log { "on" } else { "off" });
-                println!("endpoints:    {}", d.endpoints);
+                out!("pinned under: {}", d.pin_dir);
+                out!("debug log:    {}", if d.debug_log { "on" } else { "off" });
+                out!("endpoints:    {}", d.endpoints);
                 let ct = &d.conntrack;
-                println!(
+                out!(
                     "conntrack:    {} entries, {} of them assured; {} created, {} promoted, {} \
                      removed by GC/flush",
-                    ct.entries, ct.assured, ct.created, ct.promoted, ct.removed
+                    ct.entries,
+                    ct.assured,
+                    ct.created,
+                    ct.promoted,
+                    ct.removed
                 );
-                println!(
+                out!(
                     "  evicted:    {} unassured, {} assured; {} promotions refused (ct full)",
-                    ct.evicted_unassured, ct.evicted_assured, ct.assured_full
+                    ct.evicted_unassured,
+                    ct.evicted_assured,
+                    ct.assured_full
                 );
-                println!("\nattached programs:");
+                out!("\nattached programs:");
                 for a in &d.attachments {
                     let hook = if a.mode.is_empty() {
                         a.hook.clone()
                     } else {
                         format!("{} ({})", a.hook, a.mode)
                     };
-                    println!("  {:<34}{:<20}{hook}", a.target, a.program);
+                    out!("  {:<34}{:<20}{hook}", a.target, a.program);
                 }
-                println!("\nmaps:");
+                out!("\nmaps:");
                 for m in &d.maps {
                     let fill = m.entries as f64 * 100.0 / f64::from(m.capacity.max(1));
-                    println!(
+                    out!(
                         "  {:<14}{:<14}{:>9} / {:<9}{fill:>6.1}%",
-                        m.name, m.kind, m.entries, m.capacity
+                        m.name,
+                        m.kind,
+                        m.entries,
+                        m.capacity
                     );
                 }
-                println!("\ndrops by reason:");
+                out!("\ndrops by reason:");
                 for (reason, n) in &d.drops {
-                    println!("  {reason:<22}{n}");
+                    out!("  {reason:<22}{n}");
                 }
             }
         }
@@ -663,7 +701,7 @@ where
     let mut code = ExitCode::SUCCESS;
     for c in containers {
         match op(c).await {
-            Ok(()) => println!("{c}"),
+            Ok(()) => out!("{c}"),
             Err(e) => {
                 eprintln!("ferry: {e}");
                 code = ExitCode::FAILURE;

@@ -86,18 +86,23 @@ pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<E
             let net: NetworkJson = client
                 .call(Method::POST, "/networks/create", Some(&req))
                 .await?;
-            println!("{}", net.id);
+            out!("{}", net.id);
         }
         NetworkAction::Ls { quiet } => {
             let list: Vec<NetworkJson> = client.call(Method::GET, "/networks", NO_BODY).await?;
             if quiet {
                 for n in &list {
-                    println!("{}", n.name);
+                    out!("{}", n.name);
                 }
             } else {
-                println!(
+                out!(
                     "{:<14}{:<20}{:<8}{:<20}{:<10}{:<6}CONTAINERS",
-                    "NETWORK ID", "NAME", "DRIVER", "SUBNET", "INTERNAL", "ICC"
+                    "NETWORK ID",
+                    "NAME",
+                    "DRIVER",
+                    "SUBNET",
+                    "INTERNAL",
+                    "ICC"
                 );
                 for n in &list {
                     let subnet = n.ipam.config.first().map_or("", |c| c.subnet.as_str());
@@ -105,7 +110,7 @@ pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<E
                         .options
                         .get(ferry::network::OPT_ICC)
                         .map_or("true", String::as_str);
-                    println!(
+                    out!(
                         "{:<14}{:<20}{:<8}{:<20}{:<10}{:<6}{}",
                         &n.id[..12],
                         n.name,
@@ -133,7 +138,7 @@ pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<E
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out!("{}", serde_json::to_string_pretty(&out)?);
             if missing {
                 return Ok(ExitCode::FAILURE);
             }
@@ -176,7 +181,7 @@ pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<E
                     .call::<()>(Method::DELETE, &format!("/networks/{n}"), NO_BODY)
                     .await
                 {
-                    Ok(()) => println!("{n}"),
+                    Ok(()) => out!("{n}"),
                     Err(e) => {
                         eprintln!("ferry: {e}");
                         failed = true;

@@ -60,16 +60,21 @@ pub async fn stats(
                     Ok(row)
                 })
                 .collect::<Result<_, serde_json::Error>>()?;
-            println!("{}", serde_json::to_string_pretty(&rows)?);
+            out!("{}", serde_json::to_string_pretty(&rows)?);
             return Ok(ExitCode::SUCCESS);
         }
         if !once {
             // Clear the screen and go home, as docker stats does.
             print!("\x1b[2J\x1b[H");
         }
-        println!(
+        out!(
             "{:<20}{:>8}{:>22}{:>7}{:>24}{:>12}",
-            "NAME", "CPU %", "MEM USAGE / LIMIT", "PIDS", "NET I/O (RX / TX)", "THROTTLED"
+            "NAME",
+            "CPU %",
+            "MEM USAGE / LIMIT",
+            "PIDS",
+            "NET I/O (RX / TX)",
+            "THROTTLED"
         );
         for ((name, a), b) in names.iter().zip(&before).zip(&after) {
             let cpu = cpu_percent(a, b);
@@ -78,7 +83,7 @@ pub async fn stats(
             } else {
                 human(b.usage.memory_limit)
             };
-            println!(
+            out!(
                 "{:<20}{:>7.2}%{:>22}{:>7}{:>24}{:>12}",
                 name,
                 cpu,
