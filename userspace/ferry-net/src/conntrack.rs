@@ -262,6 +262,20 @@ pub fn counts(stats: &PerCpuArray<impl std::borrow::Borrow<MapData>, u64>) -> Ct
     }
 }
 
+/// Every entry of a conntrack table: in batches, else key by key.
+fn entries(map: &BpfHashMap<MapData, CtKey, CtEntry>) -> Vec<(CtKey, CtEntry)> {
+    use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
+    match crate::datapath::lookup_batch(map.map().fd().as_fd()) {
+        Ok(Some(all)) => all,
+        Ok(None) => map.iter().filter_map(Result::ok).collect(),
+        Err(e) => {
+            tracing::debug!(%e, "conntrack: batch lookup failed, walking the map");
+            map.iter().filter_map(Result::ok).collect()
+        }
+    }
+}
+
 /// Both tables read as one: where an entry is in both (for an instant,
 /// while the datapath moves it), the `ct` copy is the one packets see.
 type Snapshot = HashMap<CtKey, (CtEntry, Table)>;
@@ -323,16 +337,13 @@ impl Conntrack {
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut all: Snapshot = self
-            .new
-            .iter()
-            .filter_map(Result::ok)
+        let mut all: Snapshot = entries(&self.new)
+            .into_iter()
             .map(|(k, e)| (k, (e, Table::New)))
             .collect();
         all.extend(
-            self.assured
-                .iter()
-                .filter_map(Result::ok)
+            entries(&self.assured)
+                .into_iter()
                 .map(|(k, e)| (k, (e, Table::Assured))),
         );
         all

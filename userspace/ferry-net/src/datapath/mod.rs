@@ -51,6 +51,7 @@ use tracing::{debug, info};
 mod entries;
 mod pins;
 
+pub(crate) use pins::lookup_batch;
 use pins::{count_keys, remove_changed_maps, remove_stale_pins, update_pinned_link};
 
 /// The kernel object built by build.rs from `ebpf/ferry-ebpf`.
