@@ -55,7 +55,11 @@ impl Loaded {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/fypkt{}x{n}", std::process::id()));
         preflight::ensure_bpffs(&pin_dir).expect("bpffs");
-        let mut datapath = Datapath::load_sized(&pin_dir, sizes).expect("load datapath");
+        // A program the verifier refuses fails every test: its pins go too.
+        let mut datapath = Datapath::load_sized(&pin_dir, sizes).unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            panic!("load datapath: {e:?}")
+        });
         datapath.add_endpoint(A_IP, A).expect("endpoint A");
         datapath.add_endpoint(B_IP, B).expect("endpoint B");
         Self { datapath, pin_dir }
