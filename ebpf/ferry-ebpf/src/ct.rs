@@ -17,7 +17,7 @@
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use ferry_common::{
     CT_STAT_ASSURED_ENTERED, CT_STAT_ASSURED_FULL, CT_STAT_ASSURED_LEFT, CT_STAT_NEW_ENTERED,
-    CT_STAT_NEW_LEFT, CtEntry, CtKey, IPPROTO_TCP, TCP_FIN, TCP_RST, ct_assured,
+    CT_STAT_NEW_LEFT, CtEntry, CtKey, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, ct_assured,
 };
 
 use crate::{
@@ -124,10 +124,19 @@ pub fn lookup_seen(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
         if key.proto == IPPROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0 {
             demote(key, ptr);
         }
-    } else if entry.is_originator() {
+    } else if entry.is_originator() && could_be_assured(key.proto, entry.tcp_flags) {
         promote_if_assured(key, ptr);
     }
     Some(entry)
+}
+
+/// Whether what the originator sent alone leaves its flow a chance of
+/// being assured: a TCP originator that has not acknowledged anything
+/// (SYN retransmissions) or began to close needs no look at the other
+/// direction.
+#[inline(always)]
+fn could_be_assured(proto: u8, sent: u8) -> bool {
+    proto != IPPROTO_TCP || ct_assured(proto, sent, TCP_ACK)
 }
 
 /// Moves the flow of the originator direction `key` (`entry`, in
