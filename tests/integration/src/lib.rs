@@ -19,6 +19,7 @@ use std::{
 pub mod cni;
 pub mod docker;
 mod footprint;
+pub mod image;
 pub mod podman;
 mod process;
 

@@ -56,7 +56,7 @@ fn bad_requests_are_refused_with_a_reason_and_leave_nothing() {
         "invalid request body",
     );
     assert_refused(&world, run, b"{\"Cmd\": \"true\"}", 400, "invalid type");
-    assert_refused(&world, run, b"{}", 400, "missing field `Cmd`");
+    assert_refused(&world, run, b"{}", 400, "no command given");
     assert_refused(&world, run, b"[1, 2]", 400, "invalid request body");
     let big = format!(
         "{{\"Cmd\": [\"true\"], \"Env\": [\"X={}\"]}}",

@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, StreamBody};
 use hyper::{
     Method, Request, StatusCode,
-    body::{Bytes, Incoming},
+    body::{Bytes, Frame, Incoming},
 };
 use hyper_util::rt::TokioIo;
 use serde::{Serialize, de::DeserializeOwned};
@@ -87,6 +87,65 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Incoming, ClientError> {
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Http(e.to_string()))?,
+            None => Vec::new(),
+        };
+        self.send_body(
+            method,
+            path,
+            "application/json",
+            Full::new(Bytes::from(payload)),
+        )
+        .await
+    }
+
+    /// Sends a file as the request body, as it is read (an image archive
+    /// can be large); decodes a JSON answer.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        file: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+    ) -> Result<T, ClientError> {
+        use tokio::io::AsyncReadExt as _;
+        let chunks = futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Frame::data(Bytes::from(buf))), Some(file)))
+                }
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let bytes = self
+            .send_body(
+                Method::POST,
+                path,
+                "application/x-tar",
+                StreamBody::new(chunks),
+            )
+            .await?
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Http(format!("bad answer: {e}")))
+    }
+
+    async fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: B,
+    ) -> Result<Incoming, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let http = |e: &dyn std::fmt::Display| ClientError::Http(e.to_string());
         let stream =
             UnixStream::connect(&self.socket)
@@ -105,16 +164,12 @@ impl Client {
             .await
             .map_err(|e| http(&e))?;
         tokio::spawn(conn);
-        let payload = match body {
-            Some(b) => serde_json::to_vec(b).map_err(|e| http(&e))?,
-            None => Vec::new(),
-        };
         let request = Request::builder()
             .method(method)
             .uri(format!("http://ferryd{path}"))
             .header("host", "ferryd")
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(payload)))
+            .header("content-type", content_type)
+            .body(body)
             .map_err(|e| http(&e))?;
         let response = sender.send_request(request).await.map_err(|e| http(&e))?;
         let status = response.status();

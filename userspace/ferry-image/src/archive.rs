@@ -141,12 +141,14 @@ const MAX_JSON: u64 = 8 << 20;
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
+pub(crate) fn next_seq() -> u64 {
+    TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+}
+
 fn tmp_name(store: &Store, what: &str) -> PathBuf {
-    store.tmp_dir().join(format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-    ))
+    store
+        .tmp_dir()
+        .join(format!("{what}-{}-{}", std::process::id(), next_seq()))
 }
 
 /// One image to import: config bytes, and for each layer how to open it and
@@ -259,7 +261,23 @@ impl Store {
         }
         let tmp = tmp_name(self, "layer");
         fs::create_dir(&tmp).map_err(ImageError::at(&tmp, "creating"))?;
-        let result = layer::unpack(index.open(path)?, &tmp).and_then(|got| {
+        let result = layer::unpack(index.open(path)?, &tmp)
+            .map_err(|e| {
+                // A damaged blob usually breaks the tar stream before its
+                // digest can be compared: name the damage, not its symptom.
+                let got = index
+                    .open(path)
+                    .ok()
+                    .and_then(|s| layer::Digester::new(s).finish().ok());
+                match (blob, got) {
+                    (Some(want), Some((got, _, _))) if got != want => ImageError::Invalid(format!(
+                        "layer {n} ({path}): digest mismatch: the manifest says {want}, the \
+                         content is {got}"
+                    )),
+                    _ => e,
+                }
+            })
+            .and_then(|got| {
             if let Some(want) = blob
                 && got.blob != want
             {

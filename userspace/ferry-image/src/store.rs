@@ -142,19 +142,21 @@ impl Store {
         self.root.join("records").join(format!("{}.json", hex(id)))
     }
 
-    /// The directories a container of `image` stacks, the topmost first (the
-    /// order overlayfs's `lowerdir` takes).
-    pub fn lower_dirs(&self, image: &ImageRecord) -> Vec<PathBuf> {
-        image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| self.layer_dir(l))
-            .collect()
+    /// The layers a container of `image` stacks: their directory and their
+    /// names in it, the topmost first (the order overlayfs's `lowerdir`
+    /// takes).
+    pub fn overlay_layers(&self, image: &ImageRecord) -> (PathBuf, Vec<String>) {
+        let names = image.layers.iter().rev().map(|l| hex(l).to_owned());
+        (self.root.join("layers"), names.collect())
     }
 
-    pub fn layers_root(&self) -> PathBuf {
-        self.root.join("layers")
+    /// Where uploaded archives wait to be loaded.
+    pub fn upload_path(&self) -> PathBuf {
+        self.tmp_dir().join(format!(
+            "upload-{}-{}",
+            std::process::id(),
+            crate::archive::next_seq()
+        ))
     }
 
     /// Marks layers as in use by a load until `release`.
@@ -351,7 +353,7 @@ impl Store {
             .flat_map(|r| &r.layers)
             .chain(s.pending.keys())
             .collect();
-        let layers = self.layers_root();
+        let layers = self.root.join("layers");
         for entry in fs::read_dir(&layers).map_err(ImageError::at(&layers, "reading"))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();

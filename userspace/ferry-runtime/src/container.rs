@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     logs::{self, Stream},
     rootfs::{self, RootfsSpec},
+    user,
 };
 
 /// The hidden first argument that turns `ferryd` into the init stage.
@@ -75,6 +76,9 @@ pub struct InitSpec {
     pub hostname: String,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
+    /// `--user` or the image's `User` (empty: root).
+    #[serde(default)]
+    pub user: String,
     /// `cgroup.procs` files the workload joins before exec.
     pub cgroup_procs: Vec<PathBuf>,
     /// The container's log (JSON lines, see `logs`).
@@ -377,8 +381,8 @@ fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
     // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's state.
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    match prepare_workload(spec, fds) {
-        Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname).reason,
+    match prepare_workload(spec, fds).and_then(|()| become_user(&spec.user, &spec.env)) {
+        Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname).reason,
         Err(reason) => reason,
     }
 }
@@ -444,6 +448,9 @@ pub struct ExecSpec {
     pub env: Vec<String>,
     pub workdir: PathBuf,
     pub hostname: String,
+    /// The container's user (empty: root).
+    #[serde(default)]
+    pub user: String,
 }
 
 /// Entry point of the exec helper (`ferryd __exec`, the spec as JSON on
@@ -509,8 +516,9 @@ fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
             let failure = match std::env::set_current_dir(&spec.workdir)
                 .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
                 .and_then(|()| drop_privileges())
+                .and_then(|()| become_user(&spec.user, &spec.env))
             {
-                Ok(()) => exec_command(&spec.cmd, &spec.env, &spec.hostname),
+                Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname),
                 Err(reason) => reason.into(),
             };
             eprintln!("ferry exec: {}", failure.reason);
@@ -543,6 +551,14 @@ fn prepare_workload(spec: &InitSpec, fds: &ChildFds) -> Result<(), String> {
     dup2_stdout(&fds.stdout).map_err(|e| format!("stdout: {e}"))?;
     dup2_stderr(&fds.stderr).map_err(|e| format!("stderr: {e}"))?;
     drop_privileges()
+}
+
+/// Switches to the container's user (last: leaving uid 0 clears the
+/// capabilities); returns the environment with its `HOME`.
+fn become_user(user: &str, env: &[String]) -> Result<Vec<String>, String> {
+    let ids = user::resolve(user)?;
+    user::switch(&ids)?;
+    Ok(user::with_home(env, &ids))
 }
 
 /// Docker's default capabilities in every set, the rest out of the

@@ -10,3 +10,4 @@ pub mod cgroup;
 pub mod container;
 pub mod logs;
 pub mod rootfs;
+pub mod user;

@@ -2,8 +2,8 @@
 //! its own mount namespace just before exec, so that every mount dies with
 //! the container and none can leak onto the host.
 //!
-//! Root: an overlay whose read-only lower layer is the host's root (or the
-//! `--rootfs` directory, bind-mounted), with a per-container upper layer.
+//! Root: an overlay of the container's own upper layer on an image's layers
+//! or on the host's root, or the `--rootfs` directory bind-mounted in place.
 //! On top: a fresh /proc, a minimal /dev, read-only /sys, the per-container
 //! /etc/hosts, /etc/hostname and /etc/resolv.conf, bind volumes, Docker's
 //! masked and read-only /proc paths, then pivot_root.
@@ -121,11 +121,26 @@ impl Bind {
     }
 }
 
+/// What the container's root is made of, below its own writable layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Lower {
+    /// An overlay of the host's root (ferry's and the host's runtime
+    /// directories hidden).
+    Host,
+    /// `--rootfs DIR`, used in place (no overlay).
+    Dir(PathBuf),
+    /// An image's layers, as directories of `root` (the topmost first),
+    /// overlaid with the container's own upper layer.
+    Layers { root: PathBuf, layers: Vec<String> },
+}
+
+/// overlayfs takes its options in one page.
+const MAX_MOUNT_OPTIONS: usize = 4095;
+
 /// Everything the workload needs to build its root.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RootfsSpec {
-    /// `--rootfs DIR`; `None`: the host's root as the overlay's lower layer.
-    pub image: Option<PathBuf>,
+    pub lower: Lower,
     pub upper: PathBuf,
     pub work: PathBuf,
     /// Where the root is assembled before pivot_root.
@@ -238,26 +253,52 @@ fn mount_point(source: &Path, target: &Path) -> Result<(), String> {
     }
 }
 
+fn overlay(root: &Path, lower: &str, spec: &RootfsSpec) -> Result<(), String> {
+    let options = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        spec.upper.display(),
+        spec.work.display()
+    );
+    if options.len() > MAX_MOUNT_OPTIONS {
+        return Err(format!(
+            "the image has too many layers ({}) for one overlay mount",
+            lower.split(':').count()
+        ));
+    }
+    mount(
+        Some("overlay"),
+        root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(fail("mounting the overlay root"))
+}
+
 /// Builds the root and pivots into it. Runs in the workload process, in
 /// its own (private) mount namespace and PID namespace, before exec.
 pub fn enter(spec: &RootfsSpec) -> Result<(), String> {
     let root = &spec.merged;
-    match &spec.image {
-        Some(image) => bind(image, root, false)?,
-        None => {
-            let options = format!(
-                "lowerdir=/,upperdir={},workdir={}",
-                spec.upper.display(),
-                spec.work.display()
-            );
-            mount(
-                Some("overlay"),
-                root,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(options.as_str()),
-            )
-            .map_err(fail("mounting the overlay root"))?;
+    match &spec.lower {
+        Lower::Dir(dir) => bind(dir, root, false)?,
+        Lower::Layers {
+            root: layers,
+            layers: names,
+        } => {
+            // Layer names relative to their directory keep the options short
+            // (overlayfs resolves them from the working directory).
+            std::env::set_current_dir(layers)
+                .map_err(fail_io(format_args!("chdir {}", layers.display())))?;
+            let lower = if names.is_empty() {
+                // An image with no layer: an empty lower layer.
+                spec.work.with_file_name("empty").display().to_string()
+            } else {
+                names.join(":")
+            };
+            overlay(root, &lower, spec)?;
+        }
+        Lower::Host => {
+            overlay(root, "/", spec)?;
             // Empty tmpfs over the host's runtime and ferry's own
             // directories, which the lower layer would otherwise show.
             for dir in spec

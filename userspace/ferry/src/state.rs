@@ -78,6 +78,18 @@ pub struct ContainerRecord {
     pub working_dir: String,
     #[serde(default)]
     pub host_config: crate::api::HostConfig,
+    /// The image as the user named it, and its ID; empty for the host's
+    /// root and `--rootfs`.
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub image_id: String,
+    /// `--user` or the image's `User`.
+    #[serde(default)]
+    pub user: String,
+    /// The signal `stop` sends first (the image's `StopSignal`, or SIGTERM).
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 impl ContainerRecord {
@@ -259,6 +271,10 @@ mod tests {
             oom_killed: false,
             working_dir: String::new(),
             host_config: Default::default(),
+            image: String::new(),
+            image_id: String::new(),
+            user: String::new(),
+            stop_signal: String::new(),
         }
     }
 

@@ -22,7 +22,7 @@ pub enum InvalidInput {
     Hostname(String),
     #[error("invalid environment entry {0:?}: expected KEY=VALUE with a non-empty KEY")]
     Env(String),
-    #[error("no command given: ferry {0} [OPTIONS] -- CMD [ARGS...]")]
+    #[error("no command given: {0}")]
     NoCommand(&'static str),
     #[error("invalid container name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")]
     Name(String),
@@ -54,7 +54,9 @@ pub struct RunParts {
 /// the network to join).
 pub fn run_request(req: &RunRequest) -> Result<RunParts, InvalidInput> {
     if req.cmd.first().is_none_or(String::is_empty) {
-        return Err(InvalidInput::NoCommand("run"));
+        return Err(InvalidInput::NoCommand(
+            "ferry run [OPTIONS] IMAGE [ARGS...], or ferry run [OPTIONS] -- CMD [ARGS...]",
+        ));
     }
     no_nul("argument", &req.cmd)?;
     no_nul("working directory", [&req.working_dir])?;
@@ -96,7 +98,9 @@ pub fn run_request(req: &RunRequest) -> Result<RunParts, InvalidInput> {
 /// The checks of an exec request; like [`run_request`].
 pub fn exec_request(req: &ExecRequest) -> Result<(), InvalidInput> {
     if req.cmd.first().is_none_or(String::is_empty) {
-        return Err(InvalidInput::NoCommand("exec CONTAINER"));
+        return Err(InvalidInput::NoCommand(
+            "ferry exec [OPTIONS] CONTAINER CMD [ARGS...]",
+        ));
     }
     no_nul("argument", &req.cmd)?;
     no_nul("working directory", [&req.working_dir])?;

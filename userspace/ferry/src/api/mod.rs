@@ -169,6 +169,19 @@ struct LogsQuery {
 }
 
 #[derive(Debug, Deserialize)]
+struct ImageQuery {
+    name: String,
+    #[serde(default)]
+    force: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct TagQuery {
+    source: String,
+    target: String,
+}
+
+#[derive(Debug, Deserialize)]
 struct RemoveQuery {
     #[serde(default)]
     force: bool,
@@ -196,6 +209,14 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/networks/{id}", get(network_inspect).delete(network_remove))
         .route("/networks/{id}/connect", post(network_connect))
         .route("/networks/{id}/disconnect", post(network_disconnect))
+        .route(
+            "/images/load",
+            post(image_load).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/images/json", get(image_list))
+        .route("/images/inspect", get(image_inspect))
+        .route("/images/tag", post(image_tag))
+        .route("/images/remove", delete(image_remove))
         .merge(endpoints::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -385,4 +406,56 @@ async fn network_disconnect(
 ) -> Result<StatusCode, ApiError> {
     d.network_disconnect(&id, req).await?;
     Ok(StatusCode::OK)
+}
+
+/// The archive arrives as the request body; it is written to the store's
+/// temporary directory as it comes, then loaded.
+async fn image_load(
+    State(d): State<Arc<Daemon>>,
+    body: axum::body::Body,
+) -> Result<Json<Vec<ferry_image::LoadedImage>>, ApiError> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let path = d.image_upload_path();
+    let written = async {
+        let mut file = tokio::fs::File::create(&path).await?;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            file.write_all(&chunk.map_err(std::io::Error::other)?)
+                .await?;
+        }
+        file.flush().await
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&path).await;
+        return Err(ApiError::BadRequest(format!("receiving the archive: {e}")));
+    }
+    Ok(Json(d.image_load(&path).await?))
+}
+
+async fn image_list(State(d): State<Arc<Daemon>>) -> Json<Vec<ImageSummary>> {
+    Json(d.image_list().await)
+}
+
+async fn image_inspect(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<ImageQuery>,
+) -> Result<Json<ImageInspect>, ApiError> {
+    Ok(Json(d.image_inspect(&q.name).await?))
+}
+
+async fn image_tag(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<TagQuery>,
+) -> Result<StatusCode, ApiError> {
+    d.image_tag(&q.source, &q.target).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn image_remove(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<ImageQuery>,
+) -> Result<Json<Vec<ImageDeleted>>, ApiError> {
+    Ok(Json(d.image_remove(&q.name, q.force).await?))
 }

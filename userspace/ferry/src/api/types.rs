@@ -24,8 +24,20 @@ pub struct RunRequest {
     /// Publish specs as `docker run -p` takes them.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// The command; with an image, its arguments (empty: the image's Cmd).
+    #[serde(default)]
     pub cmd: Vec<String>,
-    /// The workload's working directory (default `/`).
+    /// An image of the store to run; empty: the host's root (or
+    /// `HostConfig.Rootfs`).
+    #[serde(default)]
+    pub image: String,
+    /// `--entrypoint`: replaces the image's (and drops its Cmd).
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `--user` (default: the image's `User`, or root).
+    #[serde(default)]
+    pub user: String,
+    /// The workload's working directory (default: the image's, or `/`).
     #[serde(default)]
     pub working_dir: String,
     #[serde(default)]
@@ -188,9 +200,13 @@ pub struct HostConfig {
     #[serde(default)]
     pub network_mode: String,
     /// ferry's addition: a root filesystem directory to run instead of the
-    /// overlay of the host's root.
+    /// overlay of the host's root (`host`, or empty without an image: that
+    /// overlay).
     #[serde(default)]
     pub rootfs: String,
+    /// `-P`: publish every port the image exposes on a free host port.
+    #[serde(default)]
+    pub publish_all_ports: bool,
     /// `--dns`: resolvers for the container (on a user-defined network,
     /// the ones its embedded DNS forwards to).
     #[serde(default)]
@@ -240,6 +256,13 @@ pub struct ContainerConfig {
     pub env: Vec<String>,
     pub cmd: Vec<String>,
     pub working_dir: String,
+    /// The image as it was named; empty for the host's root and `--rootfs`.
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub stop_signal: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -381,6 +404,9 @@ impl From<&ContainerRecord> for ContainerJson {
                 env: r.env.clone(),
                 cmd: r.cmd.clone(),
                 working_dir: r.working_dir.clone(),
+                image: r.image.clone(),
+                user: r.user.clone(),
+                stop_signal: r.stop_signal.clone(),
             },
             host_config: r.host_config.clone(),
             network_settings,
@@ -498,3 +524,39 @@ pub struct MapJson {
 }
 
 pub use ferry_api::ErrorBody;
+
+/// `GET /images/json`: one image.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSummary {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    /// When it was built (RFC 3339, from its config).
+    pub created: String,
+    pub size: u64,
+    /// Containers (running or not) that use it.
+    pub containers: usize,
+}
+
+/// `GET /images/inspect`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageInspect {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub created: String,
+    pub size: u64,
+    pub architecture: String,
+    pub os: String,
+    pub config: ferry_image::RunConfig,
+    /// Layer diff_ids, the lowest first.
+    pub layers: Vec<String>,
+}
+
+/// What `DELETE /images` did, line by line as Docker reports it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageDeleted {
+    pub untagged: Option<String>,
+    pub deleted: Option<String>,
+}

@@ -20,7 +20,14 @@ use nix::{
 };
 use tracing::{info, warn};
 
-use super::{Daemon, Inner, networks::endpoint_address, now, random_id};
+use super::{
+    Daemon, Inner,
+    control::parse_signal,
+    images::{WithImage, apply_image},
+    names,
+    networks::endpoint_address,
+    now, random_id,
+};
 use crate::{
     api::{ApiError, RunRequest},
     cgroup::CgroupError,
@@ -28,7 +35,7 @@ use crate::{
     dns, netns,
     network::NetworkDef,
     portmap::PublishSpec,
-    rootfs::{Bind, RootfsSpec},
+    rootfs::{Bind, Lower, RootfsSpec},
     state::{ContainerRecord, Status, process_start_time},
     validate,
 };
@@ -47,7 +54,10 @@ pub(super) struct Partial {
 struct Plan {
     specs: Vec<PublishSpec>,
     binds: Vec<Bind>,
-    image: Option<PathBuf>,
+    lower: Lower,
+    /// The image's ID and `StopSignal`; empty without an image.
+    image_id: String,
+    stop_signal: String,
     network: NetPlan,
     workdir: PathBuf,
 }
@@ -70,7 +80,11 @@ enum NetPlan {
 
 impl Plan {
     /// Validates the request; `inner` resolves `container:<name>`.
-    pub(super) fn of(req: &RunRequest, inner: &Inner) -> Result<Self, ApiError> {
+    pub(super) fn of(
+        req: &RunRequest,
+        inner: &Inner,
+        image: Option<(ferry_image::ImageRecord, Lower)>,
+    ) -> Result<Self, ApiError> {
         let bad = |m: String| ApiError::BadRequest(m);
         let validate::RunParts {
             specs,
@@ -81,9 +95,17 @@ impl Plan {
             b.check_source().map_err(|e| bad(e.to_string()))?;
             inner.refuse_own_dirs("volume source", &b.source)?;
         }
-        let image = match req.host_config.rootfs.as_str() {
-            "" => None,
-            dir => {
+        let (image_id, stop_signal, image) = match image {
+            Some((record, lower)) => (record.id, record.config.stop_signal, Some(lower)),
+            None => (String::new(), String::new(), None),
+        };
+        if !stop_signal.is_empty() {
+            parse_signal(&stop_signal)?;
+        }
+        let lower = match (image, req.host_config.rootfs.as_str()) {
+            (Some(layers), _) => layers,
+            (None, "" | "host") => Lower::Host,
+            (None, dir) => {
                 let path = Path::new(dir);
                 if !path.is_absolute() {
                     return Err(bad(format!("rootfs {dir:?} must be an absolute path")));
@@ -100,7 +122,7 @@ impl Plan {
                     )));
                 }
                 inner.refuse_own_dirs("rootfs", path)?;
-                Some(path.to_owned())
+                Lower::Dir(path.to_owned())
             }
         };
         let mode = req.host_config.network_mode.as_str();
@@ -149,7 +171,9 @@ impl Plan {
         Ok(Self {
             specs,
             binds,
-            image,
+            lower,
+            image_id,
+            stop_signal,
             network,
             workdir,
         })
@@ -159,9 +183,13 @@ impl Plan {
 impl Daemon {
     pub async fn run(self: &Arc<Self>, req: RunRequest) -> Result<ContainerRecord, ApiError> {
         let mut inner = self.inner.lock().await;
-        let plan = Plan::of(&req, &inner)?;
+        let WithImage { req, image } = apply_image(&self.images, req)?;
+        let plan = Plan::of(&req, &inner, image)?;
         let id = random_id()?;
-        let name = req.name.clone().unwrap_or_else(|| id[..12].to_owned());
+        let name = match &req.name {
+            Some(name) => name.clone(),
+            None => names::generate(|n| inner.containers.values().any(|c| c.name == n))?,
+        };
         if inner.containers.values().any(|c| c.name == name) {
             return Err(ApiError::Conflict(format!(
                 "the container name {name:?} is already in use"
@@ -332,6 +360,7 @@ impl Inner {
             hostname: hostname.to_owned(),
             cmd: req.cmd.clone(),
             env: req.env.clone(),
+            user: req.user.clone(),
             cgroup_procs: self.cgroups.procs_files(id),
             log: self.store.log_path(id),
             exit_file: self.store.exit_path(id),
@@ -364,6 +393,10 @@ impl Inner {
             oom_killed: false,
             working_dir: plan.workdir.display().to_string(),
             host_config: req.host_config.clone(),
+            image: req.image.clone(),
+            image_id: plan.image_id.clone(),
+            user: req.user.clone(),
+            stop_signal: plan.stop_signal.clone(),
         };
         self.store.save(&record).map_err(|e| internal(&e))?;
         Ok(record)
@@ -387,7 +420,9 @@ impl Inner {
             layers.join("merged"),
         );
         let etc = dir.join("etc");
-        for d in [&upper, &work, &merged, &etc] {
+        // The lower layer of an image without layers.
+        let empty = layers.join("empty");
+        for d in [&upper, &work, &merged, &etc, &empty] {
             std::fs::create_dir_all(d)?;
         }
         let host_network = matches!(plan.network, NetPlan::Host);
@@ -433,7 +468,7 @@ impl Inner {
             });
         }
         Ok(RootfsSpec {
-            image: plan.image.clone(),
+            lower: plan.lower.clone(),
             upper,
             work,
             merged,

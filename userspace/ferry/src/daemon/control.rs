@@ -37,24 +37,30 @@ impl Daemon {
         inner.find(reference).cloned()
     }
 
-    /// SIGTERM, then SIGKILL after `timeout` seconds, as `docker stop`.
+    /// The stop signal (SIGTERM, or the image's `StopSignal`), then SIGKILL
+    /// after `timeout` seconds, as `docker stop`.
     pub async fn stop(&self, reference: &str, timeout: u64) -> Result<(), ApiError> {
-        let (pid, mut exited) = {
+        let (pid, first, mut exited) = {
             let inner = self.inner.lock().await;
             let record = inner.find(reference)?;
             let (Some(pid), Some(tx)) = (record.pid, inner.exits.get(&record.id)) else {
                 return Ok(());
             };
-            (pid, tx.subscribe())
+            let first = match record.stop_signal.as_str() {
+                "" => Signal::SIGTERM,
+                name => parse_signal(name)?,
+            };
+            (pid, first, tx.subscribe())
         };
         let signals = [
-            (Signal::SIGTERM, Duration::from_secs(timeout)),
-            (Signal::SIGKILL, Duration::from_secs(30)),
+            (Some(first), Duration::from_secs(timeout)),
+            (None, Duration::from_secs(30)),
         ];
         for (signal, wait) in signals {
-            if timeout == 0 && signal == Signal::SIGTERM {
+            if timeout == 0 && signal.is_some() {
                 continue;
             }
+            let signal = signal.unwrap_or(Signal::SIGKILL);
             if let Err(e) = kill(Pid::from_raw(pid as i32), signal)
                 && e != nix::Error::ESRCH
             {
@@ -224,6 +230,7 @@ impl Daemon {
                 env: record.env.iter().cloned().chain(req.env).collect(),
                 workdir,
                 hostname: record.hostname.clone(),
+                user: record.user.clone(),
             }
         };
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
@@ -288,7 +295,7 @@ impl Daemon {
     }
 }
 
-fn parse_signal(name: &str) -> Result<Signal, ApiError> {
+pub(super) fn parse_signal(name: &str) -> Result<Signal, ApiError> {
     let bad = || ApiError::BadRequest(format!("invalid signal: {name}"));
     if let Ok(n) = name.parse::<i32>() {
         return Signal::try_from(n).map_err(|_| bad());

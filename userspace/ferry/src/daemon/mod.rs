@@ -11,6 +11,8 @@ mod containers;
 mod control;
 mod docker;
 mod endpoints;
+mod images;
+mod names;
 mod networks;
 mod observe;
 mod reset;
@@ -99,6 +101,9 @@ fn unescape_mountinfo(field: &str) -> String {
 
 pub struct Daemon {
     inner: Mutex<Inner>,
+    /// The image store (its own lock: loading an image must not hold up
+    /// the containers).
+    images: Arc<ferry_image::Store>,
     /// Where the conntrack maps are pinned, for listing and flushing (own
     /// fds, no lock).
     ct_pins: std::path::PathBuf,
@@ -305,8 +310,11 @@ impl Daemon {
         info!(cgroup = %config.cgroup.display(), "socket hooks attached");
         portmap::reserve_snat_ports(true)
             .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
+        let images = ferry_image::Store::open(&config.state_dir.join("images"))
+            .map_err(|e| anyhow::anyhow!("cannot open the image store: {e}"))?;
         let daemon = Arc::new(Self {
             inner: Mutex::new(inner),
+            images: Arc::new(images),
             ct_pins: config.pin_dir.clone(),
             ct_timeouts: config.ct_timeouts,
             api: ApiCounters::default(),

@@ -15,7 +15,9 @@ macro_rules! out {
 }
 
 mod engines;
+mod images;
 mod networks;
+mod run;
 mod stats;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -23,11 +25,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry::{
-    api::{
-        ContainerJson, DatapathJson, EndpointConfig, ExecRequest, HostConfig, RunRequest,
-        WaitResponse,
-    },
-    cgroup::{Resources, parse_size},
+    api::{ContainerJson, DatapathJson, ExecRequest, WaitResponse},
     client::{Client, ClientError},
     config,
     conntrack::Flow,
@@ -55,7 +53,35 @@ struct Args {
 enum Command {
     /// Create and start a container.
     #[command(disable_help_flag = true)]
-    Run(Box<RunArgs>),
+    Run(Box<run::RunArgs>),
+    /// List images.
+    Images {
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Load images from a `docker save` archive or an OCI image layout.
+    Load {
+        /// The archive (default: standard input).
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images.
+    Rmi {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        action: images::ImageAction,
+    },
     /// List containers.
     Ps {
         /// Show exited containers too.
@@ -168,81 +194,6 @@ enum Command {
     },
 }
 
-/// `ferry run`'s flags, as `docker run` takes them.
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Print help (`-h` is the hostname, as in Docker).
-    #[arg(long, action = clap::ArgAction::Help)]
-    help: Option<bool>,
-    /// Run in the background and print the container ID.
-    #[arg(short = 'd', long)]
-    detach: bool,
-    /// Remove the container when it exits.
-    #[arg(long)]
-    rm: bool,
-    #[arg(long)]
-    name: Option<String>,
-    #[arg(long, short = 'h')]
-    hostname: Option<String>,
-    /// Environment variable KEY=VALUE (repeatable).
-    #[arg(short = 'e', long = "env")]
-    env: Vec<String>,
-    /// Publish a port: [ip:][hostPort[-end]:]containerPort[-end][/tcp|udp]
-    /// (repeatable).
-    #[arg(short = 'p', long = "publish")]
-    publish: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir")]
-    workdir: Option<String>,
-    /// Memory limit, e.g. 256m.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// Memory plus swap limit (-1: unlimited swap; default: twice --memory).
-    #[arg(long, allow_hyphen_values = true)]
-    memory_swap: Option<String>,
-    /// Number of CPUs, e.g. 1.5.
-    #[arg(long)]
-    cpus: Option<f64>,
-    /// Relative CPU weight (default 1024).
-    #[arg(short = 'c', long)]
-    cpu_shares: Option<u64>,
-    /// CPUs the container may use, e.g. 0-1.
-    #[arg(long)]
-    cpuset_cpus: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long, allow_hyphen_values = true)]
-    pids_limit: Option<i64>,
-    /// bridge (default), a user-defined network, host, none or
-    /// container:<name|id>.
-    #[arg(long, alias = "net")]
-    network: Option<String>,
-    /// The container's IPv4 address (user-defined networks only).
-    #[arg(long)]
-    ip: Option<String>,
-    /// Another name of the container on its network (repeatable).
-    #[arg(long = "network-alias")]
-    network_aliases: Vec<String>,
-    /// A DNS server for the container (repeatable).
-    #[arg(long)]
-    dns: Vec<String>,
-    /// A NAME:IP line for /etc/hosts (repeatable).
-    #[arg(long = "add-host")]
-    add_hosts: Vec<String>,
-    /// Bind mount HOST_PATH:CONTAINER_PATH[:ro] (repeatable).
-    #[arg(short = 'v', long = "volume")]
-    volumes: Vec<String>,
-    /// Run this root filesystem directory instead of an overlay of the
-    /// host's root.
-    #[arg(long)]
-    rootfs: Option<String>,
-    /// Mount the container's root read-only.
-    #[arg(long)]
-    read_only: bool,
-    /// The command and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-    cmd: Vec<String>,
-}
-
 #[derive(Subcommand)]
 enum DebugTarget {
     /// The eBPF programs log every drop (with its reason) and every new
@@ -324,71 +275,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.host);
     match args.command {
         Command::Run(args) => {
-            let RunArgs {
-                detach,
-                rm,
-                name,
-                hostname,
-                env,
-                publish,
-                workdir,
-                memory,
-                memory_swap,
-                cpus,
-                cpu_shares,
-                cpuset_cpus,
-                pids_limit,
-                network,
-                ip,
-                network_aliases,
-                dns,
-                add_hosts,
-                volumes,
-                rootfs,
-                read_only,
-                cmd,
-                ..
-            } = *args;
-            let memory = memory
-                .map(|m| parse_size(&m).map_err(|e| anyhow::anyhow!("--memory: {e}")))
-                .transpose()?
-                .unwrap_or(0);
-            let memory_swap = match memory_swap.as_deref() {
-                None => 0,
-                Some("-1") => -1,
-                Some(v) => parse_size(v).map_err(|e| anyhow::anyhow!("--memory-swap: {e}"))? as i64,
-            };
-            let req = RunRequest {
-                name,
-                hostname,
-                env: resolve_env(env),
-                publish,
-                cmd,
-                working_dir: workdir.unwrap_or_default(),
-                host_config: HostConfig {
-                    resources: Resources {
-                        memory,
-                        memory_swap,
-                        nano_cpus: cpus.map_or(0, |c| (c * 1e9).round() as u64),
-                        cpu_shares: cpu_shares.unwrap_or(0),
-                        cpuset_cpus: cpuset_cpus.unwrap_or_default(),
-                        pids_limit: pids_limit.unwrap_or(0),
-                    },
-                    binds: volumes,
-                    readonly_rootfs: read_only,
-                    // Attached, the client removes the container once it
-                    // has the exit code; detached, ferryd does.
-                    auto_remove: rm && detach,
-                    network_mode: network.unwrap_or_default(),
-                    rootfs: rootfs.unwrap_or_default(),
-                    dns,
-                    extra_hosts: add_hosts,
-                },
-                endpoint: EndpointConfig {
-                    ipv4_address: ip.unwrap_or_default(),
-                    aliases: network_aliases,
-                },
-            };
+            let detach = args.detach;
+            let rm = args.rm;
+            let req = run::request(&client, *args).await?;
             let c: ContainerJson = client
                 .call(Method::POST, "/containers/run", Some(&req))
                 .await?;
@@ -579,6 +468,19 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
         Command::Network { action } => return networks::network(&client, action).await,
+        Command::Images { quiet } => {
+            return images::image(&client, images::ImageAction::Ls { quiet }).await;
+        }
+        Command::Load { input, quiet } => {
+            return images::image(&client, images::ImageAction::Load { input, quiet }).await;
+        }
+        Command::Rmi { force, images } => {
+            return images::image(&client, images::ImageAction::Rm { force, images }).await;
+        }
+        Command::Tag { source, target } => {
+            return images::image(&client, images::ImageAction::Tag { source, target }).await;
+        }
+        Command::Image { action } => return images::image(&client, action).await,
         Command::Endpoint { action } => engines::endpoint(&client, action).await?,
         Command::Cni { action } => engines::cni(action, &args.host)?,
         Command::Conntrack { action } => match action {

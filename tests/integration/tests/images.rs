@@ -1,0 +1,272 @@
+//! Images: `ferry load` of both archive formats, `ferry run IMAGE` with the
+//! image's configuration, whiteouts, digests that do not match, and what is
+//! left after removal. The images are built by the tests' own code
+//! (`ferry_integration::image`) from the host's static busybox.
+
+use std::{fs::File, path::Path, process::Command};
+
+use ferry_integration::{
+    CLIENT_IP, HOST_UPLINK_IP, World, bin_dir,
+    image::{self, Layer},
+    output,
+};
+use serde_json::json;
+
+const APPLETS: &[&str] = &[
+    "sh", "httpd", "ls", "cat", "echo", "id", "pwd", "sleep", "true", "env",
+];
+
+/// Two layers: busybox with a web root, then one that removes `/bin/true`,
+/// replaces `/data` (opaque) and changes the page.
+fn web_layers() -> Vec<Vec<u8>> {
+    let base = Layer::new()
+        .busybox(APPLETS)
+        .dir("data")
+        .file("data/old", 0o644, b"old\n")
+        .finish();
+    let top = Layer::new()
+        .dir("bin")
+        .whiteout("bin", "true")
+        .dir("data")
+        .opaque("data")
+        .file("data/new", 0o644, b"new\n")
+        .dir("www")
+        .file("www/index.html", 0o644, b"hello from the top layer\n")
+        .finish();
+    vec![base, top]
+}
+
+fn web_config(layers: &[Vec<u8>]) -> Vec<u8> {
+    image::config(
+        layers,
+        json!({
+            "Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"],
+            "Env": ["PATH=/bin", "GREETING=hello"],
+            "WorkingDir": "/www",
+            "ExposedPorts": { "80/tcp": {} },
+            "StopSignal": "SIGINT",
+        }),
+    )
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `ferry load` with the archive on standard input.
+fn load_stdin(world: &World, archive: &Path) -> std::process::Output {
+    output(
+        Command::new(bin_dir().join("ferry"))
+            .arg("-H")
+            .arg(&world.socket)
+            .arg("load")
+            .stdin(File::open(archive).expect("archive")),
+    )
+}
+
+fn store_entries(world: &World, dir: &str) -> Vec<String> {
+    let path = world.dir.join("state/images").join(dir);
+    let mut names: Vec<String> = std::fs::read_dir(&path)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_loaded_image_runs_with_its_config_and_publishes_what_it_exposes() {
+    let world = World::new();
+    let layers = web_layers();
+    let config = web_config(&layers);
+    let archive = world.dir.join("web.tar");
+    image::docker_archive(&archive, &["web:1"], &layers, &config);
+    let archive_arg = archive.display().to_string();
+    let out = world.ferry_ok(&["load", "-i", &archive_arg]);
+    assert_eq!(out.trim(), "Loaded image: web:1");
+    let id = image::digest(&config);
+    let images = world.ferry_ok(&["images"]);
+    assert!(
+        images.contains("web") && images.contains(&id[7..19]),
+        "{images}"
+    );
+
+    // -P publishes the exposed port; the config's command, working directory
+    // and environment apply; the client is seen with its own address.
+    world.ferry_ok(&["run", "-d", "--name", "web", "-P", "web:1"]);
+    let port = world.ferry_ok(&["port", "web"]);
+    let host_port: u16 = port
+        .trim()
+        .strip_prefix("80/tcp -> 0.0.0.0:")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("80/tcp not published: {port}"));
+    let base = format!("http://{HOST_UPLINK_IP}:{host_port}");
+    assert_eq!(
+        world.curl_eventually(&format!("{base}/")),
+        "hello from the top layer"
+    );
+    assert_eq!(
+        world.curl_eventually(&format!("{base}/cgi-bin/peer")),
+        format!("peer [::ffff:{CLIENT_IP}]")
+    );
+    let pwd_env = world.ferry_ok(&["exec", "web", "sh", "-c", "pwd; echo $GREETING $HOME"]);
+    assert_eq!(pwd_env, "/www\nhello /root\n");
+    let inspect = world.inspect("web");
+    assert_eq!(inspect["Config"]["Image"], "web:1");
+    assert_eq!(inspect["Config"]["StopSignal"], "SIGINT");
+
+    // Whiteouts: /bin/true is gone, /data has only the top layer's file.
+    let listing = world.ferry_ok(&[
+        "run",
+        "--rm",
+        "web:1",
+        "sh",
+        "-c",
+        "ls /data; [ -e /bin/true ] || echo gone",
+    ]);
+    assert_eq!(listing, "new\ngone\n", "whiteouts not applied");
+    let out = world.ferry(&["run", "--rm", "web:1", "true"]);
+    assert!(!out.status.success(), "a whited-out command ran");
+    assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
+
+    // --user, --entrypoint, -e over the image's Env.
+    let ids = world.ferry_ok(&["run", "--rm", "-u", "www", "web:1", "id"]);
+    assert!(ids.starts_with("uid=33(www) gid=33(www)"), "{ids}");
+    let echoed = world.ferry_ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=bye",
+        "--entrypoint",
+        "/bin/sh",
+        "web:1",
+        "-c",
+        "echo $GREETING",
+    ]);
+    assert_eq!(echoed, "bye\n");
+
+    // A container without --name gets adjective_noun.
+    let cid = world.ferry_ok(&["run", "-d", "web:1", "sleep", "30"]);
+    let named = world.inspect(cid.trim());
+    let name = named["Name"].as_str().expect("Name");
+    assert!(
+        name.split_once('_')
+            .is_some_and(|(a, n)| !a.is_empty() && !n.is_empty()),
+        "{name}"
+    );
+
+    // Another name; removing one name only untags; an image in use stays.
+    world.ferry_ok(&["tag", "web:1", "localhost:5000/web:latest"]);
+    let untag = world.ferry_ok(&["rmi", "localhost:5000/web"]);
+    assert_eq!(untag.trim(), "Untagged: localhost:5000/web:latest");
+    let refused = world.ferry(&["rmi", "web:1"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("container web uses image")
+            || stderr(&refused).contains(&format!("container {name} uses image")),
+        "{}",
+        stderr(&refused)
+    );
+    // `stop` sends the image's StopSignal (SIGINT), which this workload
+    // traps; SIGTERM it would ignore (PID 1 without a handler).
+    world.ferry_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "trapper",
+        "web:1",
+        "sh",
+        "-c",
+        "trap 'exit 7' INT; while :; do sleep 0.1; done",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    world.ferry_ok(&["stop", "-t", "20", "trapper"]);
+    assert_eq!(world.inspect("trapper")["State"]["ExitCode"], 7);
+    world.ferry_ok(&["rm", "-f", "web", name, "trapper"]);
+    let removed = world.ferry_ok(&["rmi", "web:1"]);
+    assert!(removed.contains("Untagged: web:1"), "{removed}");
+    assert!(removed.contains(&format!("Deleted: {id}")), "{removed}");
+    assert_eq!(world.ferry_ok(&["images", "-q"]), "");
+    assert!(store_entries(&world, "layers").is_empty());
+    assert!(store_entries(&world, "records").is_empty());
+    assert!(store_entries(&world, "tmp").is_empty());
+}
+
+#[test]
+fn an_oci_layout_loads_and_a_damaged_one_leaves_nothing() {
+    let world = World::new();
+    let layers = web_layers();
+    let config = web_config(&layers);
+
+    // A damaged layer blob is refused by its digest; nothing of it stays.
+    let damaged = world.dir.join("damaged.tar");
+    image::oci_archive(
+        &damaged,
+        "localhost:5000/web:oci",
+        &layers,
+        &config,
+        Some(1),
+    );
+    let out = load_stdin(&world, &damaged);
+    assert!(!out.status.success(), "a damaged image loaded");
+    assert!(stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
+    assert_eq!(world.ferry_ok(&["images", "-q"]), "");
+    assert!(store_entries(&world, "records").is_empty());
+    assert!(store_entries(&world, "tmp").is_empty());
+    // The first layer was sound and may stay for the next load to reuse,
+    // but nothing half-unpacked may.
+    assert!(store_entries(&world, "layers").len() <= 1);
+
+    // A config whose diff_ids do not match the layers is refused too.
+    let lying = image::config(&[layers[0].clone(), b"not this layer".to_vec()], json!({}));
+    let archive = world.dir.join("lying.tar");
+    image::docker_archive(&archive, &["lying:1"], &layers, &lying);
+    let out = load_stdin(&world, &archive);
+    assert!(stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
+
+    // The sound layout loads (from standard input) under its full name.
+    let sound = world.dir.join("sound.tar");
+    image::oci_archive(&sound, "localhost:5000/web:oci", &layers, &config, None);
+    let out = load_stdin(&world, &sound);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "Loaded image: localhost:5000/web:oci");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&world.ferry_ok(&["image", "inspect", "localhost:5000/web:oci"]))
+            .expect("inspect JSON");
+    assert_eq!(inspect[0]["Id"], image::digest(&config));
+    assert_eq!(inspect[0]["Layers"].as_array().map(Vec::len), Some(2));
+    let page = world.ferry_ok(&[
+        "run",
+        "--rm",
+        "localhost:5000/web:oci",
+        "cat",
+        "/www/index.html",
+    ]);
+    assert_eq!(page, "hello from the top layer\n");
+
+    // Not an archive of either format, an unknown image: named errors.
+    let junk = world.dir.join("junk.tar");
+    std::fs::write(&junk, vec![0u8; 4096]).expect("junk");
+    let out = load_stdin(&world, &junk);
+    assert!(
+        stderr(&out).contains("neither a `docker save` archive nor an OCI image layout"),
+        "{}",
+        stderr(&out)
+    );
+    let out = world.ferry(&["image", "inspect", "nosuch:1"]);
+    assert!(
+        stderr(&out).contains("no such image: nosuch:1"),
+        "{}",
+        stderr(&out)
+    );
+    let out = world.ferry(&["run", "--rm", "--entrypoint", "/bin/sh", "nosuch:1"]);
+    assert!(!out.status.success());
+    assert!(store_entries(&world, "tmp").is_empty());
+}

@@ -1,0 +1,216 @@
+//! `ferry image` (ls, rm, inspect, load, tag) and its Docker-style
+//! shortcuts `ferry images`, `rmi`, `load`, `tag`.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, SystemTime},
+};
+
+use clap::Subcommand;
+use ferry::{
+    api::{ImageDeleted, ImageInspect, ImageSummary},
+    client::Client,
+};
+use hyper::Method;
+
+use crate::NO_BODY;
+
+#[derive(Subcommand)]
+pub enum ImageAction {
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Only IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove images (a name of an image with several only untags it).
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove an image by ID even when it has several names.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Print images' details as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a `docker save` archive or an OCI image layout in a
+    /// tar (plain, gzip or zstd).
+    Load {
+        /// The archive (default: standard input).
+        #[arg(short, long)]
+        input: Option<PathBuf>,
+        /// Print nothing.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Give an image another name.
+    Tag { source: String, target: String },
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `2 hours ago`, as Docker prints ages.
+fn ago(rfc3339: &str) -> String {
+    // The weak parser takes fractions and `Z`, not offsets: the first 19
+    // characters are the time itself.
+    let parsed = humantime::parse_rfc3339_weak(rfc3339)
+        .or_else(|_| humantime::parse_rfc3339_weak(rfc3339.get(..19).unwrap_or_default()));
+    let Ok(then) = parsed else {
+        return String::new();
+    };
+    let secs = SystemTime::now()
+        .duration_since(then)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    let (n, unit) = match secs {
+        s if s < 60 => (s, "second"),
+        s if s < 3600 => (s / 60, "minute"),
+        s if s < 86_400 => (s / 3600, "hour"),
+        s if s < 86_400 * 30 => (s / 86_400, "day"),
+        s if s < 86_400 * 365 => (s / (86_400 * 30), "month"),
+        s => (s / (86_400 * 365), "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// Sizes as Docker prints them (decimal units).
+fn size(bytes: u64) -> String {
+    match bytes {
+        b if b < 1000 => format!("{b}B"),
+        b if b < 1_000_000 => format!("{:.1}kB", b as f64 / 1e3),
+        b if b < 1_000_000_000 => format!("{:.1}MB", b as f64 / 1e6),
+        b => format!("{:.2}GB", b as f64 / 1e9),
+    }
+}
+
+fn short(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    &hex[..hex.len().min(12)]
+}
+
+pub async fn image(client: &Client, action: ImageAction) -> anyhow::Result<ExitCode> {
+    match action {
+        ImageAction::Ls { quiet } => {
+            let list: Vec<ImageSummary> = client.call(Method::GET, "/images/json", NO_BODY).await?;
+            if quiet {
+                for i in &list {
+                    out!("{}", short(&i.id));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            out!(
+                "{:<40}{:<16}{:<16}{:<18}SIZE",
+                "REPOSITORY",
+                "TAG",
+                "IMAGE ID",
+                "CREATED"
+            );
+            for i in &list {
+                let names: Vec<(&str, &str)> = if i.repo_tags.is_empty() {
+                    vec![("<none>", "<none>")]
+                } else {
+                    i.repo_tags
+                        .iter()
+                        .map(|t| ferry_image::split_tag(t))
+                        .collect()
+                };
+                for (repo, tag) in names {
+                    out!(
+                        "{:<40}{:<16}{:<16}{:<18}{}",
+                        repo,
+                        tag,
+                        short(&i.id),
+                        ago(&i.created),
+                        size(i.size)
+                    );
+                }
+            }
+        }
+        ImageAction::Rm { force, images } => {
+            let mut failed = false;
+            for name in images {
+                let path = format!("/images/remove?name={}&force={force}", encode(&name));
+                match client
+                    .call::<Vec<ImageDeleted>>(Method::DELETE, &path, NO_BODY)
+                    .await
+                {
+                    Ok(report) => {
+                        for r in report {
+                            if let Some(u) = r.untagged {
+                                out!("Untagged: {u}");
+                            }
+                            if let Some(d) = r.deleted {
+                                out!("Deleted: {d}");
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("ferry: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        ImageAction::Inspect { images } => {
+            let mut all = Vec::new();
+            for name in images {
+                let path = format!("/images/inspect?name={}", encode(&name));
+                let i: ImageInspect = client.call(Method::GET, &path, NO_BODY).await?;
+                all.push(i);
+            }
+            out!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        ImageAction::Load { input, quiet } => {
+            let loaded: Vec<ferry_image::LoadedImage> = match &input {
+                Some(path) => {
+                    let file = tokio::fs::File::open(path)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+                    client.upload("/images/load", file).await?
+                }
+                None => client.upload("/images/load", tokio::io::stdin()).await?,
+            };
+            if !quiet {
+                for image in loaded {
+                    if image.names.is_empty() {
+                        out!("Loaded image ID: {}", image.id);
+                    }
+                    for name in image.names {
+                        out!("Loaded image: {name}");
+                    }
+                }
+            }
+        }
+        ImageAction::Tag { source, target } => {
+            let path = format!(
+                "/images/tag?source={}&target={}",
+                encode(&source),
+                encode(&target)
+            );
+            client
+                .call::<serde_json::Value>(Method::POST, &path, NO_BODY)
+                .await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
