@@ -39,6 +39,9 @@ const PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "containernetworking-plugins",
+    // A real registry for `ferry pull`'s tests, and what pushes to it.
+    "docker-registry",
+    "skopeo",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -22,6 +22,7 @@ mod footprint;
 pub mod image;
 pub mod podman;
 mod process;
+pub mod registry;
 
 pub use footprint::Footprint;
 pub use process::*;

@@ -9,6 +9,7 @@ use ferry_integration::{
     CLIENT_IP, HOST_UPLINK_IP, World, bin_dir,
     image::{self, Layer},
     output,
+    registry::{self, Registry},
 };
 use serde_json::json;
 
@@ -269,4 +270,63 @@ fn an_oci_layout_loads_and_a_damaged_one_leaves_nothing() {
     let out = world.ferry(&["run", "--rm", "--entrypoint", "/bin/sh", "nosuch:1"]);
     assert!(!out.status.success());
     assert!(store_entries(&world, "tmp").is_empty());
+}
+
+#[test]
+fn an_image_pulled_from_a_registry_runs_and_failures_are_named() {
+    let world = World::new();
+    let registry = Registry::start(&world);
+    let layers = web_layers();
+    let config = web_config(&layers);
+    let archive = world.dir.join("push.tar");
+    image::oci_archive(&archive, "web:pushed", &layers, &config, None);
+    registry.push(&world, &archive, "team/web:1");
+
+    let name = format!("{}/team/web:1", registry::ADDR);
+    let out = world.ferry_ok(&["pull", &name]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.ends_with(": Pull complete"))
+            .count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&name.as_str()), "{out}");
+    let page = world.ferry_ok(&["run", "--rm", &name, "cat", "/www/index.html"]);
+    assert_eq!(page, "hello from the top layer\n");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&world.ferry_ok(&["image", "inspect", &name])).expect("JSON");
+    assert_eq!(inspect[0]["Id"], image::digest(&config));
+
+    // Pulled again under another tag: the layers are not fetched twice.
+    registry.push(&world, &archive, "team/web:2");
+    let again = world.ferry_ok(&["pull", &format!("{}/team/web:2", registry::ADDR)]);
+    assert_eq!(again.matches("Already exists").count(), 2, "{again}");
+
+    // Failures name their cause and leave nothing behind.
+    let missing = world.ferry(&["pull", &format!("{}/team/nosuch:1", registry::ADDR)]);
+    assert!(!missing.status.success());
+    assert!(
+        stderr(&missing).contains("no such image: 127.0.0.1:5000/team/nosuch:1"),
+        "{}",
+        stderr(&missing)
+    );
+    let unreachable = world.ferry(&["pull", "127.0.0.1:5999/team/web:1"]);
+    assert!(
+        stderr(&unreachable).contains("registry 127.0.0.1:5999 unreachable"),
+        "{}",
+        stderr(&unreachable)
+    );
+    let bad = world.ferry(&["pull", "Not/A:Valid:Name"]);
+    assert!(
+        stderr(&bad).contains("invalid reference format"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(store_entries(&world, "tmp").is_empty());
+
+    world.ferry_ok(&["rmi", &name, &format!("{}/team/web:2", registry::ADDR)]);
+    assert!(store_entries(&world, "layers").is_empty());
 }

@@ -12,7 +12,6 @@ use std::{
 
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType};
 use serde::Deserialize;
-use tracing::info;
 
 use crate::{
     ImageError, LoadedImage, Store,
@@ -141,14 +140,13 @@ const MAX_JSON: u64 = 8 << 20;
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-pub(crate) fn next_seq() -> u64 {
-    TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-}
-
-fn tmp_name(store: &Store, what: &str) -> PathBuf {
-    store
-        .tmp_dir()
-        .join(format!("{what}-{}-{}", std::process::id(), next_seq()))
+impl Store {
+    /// A fresh name in the store's temporary directory.
+    pub(crate) fn tmp_path(&self, what: &str) -> PathBuf {
+        let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir()
+            .join(format!("{what}-{}-{seq}", std::process::id()))
+    }
 }
 
 /// One image to import: config bytes, and for each layer how to open it and
@@ -173,7 +171,7 @@ impl Store {
         let compressed = head[..n].starts_with(&[0x1f, 0x8b])
             || head[..n].starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
         let plain = if compressed {
-            let out = tmp_name(self, "archive");
+            let out = self.tmp_path("archive");
             let result = (|| {
                 let mut reader: Box<dyn Read> = if head[0] == 0x1f {
                     Box::new(flate2::read::MultiGzDecoder::new(BufReader::new(file)))
@@ -246,7 +244,7 @@ impl Store {
     }
 
     /// Unpacks one layer unless the store has it; returns its size on disk
-    /// (an estimate for layers already present).
+    /// (measured for layers already present).
     fn unpack_layer(
         &self,
         index: &Index,
@@ -255,70 +253,21 @@ impl Store {
         diff_id: &str,
         n: usize,
     ) -> Result<u64, ImageError> {
-        let dest = self.layer_dir(diff_id);
         if self.has_layer(diff_id) {
-            return Ok(du(&dest));
+            return Ok(du(&self.layer_dir(diff_id)));
         }
-        let tmp = tmp_name(self, "layer");
-        fs::create_dir(&tmp).map_err(ImageError::at(&tmp, "creating"))?;
-        let result = layer::unpack(index.open(path)?, &tmp)
-            .map_err(|e| {
-                // A damaged blob usually breaks the tar stream before its
-                // digest can be compared: name the damage, not its symptom.
-                let got = index
-                    .open(path)
-                    .ok()
-                    .and_then(|s| layer::Digester::new(s).finish().ok());
-                match (blob, got) {
-                    (Some(want), Some((got, _, _))) if got != want => ImageError::Invalid(format!(
-                        "layer {n} ({path}): digest mismatch: the manifest says {want}, the \
-                         content is {got}"
-                    )),
-                    _ => e,
-                }
-            })
-            .and_then(|got| {
-            if let Some(want) = blob
-                && got.blob != want
-            {
-                return Err(ImageError::Invalid(format!(
-                    "layer {n} ({path}): digest mismatch: the manifest says {want}, the content \
-                     is {}",
-                    got.blob
-                )));
-            }
-            if got.diff_id != diff_id {
-                return Err(ImageError::Invalid(format!(
-                    "layer {n} ({path}): digest mismatch: the config says {diff_id}, the content \
-                     is {}",
-                    got.diff_id
-                )));
-            }
-            Ok(got.size)
-        });
-        match result {
-            Ok(size) => {
-                // Another load may have put the same layer in place meanwhile.
-                if fs::rename(&tmp, &dest).is_err() && !dest.is_dir() {
-                    let _ = fs::remove_dir_all(&tmp);
-                    return Err(ImageError::Invalid(format!(
-                        "cannot move layer {diff_id} into place"
-                    )));
-                }
-                let _ = fs::remove_dir_all(&tmp);
-                info!(layer = %diff_id, size, "layer unpacked");
-                Ok(size)
-            }
-            Err(e) => {
-                let _ = fs::remove_dir_all(&tmp);
-                Err(e)
-            }
-        }
+        layer::put(
+            self,
+            index.open(path)?,
+            blob,
+            diff_id,
+            &format!("layer {n} ({path})"),
+        )
     }
 }
 
 /// Bytes of regular files under a directory.
-fn du(dir: &Path) -> u64 {
+pub(crate) fn du(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

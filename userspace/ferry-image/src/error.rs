@@ -13,6 +13,9 @@ pub enum ImageError {
     /// match its digests.
     #[error("invalid image: {0}")]
     Invalid(String),
+    /// The registry refused, or could not be reached.
+    #[error("{0}")]
+    Registry(String),
     /// Refused because containers use the image.
     #[error("{0}")]
     InUse(String),

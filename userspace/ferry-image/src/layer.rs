@@ -120,12 +120,51 @@ pub(crate) struct Unpacked {
     pub size: u64,
 }
 
-/// Unpacks the layer `raw` into `dir` (which exists and is empty).
-pub(crate) fn unpack(raw: impl Read, dir: &Path) -> Result<Unpacked, ImageError> {
+/// Unpacks the layer `raw` into `dir` (which exists and is empty). When the
+/// blob's digest is known, a stream that breaks is read to its end: a
+/// damaged blob is then reported as a digest mismatch, not as its symptom.
+pub(crate) fn unpack(
+    raw: impl Read,
+    dir: &Path,
+    want_blob: Option<&str>,
+) -> Result<Unpacked, ImageError> {
     let bad = |e: io::Error| ImageError::Invalid(format!("reading a layer: {e}"));
     let blob = BufReader::with_capacity(256 * 1024, Digester::new(raw));
-    let tar_stream = Digester::new(Decoder::new(blob).map_err(bad)?);
-    let mut archive = tar::Archive::new(tar_stream);
+    let mut archive = tar::Archive::new(Digester::new(Decoder::new(blob).map_err(bad)?));
+    let walked = walk(&mut archive, dir);
+    let tar_stream = archive.into_inner();
+    let mismatch = |got: &str| {
+        want_blob.filter(|want| *want != got).map(|want| {
+            ImageError::Invalid(format!(
+                "digest mismatch: the image says {want}, the content is {got}"
+            ))
+        })
+    };
+    let size = match walked {
+        Ok(size) => size,
+        Err(e) => {
+            let raw = tar_stream.inner.into_inner().into_inner();
+            return Err(match raw.finish() {
+                Ok((got, _, _)) => mismatch(&got).unwrap_or(e),
+                Err(_) => e,
+            });
+        }
+    };
+    let (diff_id, _, decoder) = tar_stream.finish().map_err(bad)?;
+    let (blob, _, _) = decoder.into_inner().into_inner().finish().map_err(bad)?;
+    if let Some(e) = mismatch(&blob) {
+        return Err(e);
+    }
+    Ok(Unpacked {
+        blob,
+        diff_id,
+        size,
+    })
+}
+
+/// Unpacks every entry; returns the bytes of file content.
+fn walk<R: Read>(archive: &mut tar::Archive<R>, dir: &Path) -> Result<u64, ImageError> {
+    let bad = |e: io::Error| ImageError::Invalid(format!("reading a layer: {e}"));
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -170,13 +209,48 @@ pub(crate) fn unpack(raw: impl Read, dir: &Path) -> Result<Unpacked, ImageError>
             })?;
         }
     }
-    let (diff_id, _, decoder) = archive.into_inner().finish().map_err(bad)?;
-    let (blob, _, _) = decoder.into_inner().into_inner().finish().map_err(bad)?;
-    Ok(Unpacked {
-        blob,
-        diff_id,
-        size,
-    })
+    Ok(size)
+}
+
+/// Unpacks a layer unless the store has it, checks both its digests and
+/// moves it into place; returns its unpacked size.
+pub(crate) fn put(
+    store: &crate::Store,
+    raw: impl Read,
+    want_blob: Option<&str>,
+    diff_id: &str,
+    label: &str,
+) -> Result<u64, ImageError> {
+    let dest = store.layer_dir(diff_id);
+    let tmp = store.tmp_path("layer");
+    fs::create_dir(&tmp).map_err(ImageError::at(&tmp, "creating"))?;
+    let result = unpack(raw, &tmp, want_blob)
+        .map_err(|e| match e {
+            ImageError::Invalid(m) => ImageError::Invalid(format!("{label}: {m}")),
+            other => other,
+        })
+        .and_then(|got| {
+            if got.diff_id == diff_id {
+                Ok(got.size)
+            } else {
+                Err(ImageError::Invalid(format!(
+                    "{label}: digest mismatch: the config says {diff_id}, the content is {}",
+                    got.diff_id
+                )))
+            }
+        });
+    let moved = result.and_then(|size| {
+        // Another load may have put the same layer in place meanwhile.
+        if fs::rename(&tmp, &dest).is_err() && !dest.is_dir() {
+            return Err(ImageError::Invalid(format!(
+                "cannot move layer {diff_id} into place"
+            )));
+        }
+        tracing::info!(layer = %diff_id, size, "layer unpacked");
+        Ok(size)
+    });
+    let _ = fs::remove_dir_all(&tmp);
+    moved
 }
 
 /// `path` as a relative path with no `..`; `None` if it would climb out.
@@ -258,7 +332,7 @@ mod tests {
 
         let dir = std::env::temp_dir().join(format!("ferry-layer-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("mkdir");
-        let got = unpack(&gz[..], &dir);
+        let got = unpack(&gz[..], &dir, Some(&digest_of(&gz)));
         let gone = fs::symlink_metadata(dir.join("etc/gone"));
         let opaque = xattr::get(dir.join("var/lib"), OVERLAY_OPAQUE);
         let kept = fs::metadata(dir.join("var/lib/kept"));
@@ -288,7 +362,7 @@ mod tests {
         let bytes = b.into_inner().expect("tar");
         let dir = std::env::temp_dir().join(format!("ferry-layer-esc-{}", std::process::id()));
         fs::create_dir_all(&dir).expect("mkdir");
-        let got = unpack(&bytes[..], &dir);
+        let got = unpack(&bytes[..], &dir, None);
         let _ = fs::remove_dir_all(&dir);
         assert!(matches!(got, Err(ImageError::Invalid(_))), "{got:?}");
     }

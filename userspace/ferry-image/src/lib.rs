@@ -1,7 +1,7 @@
 //! ferry's image store.
 //!
-//! Images arrive as archives (`ferry load`: `docker save` output or an OCI
-//! image layout, either possibly gzip-compressed). Every layer is verified
+//! Images arrive from a registry (`ferry pull`) or as archives (`ferry load`:
+//! `docker save` output or an OCI image layout, possibly compressed). Every layer is verified
 //! against the digests the image names while it is read, and unpacked once,
 //! keyed by its uncompressed digest (the config's `diff_id`), into a
 //! directory that an overlay mount can use as a lower layer as it is:
@@ -19,9 +19,23 @@ mod config;
 mod error;
 mod layer;
 mod names;
+mod pull;
 mod store;
 
 pub use config::RunConfig;
 pub use error::ImageError;
 pub use names::{familiar, normalize, split_tag};
+pub use pull::{Progress, PullOptions, Report};
 pub use store::{ImageRecord, LoadedImage, Store};
+
+/// Makes rustls use ring for the registry client's TLS. Call once at start,
+/// before any pull.
+#[expect(
+    deprecated,
+    reason = "ring's provider lacks post-quantum key exchange; aws-lc's has it but takes minutes \
+              to build, and registries negotiate classical key exchange"
+)]
+pub fn init_tls() {
+    // Err: a provider is already installed, which is as good.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

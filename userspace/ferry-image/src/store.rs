@@ -152,11 +152,7 @@ impl Store {
 
     /// Where uploaded archives wait to be loaded.
     pub fn upload_path(&self) -> PathBuf {
-        self.tmp_dir().join(format!(
-            "upload-{}-{}",
-            std::process::id(),
-            crate::archive::next_seq()
-        ))
+        self.tmp_path("upload")
     }
 
     /// Marks layers as in use by a load until `release`.

@@ -52,6 +52,8 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where to serve the Docker network and IPAM plugin (`None`: nowhere).
     pub docker_plugin: Option<PathBuf>,
+    /// Registries pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// `--xdp-prefilter`: XDP on veth and virtio_net uplinks costs their GRO

@@ -176,6 +176,11 @@ struct ImageQuery {
 }
 
 #[derive(Debug, Deserialize)]
+struct PullQuery {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
 struct TagQuery {
     source: String,
     target: String,
@@ -213,6 +218,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             "/images/load",
             post(image_load).layer(DefaultBodyLimit::disable()),
         )
+        .route("/images/pull", post(image_pull))
         .route("/images/json", get(image_list))
         .route("/images/inspect", get(image_inspect))
         .route("/images/tag", post(image_tag))
@@ -432,6 +438,32 @@ async fn image_load(
         return Err(ApiError::BadRequest(format!("receiving the archive: {e}")));
     }
     Ok(Json(d.image_load(&path).await?))
+}
+
+/// Progress as JSON lines (`Id`, `Status`, `Current`, `Total`), then one
+/// line with `Image` (what was pulled) or `Error`: the status code is sent
+/// before the registry has said anything.
+async fn image_pull(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<PullQuery>,
+) -> Result<Response, ApiError> {
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<String, std::io::Error>>();
+    let progress = tx.clone();
+    let report: ferry_image::Report = Arc::new(move |p: ferry_image::Progress| {
+        if let Ok(line) = serde_json::to_string(&p) {
+            let _ = progress.unbounded_send(Ok(line + "\n"));
+        }
+    });
+    let pull = d.image_pull(&q.name, report)?;
+    tokio::spawn(async move {
+        let last = match pull.await {
+            Ok(Ok(image)) => serde_json::json!({ "Image": image }),
+            Ok(Err(e)) => serde_json::json!({ "Error": e.to_string() }),
+            Err(e) => serde_json::json!({ "Error": e.to_string() }),
+        };
+        let _ = tx.unbounded_send(Ok(format!("{last}\n")));
+    });
+    Ok(axum::body::Body::from_stream(rx).into_response())
 }
 
 async fn image_list(State(d): State<Arc<Daemon>>) -> Json<Vec<ImageSummary>> {

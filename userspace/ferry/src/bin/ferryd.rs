@@ -85,6 +85,10 @@ struct Args {
     /// host's /etc/resolv.conf).
     #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_upstream)]
     dns_upstreams: Vec<std::net::SocketAddr>,
+    /// A registry (HOST[:PORT]) `ferry pull` speaks plain HTTP to
+    /// (repeatable; loopback registries always are).
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -170,6 +174,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         metrics_addr: args.metrics,
         docker_plugin: (!args.docker_plugin.as_os_str().is_empty()).then_some(args.docker_plugin),
         dns_upstreams: args.dns_upstreams,
+        insecure_registries: args.insecure_registries,
         map_sizes: ferry::datapath::MapSizes {
             ct: args.ct_max,
             ct_new: args.ct_new_max,

@@ -1,7 +1,7 @@
 //! Images: load, list, inspect, tag and remove through the store, and what
 //! running one adds to a run request.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use ferry_image::{ImageError, ImageRecord, Store};
 use ferry_runtime::rootfs::Lower;
@@ -18,6 +18,7 @@ impl From<ImageError> for ApiError {
                 Self::BadRequest(e.to_string())
             }
             ImageError::InUse(_) => Self::Conflict(e.to_string()),
+            ImageError::Registry(_) => Self::Unavailable(e.to_string()),
             ImageError::Io { .. } => Self::Internal(e.to_string()),
         }
     }
@@ -52,6 +53,28 @@ impl Daemon {
             info!(id = %image.id, names = ?image.names, "image loaded");
         }
         Ok(loaded)
+    }
+
+    /// Pulls an image; progress goes to `report` as it happens. A bad name
+    /// is refused before anything is asked of a registry.
+    pub fn image_pull(
+        self: &Arc<Self>,
+        name: &str,
+        report: ferry_image::Report,
+    ) -> Result<tokio::task::JoinHandle<Result<ferry_image::LoadedImage, ApiError>>, ApiError> {
+        ferry_image::normalize(name)?;
+        let daemon = Arc::clone(self);
+        let name = name.to_owned();
+        let options = ferry_image::PullOptions {
+            insecure: self.insecure_registries.clone(),
+            auth: None,
+        };
+        // The pull goes on if the client goes away, as Docker's does.
+        Ok(tokio::spawn(async move {
+            let loaded = daemon.images.pull(&name, &options, report).await?;
+            info!(id = %loaded.id, names = ?loaded.names, "image pulled");
+            Ok(loaded)
+        }))
     }
 
     /// Image IDs in use, with how many containers use each and one name.

@@ -104,6 +104,8 @@ pub struct Daemon {
     /// The image store (its own lock: loading an image must not hold up
     /// the containers).
     images: Arc<ferry_image::Store>,
+    /// `--insecure-registry`.
+    insecure_registries: Vec<String>,
     /// Where the conntrack maps are pinned, for listing and flushing (own
     /// fds, no lock).
     ct_pins: std::path::PathBuf,
@@ -310,11 +312,13 @@ impl Daemon {
         info!(cgroup = %config.cgroup.display(), "socket hooks attached");
         portmap::reserve_snat_ports(true)
             .map_err(|e| anyhow::anyhow!("cannot reserve the masquerade ports: {e}"))?;
+        ferry_image::init_tls();
         let images = ferry_image::Store::open(&config.state_dir.join("images"))
             .map_err(|e| anyhow::anyhow!("cannot open the image store: {e}"))?;
         let daemon = Arc::new(Self {
             inner: Mutex::new(inner),
             images: Arc::new(images),
+            insecure_registries: config.insecure_registries.clone(),
             ct_pins: config.pin_dir.clone(),
             ct_timeouts: config.ct_timeouts,
             api: ApiCounters::default(),

@@ -51,6 +51,13 @@ pub enum ImageAction {
     },
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Pull an image from a registry.
+    Pull {
+        /// Print only the image's name at the end.
+        #[arg(short, long)]
+        quiet: bool,
+        name: String,
+    },
 }
 
 /// Percent-encodes a query value.
@@ -201,6 +208,7 @@ pub async fn image(client: &Client, action: ImageAction) -> anyhow::Result<ExitC
                 }
             }
         }
+        ImageAction::Pull { quiet, name } => return pull(client, &name, quiet).await,
         ImageAction::Tag { source, target } => {
             let path = format!(
                 "/images/tag?source={}&target={}",
@@ -212,5 +220,84 @@ pub async fn image(client: &Client, action: ImageAction) -> anyhow::Result<ExitC
                 .await?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a pull's progress as it comes, one line per layer event (the
+/// download counter redrawn in place on a terminal); fails on the final
+/// `Error` line.
+async fn pull(client: &Client, name: &str, quiet: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal as _, Write as _};
+
+    use http_body_util::BodyExt as _;
+    let path = format!("/images/pull?name={}", encode(name));
+    let mut body = client.stream(Method::POST, &path, NO_BODY).await?;
+    let tty = std::io::stdout().is_terminal() && !quiet;
+    let mut stdout = std::io::stdout();
+    let mut buf = Vec::new();
+    // Whether the last line printed is a counter to overwrite.
+    let mut counting = false;
+    let mut result = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("reading the pull's progress: {e}"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        while let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let v: serde_json::Value = serde_json::from_slice(&line)?;
+            if let Some(e) = v.get("Error").and_then(|e| e.as_str()) {
+                if counting {
+                    writeln!(stdout)?;
+                }
+                anyhow::bail!("{e}");
+            }
+            if let Some(image) = v.get("Image") {
+                result = Some(image.clone());
+                continue;
+            }
+            if quiet {
+                continue;
+            }
+            let id = v["Id"].as_str().unwrap_or_default();
+            let status = v["Status"].as_str().unwrap_or_default();
+            if status == "Downloading" {
+                if tty {
+                    let (cur, total) = (v["Current"].as_u64(), v["Total"].as_u64());
+                    write!(
+                        stdout,
+                        "\r{id}: Downloading {}/{}\x1b[K",
+                        size(cur.unwrap_or(0)),
+                        size(total.unwrap_or(0))
+                    )?;
+                    stdout.flush()?;
+                    counting = true;
+                }
+                continue;
+            }
+            if counting {
+                write!(stdout, "\r")?;
+                counting = false;
+            }
+            let clear = if tty { "\x1b[K" } else { "" };
+            writeln!(stdout, "{id}: {status}{clear}")?;
+        }
+    }
+    let Some(image) = result else {
+        anyhow::bail!("ferryd ended the pull without a result");
+    };
+    let names: Vec<&str> = image["Names"]
+        .as_array()
+        .map(|n| n.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    let shown = names.first().copied().unwrap_or(name);
+    if !quiet {
+        out!(
+            "Status: Downloaded {shown} ({})",
+            image["Id"].as_str().unwrap_or_default()
+        );
+    }
+    out!("{shown}");
     Ok(ExitCode::SUCCESS)
 }

@@ -68,6 +68,12 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Pull an image from a registry.
+    Pull {
+        #[arg(short, long)]
+        quiet: bool,
+        name: String,
+    },
     /// Remove images.
     Rmi {
         #[arg(short, long)]
@@ -473,6 +479,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Load { input, quiet } => {
             return images::image(&client, images::ImageAction::Load { input, quiet }).await;
+        }
+        Command::Pull { quiet, name } => {
+            return images::image(&client, images::ImageAction::Pull { quiet, name }).await;
         }
         Command::Rmi { force, images } => {
             return images::image(&client, images::ImageAction::Rm { force, images }).await;
