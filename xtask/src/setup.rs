@@ -13,6 +13,8 @@ const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
+    // seccomp profiles are compiled with libseccomp.
+    "libseccomp-dev",
     "build-essential",
     "pkg-config",
     "bpftool",

@@ -1,5 +1,6 @@
 //! What ferry must refuse: bad API requests, API users outside root and the
-//! configured group, and outside packets aimed at a loopback-only publish.
+//! configured group, outside packets aimed at a loopback-only publish, and
+//! system calls the seccomp profile blocks.
 //! See docs/security.md for the guarantees these tests hold ferry to.
 
 use std::{os::unix::fs::PermissionsExt as _, path::Path, process::Command, time::Duration};
@@ -280,4 +281,83 @@ fn outside_packets_to_a_loopback_publish_never_reach_the_container() {
         before,
         "outside packets to 127.0.0.1 reached the container"
     );
+}
+
+/// keyctl, unshare(CLONE_NEWUSER), kexec_load, open_by_handle_at: the errno
+/// each gets (0: allowed), then the process's seccomp mode.
+const SYSCALLS: &str = "import ctypes\n\
+libc = ctypes.CDLL(None, use_errno=True)\n\
+call = lambda nr, *a: 0 if libc.syscall(nr, *[ctypes.c_long(x) for x in a]) >= 0 else ctypes.get_errno()\n\
+print(call(250, 0, -3, 0), call(272, 0x10000000), call(246, 0, 0, 0, 0), call(304, -100, 0, 0))\n\
+print(open('/proc/self/status').read().split('Seccomp:')[1].split()[0])\n";
+
+#[test]
+fn the_default_seccomp_profile_blocks_what_dockers_does_and_can_be_lifted() {
+    let world = World::new();
+    let python = |flags: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "python3", "-c", SYSCALLS]);
+        let out = world.ferry(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Default: each is refused with EPERM, in filter mode.
+    assert_eq!(python(&[]), "1 1 1 1\n2\n");
+    // Unconfined: keyctl and a user namespace work; kexec and handles still
+    // need capabilities the container lacks.
+    let open = python(&["--security-opt", "seccomp=unconfined"]);
+    let mut fields = open.split_whitespace();
+    let (keyctl, unshare) = (fields.next(), fields.next());
+    assert_ne!(keyctl, Some("1"), "keyctl refused unconfined: {open}");
+    assert_eq!(unshare, Some("0"), "unshare refused unconfined: {open}");
+    assert!(open.ends_with("\n0\n"), "{open}");
+
+    // A profile of one's own, in Docker's format, from a file.
+    let profile = world.dir.join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#,
+    )
+    .expect("profile");
+    let opt = format!("seccomp={}", profile.display());
+    let out = world.ferry(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "--",
+        "mkdir",
+        "/tmp/x",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // exec runs under the container's profile too.
+    world.run("confined", &["sleep", "30"]);
+    let out = world.ferry_ok(&["exec", "confined", "python3", "-c", SYSCALLS]);
+    assert_eq!(out, "1 1 1 1\n2\n");
+
+    // Bad options are named and leave nothing.
+    for (opt, says) in [
+        ("seccomp={", "invalid seccomp profile"),
+        ("apparmor=x", "unsupported security option"),
+        ("seccomp=/nonexistent.json", "/nonexistent.json"),
+    ] {
+        let out = world.ferry(&["run", "--rm", "--security-opt", opt, "--", "true"]);
+        assert!(!out.status.success(), "{opt} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{opt}: {err}");
+    }
+    world.ferry_ok(&["rm", "-f", "confined"]);
+    assert_eq!(world.ferry_ok(&["ps", "-aq"]), "");
 }

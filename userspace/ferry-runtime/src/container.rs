@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     logs::{self, Stream},
     rootfs::{self, RootfsSpec},
+    seccomp::Profile,
     user,
 };
 
@@ -53,6 +54,23 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
 /// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
 const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
+/// The same, by the names seccomp profiles use.
+const DEFAULT_CAP_NAMES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SYS_CHROOT",
+    "CAP_MKNOD",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -79,6 +97,9 @@ pub struct InitSpec {
     /// `--user` or the image's `User` (empty: root).
     #[serde(default)]
     pub user: String,
+    /// The seccomp profile; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<Profile>,
     /// `cgroup.procs` files the workload joins before exec.
     pub cgroup_procs: Vec<PathBuf>,
     /// The container's log (JSON lines, see `logs`).
@@ -381,7 +402,10 @@ fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
     // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's state.
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    match prepare_workload(spec, fds).and_then(|()| become_user(&spec.user, &spec.env)) {
+    match prepare_workload(spec, fds)
+        .and_then(|()| become_user(&spec.user, &spec.env))
+        .and_then(|env| confine(spec.seccomp.as_ref()).map(|()| env))
+    {
         Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname).reason,
         Err(reason) => reason,
     }
@@ -451,6 +475,9 @@ pub struct ExecSpec {
     /// The container's user (empty: root).
     #[serde(default)]
     pub user: String,
+    /// The container's seccomp profile; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<Profile>,
 }
 
 /// Entry point of the exec helper (`ferryd __exec`, the spec as JSON on
@@ -517,6 +544,7 @@ fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
                 .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
                 .and_then(|()| drop_privileges())
                 .and_then(|()| become_user(&spec.user, &spec.env))
+                .and_then(|env| confine(spec.seccomp.as_ref()).map(|()| env))
             {
                 Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname),
                 Err(reason) => reason.into(),
@@ -551,6 +579,12 @@ fn prepare_workload(spec: &InitSpec, fds: &ChildFds) -> Result<(), String> {
     dup2_stdout(&fds.stdout).map_err(|e| format!("stdout: {e}"))?;
     dup2_stderr(&fds.stderr).map_err(|e| format!("stderr: {e}"))?;
     drop_privileges()
+}
+
+/// Loads the seccomp profile: the last step before exec, so that nothing
+/// ferry does itself is filtered.
+fn confine(profile: Option<&Profile>) -> Result<(), String> {
+    profile.map_or(Ok(()), |p| p.load(&DEFAULT_CAP_NAMES))
 }
 
 /// Switches to the container's user (last: leaving uid 0 clears the

@@ -10,4 +10,5 @@ pub mod cgroup;
 pub mod container;
 pub mod logs;
 pub mod rootfs;
+pub mod seccomp;
 pub mod user;

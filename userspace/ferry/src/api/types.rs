@@ -207,6 +207,10 @@ pub struct HostConfig {
     /// `-P`: publish every port the image exposes on a free host port.
     #[serde(default)]
     pub publish_all_ports: bool,
+    /// `--security-opt`: `seccomp=unconfined`, `seccomp=<profile JSON>` (the
+    /// CLI reads a FILE into it, as Docker's does), `no-new-privileges`.
+    #[serde(default)]
+    pub security_opt: Vec<String>,
     /// `--dns`: resolvers for the container (on a user-defined network,
     /// the ones its embedded DNS forwards to).
     #[serde(default)]

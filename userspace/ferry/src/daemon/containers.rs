@@ -36,6 +36,7 @@ use crate::{
     network::NetworkDef,
     portmap::PublishSpec,
     rootfs::{Bind, Lower, RootfsSpec},
+    seccomp::Profile,
     state::{ContainerRecord, Status, process_start_time},
     validate,
 };
@@ -55,6 +56,8 @@ struct Plan {
     specs: Vec<PublishSpec>,
     binds: Vec<Bind>,
     lower: Lower,
+    /// `None`: unconfined.
+    seccomp: Option<Profile>,
     /// The image's ID and `StopSignal`; empty without an image.
     image_id: String,
     stop_signal: String,
@@ -95,6 +98,7 @@ impl Plan {
             b.check_source().map_err(|e| bad(e.to_string()))?;
             inner.refuse_own_dirs("volume source", &b.source)?;
         }
+        let seccomp = seccomp_of(&req.host_config)?;
         let (image_id, stop_signal, image) = match image {
             Some((record, lower)) => (record.id, record.config.stop_signal, Some(lower)),
             None => (String::new(), String::new(), None),
@@ -172,12 +176,44 @@ impl Plan {
             specs,
             binds,
             lower,
+            seccomp,
             image_id,
             stop_signal,
             network,
             workdir,
         })
     }
+}
+
+/// The container's seccomp profile from its `--security-opt`s: ferry's
+/// default unless `seccomp=unconfined` or a profile is given.
+pub(super) fn seccomp_of(
+    host_config: &crate::api::HostConfig,
+) -> Result<Option<Profile>, ApiError> {
+    let bad = ApiError::BadRequest;
+    let mut profile = Some(Profile::default_profile().map_err(ApiError::Internal)?);
+    for opt in &host_config.security_opt {
+        let (key, value) = opt
+            .split_once(['=', ':'])
+            .map_or((opt.as_str(), ""), |(k, v)| (k, v));
+        match (key, value) {
+            ("seccomp", "unconfined") => profile = None,
+            ("seccomp", json) => {
+                profile = Some(
+                    Profile::parse(json)
+                        .map_err(|e| bad(format!("--security-opt seccomp: {e}")))?,
+                );
+            }
+            ("no-new-privileges", "" | "true") => {}
+            _ => {
+                return Err(bad(format!(
+                    "unsupported security option {opt:?}: ferry takes seccomp=unconfined, \
+                     seccomp=PROFILE and no-new-privileges (always on)"
+                )));
+            }
+        }
+    }
+    Ok(profile)
 }
 
 impl Daemon {
@@ -361,6 +397,7 @@ impl Inner {
             cmd: req.cmd.clone(),
             env: req.env.clone(),
             user: req.user.clone(),
+            seccomp: plan.seccomp.clone(),
             cgroup_procs: self.cgroups.procs_files(id),
             log: self.store.log_path(id),
             exit_file: self.store.exit_path(id),

@@ -231,6 +231,7 @@ impl Daemon {
                 workdir,
                 hostname: record.hostname.clone(),
                 user: record.user.clone(),
+                seccomp: super::containers::seccomp_of(&record.host_config)?,
             }
         };
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());

@@ -86,6 +86,10 @@ pub struct RunArgs {
     /// Publish every port the image exposes on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
+    /// seccomp=unconfined, seccomp=FILE (a profile in Docker's format), or
+    /// no-new-privileges (always on) (repeatable).
+    #[arg(long = "security-opt")]
+    security_opt: Vec<String>,
     /// Mount the container's root read-only.
     #[arg(long)]
     read_only: bool,
@@ -126,6 +130,19 @@ async fn split_image(
     }
 }
 
+/// `seccomp=FILE` is sent as `seccomp=<the file's JSON>`, as Docker's
+/// client does: the profile is the client's file, not ferryd's.
+fn read_profile(opt: String) -> anyhow::Result<String> {
+    match opt.split_once(['=', ':']) {
+        Some(("seccomp", file)) if file != "unconfined" && !file.trim_start().starts_with('{') => {
+            let json = std::fs::read_to_string(file)
+                .map_err(|e| anyhow::anyhow!("--security-opt seccomp={file}: {e}"))?;
+            Ok(format!("seccomp={json}"))
+        }
+        _ => Ok(opt),
+    }
+}
+
 pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunRequest> {
     let RunArgs {
         detach,
@@ -152,6 +169,7 @@ pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunReques
         entrypoint,
         user,
         publish_all,
+        security_opt,
         cmd,
         ..
     } = args;
@@ -192,6 +210,10 @@ pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunReques
             network_mode: network.unwrap_or_default(),
             rootfs: rootfs.unwrap_or_default(),
             publish_all_ports: publish_all,
+            security_opt: security_opt
+                .into_iter()
+                .map(read_profile)
+                .collect::<anyhow::Result<_>>()?,
             dns,
             extra_hosts: add_hosts,
         },
