@@ -361,3 +361,54 @@ fn the_default_seccomp_profile_blocks_what_dockers_does_and_can_be_lifted() {
     world.ferry_ok(&["rm", "-f", "confined"]);
     assert_eq!(world.ferry_ok(&["ps", "-aq"]), "");
 }
+
+#[test]
+fn capabilities_follow_cap_add_cap_drop_and_privileged() {
+    let world = World::new();
+    let status = |flags: &[&str], script: &str| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let out = world.ferry(&args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cap_eff = "grep CapEff /proc/self/status | cut -f2";
+    let eff = |flags: &[&str]| {
+        let (_, out, err) = status(flags, cap_eff);
+        assert!(!out.is_empty(), "{flags:?}: {err}");
+        out
+    };
+    assert_eq!(eff(&[]), "00000000a80425fb");
+    assert_eq!(eff(&["--cap-drop", "NET_RAW"]), "00000000a80405fb");
+    assert_eq!(
+        eff(&["--cap-drop", "ALL", "--cap-add", "net_bind_service"]),
+        "0000000000000400"
+    );
+    // Every capability ferry holds itself (as this test does).
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    let own = own
+        .lines()
+        .find_map(|l| l.strip_prefix("CapPrm:"))
+        .map(str::trim)
+        .expect("CapPrm");
+    assert_eq!(eff(&["--privileged"]), own);
+
+    // CAP_SYS_ADMIN also lifts the profile's mount rule.
+    let mount = "mount -t tmpfs none /mnt && echo mounted";
+    assert_ne!(status(&[], mount).1, "mounted");
+    let (_, out, err) = status(&["--cap-add", "SYS_ADMIN"], mount);
+    assert_eq!(out, "mounted", "{err}");
+    // No filter, no masked /proc paths (a masked file is /dev/null bound).
+    let check = "grep Seccomp: /proc/self/status | cut -f2; [ -c /proc/timer_list ] && echo masked";
+    assert_eq!(status(&[], check).1, "2\nmasked");
+    let (_, out, err) = status(&["--privileged"], check);
+    assert_eq!(out, "0", "{err}");
+
+    let (code, _, err) = status(&["--cap-add", "FLY"], "true");
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unknown capability \"FLY\""), "{err}");
+}

@@ -39,6 +39,7 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    caps,
     logs::{self, Stream},
     rootfs::{self, RootfsSpec},
     seccomp::Profile,
@@ -50,27 +51,6 @@ pub const INIT_ARG: &str = "__init";
 /// The control socket's fd in the init stage.
 const CONTROL_FD: i32 = 3;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Docker's default capability set (capability numbers from linux/capability.h):
-/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
-/// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
-const DEFAULT_CAPS: [u32; 14] = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31];
-/// The same, by the names seccomp profiles use.
-const DEFAULT_CAP_NAMES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_RAW",
-    "CAP_SYS_CHROOT",
-    "CAP_MKNOD",
-    "CAP_AUDIT_WRITE",
-    "CAP_SETFCAP",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
@@ -100,6 +80,9 @@ pub struct InitSpec {
     /// The seccomp profile; `None`: unconfined.
     #[serde(default)]
     pub seccomp: Option<Profile>,
+    /// The capabilities it keeps (numbers).
+    #[serde(default = "default_caps")]
+    pub caps: Vec<u32>,
     /// `cgroup.procs` files the workload joins before exec.
     pub cgroup_procs: Vec<PathBuf>,
     /// The container's log (JSON lines, see `logs`).
@@ -403,8 +386,8 @@ fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     match prepare_workload(spec, fds)
-        .and_then(|()| become_user(&spec.user, &spec.env))
-        .and_then(|env| confine(spec.seccomp.as_ref()).map(|()| env))
+        .and_then(|()| drop_privileges(&spec.caps, &spec.user, &spec.env))
+        .and_then(|env| confine(spec.seccomp.as_ref(), &spec.caps).map(|()| env))
     {
         Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname).reason,
         Err(reason) => reason,
@@ -478,6 +461,13 @@ pub struct ExecSpec {
     /// The container's seccomp profile; `None`: unconfined.
     #[serde(default)]
     pub seccomp: Option<Profile>,
+    /// The container's capabilities.
+    #[serde(default = "default_caps")]
+    pub caps: Vec<u32>,
+}
+
+fn default_caps() -> Vec<u32> {
+    caps::DEFAULT.to_vec()
 }
 
 /// Entry point of the exec helper (`ferryd __exec`, the spec as JSON on
@@ -542,9 +532,8 @@ fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
             let failure = match std::env::set_current_dir(&spec.workdir)
                 .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
-                .and_then(|()| drop_privileges())
-                .and_then(|()| become_user(&spec.user, &spec.env))
-                .and_then(|env| confine(spec.seccomp.as_ref()).map(|()| env))
+                .and_then(|()| drop_privileges(&spec.caps, &spec.user, &spec.env))
+                .and_then(|env| confine(spec.seccomp.as_ref(), &spec.caps).map(|()| env))
             {
                 Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname),
                 Err(reason) => reason.into(),
@@ -578,28 +567,25 @@ fn prepare_workload(spec: &InitSpec, fds: &ChildFds) -> Result<(), String> {
     dup2_stdin(&null).map_err(|e| format!("stdin: {e}"))?;
     dup2_stdout(&fds.stdout).map_err(|e| format!("stdout: {e}"))?;
     dup2_stderr(&fds.stderr).map_err(|e| format!("stderr: {e}"))?;
-    drop_privileges()
+    Ok(())
 }
 
 /// Loads the seccomp profile: the last step before exec, so that nothing
 /// ferry does itself is filtered.
-fn confine(profile: Option<&Profile>) -> Result<(), String> {
-    profile.map_or(Ok(()), |p| p.load(&DEFAULT_CAP_NAMES))
+fn confine(profile: Option<&Profile>, kept: &[u32]) -> Result<(), String> {
+    let names: Vec<&str> = kept.iter().filter_map(|c| caps::name(*c)).collect();
+    profile.map_or(Ok(()), |p| p.load(&names))
 }
 
-/// Switches to the container's user (last: leaving uid 0 clears the
-/// capabilities); returns the environment with its `HOME`.
-fn become_user(user: &str, env: &[String]) -> Result<Vec<String>, String> {
-    let ids = user::resolve(user)?;
-    user::switch(&ids)?;
-    Ok(user::with_home(env, &ids))
-}
-
-/// Docker's default capabilities in every set, the rest out of the
-/// bounding set too, and no_new_privs.
-fn drop_privileges() -> Result<(), String> {
+/// The container's privileges: the bounding set cut to `kept`, then the
+/// user (groups, gid, uid: needs CAP_SETGID and CAP_SETUID, which `kept`
+/// may lack, so before the other sets are cut), then, for root, exactly
+/// `kept` in every set (leaving uid 0 has already cleared them for any
+/// other user, as in Docker), and no_new_privs. Returns the environment
+/// with the user's `HOME`.
+fn drop_privileges(kept: &[u32], user: &str, env: &[String]) -> Result<Vec<String>, String> {
     for cap in 0..64u32 {
-        if DEFAULT_CAPS.contains(&cap) {
+        if kept.contains(&cap) {
             continue;
         }
         // SAFETY: prctl(PR_CAPBSET_DROP) only changes this process's state.
@@ -616,6 +602,22 @@ fn drop_privileges() -> Result<(), String> {
             }
         }
     }
+    let ids = user::resolve(user)?;
+    user::switch(&ids)?;
+    if ids.uid == 0 {
+        set_capabilities(kept)?;
+    }
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) only changes this process's state.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
+    }
+    Ok(user::with_home(env, &ids))
+}
+
+/// Exactly `kept` in the effective, permitted and inheritable sets, less
+/// what ferryd itself does not hold (`--privileged` on a host whose
+/// bounding set lacks some: a process can only keep what it has).
+fn set_capabilities(kept: &[u32]) -> Result<(), String> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -629,7 +631,6 @@ fn drop_privileges() -> Result<(), String> {
         inheritable: u32,
     }
     const VERSION_3: u32 = 0x2008_0522;
-    let mask: u64 = DEFAULT_CAPS.iter().fold(0, |m, c| m | 1 << c);
     let half = |bits: u32| Data {
         effective: bits,
         permitted: bits,
@@ -639,15 +640,19 @@ fn drop_privileges() -> Result<(), String> {
         version: VERSION_3,
         pid: 0,
     };
+    let mut current = [half(0), half(0)];
+    // SAFETY: capget writes one header and two data structs, laid out as
+    // for capset.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, current.as_mut_ptr()) } < 0 {
+        return Err(format!("capget: {}", io::Error::last_os_error()));
+    }
+    let held = u64::from(current[0].permitted) | u64::from(current[1].permitted) << 32;
+    let mask: u64 = kept.iter().fold(0, |m, c| m | 1 << c) & held;
     let data = [half(mask as u32), half((mask >> 32) as u32)];
     // SAFETY: capset reads one header and two data structs, laid out as
     // linux/capability.h defines them for version 3.
     if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } < 0 {
         return Err(format!("capset: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS) only changes this process's state.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
-        return Err(format!("no_new_privs: {}", io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -153,6 +153,9 @@ pub struct RootfsSpec {
     pub hidden: Vec<PathBuf>,
     /// The working directory, created if missing.
     pub workdir: PathBuf,
+    /// `--privileged`: /sys writable, no masked or read-only /proc paths.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 fn fail(what: impl std::fmt::Display) -> impl FnOnce(nix::Error) -> String {
@@ -339,7 +342,11 @@ pub fn enter(spec: &RootfsSpec) -> Result<(), String> {
         Some("sysfs"),
         &sys,
         Some("sysfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        if spec.privileged {
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+        } else {
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        },
         None::<&str>,
     )
     .map_err(fail("mounting /sys"))?;
@@ -349,7 +356,12 @@ pub fn enter(spec: &RootfsSpec) -> Result<(), String> {
         mount_point(&b.source, &target)?;
         bind(&b.source, &target, b.read_only)?;
     }
-    for path in MASKED {
+    let (masked, read_only): (&[&str], &[&str]) = if spec.privileged {
+        (&[], &[])
+    } else {
+        (&MASKED, &READ_ONLY)
+    };
+    for path in masked {
         let target = inside(root, Path::new(path))?;
         if target.is_dir() {
             mount(
@@ -364,7 +376,7 @@ pub fn enter(spec: &RootfsSpec) -> Result<(), String> {
             bind(Path::new("/dev/null"), &target, false)?;
         }
     }
-    for path in READ_ONLY {
+    for path in read_only {
         let target = inside(root, Path::new(path))?;
         if target.exists() {
             bind(&target, &target, true)?;

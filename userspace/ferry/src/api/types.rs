@@ -211,6 +211,13 @@ pub struct HostConfig {
     /// CLI reads a FILE into it, as Docker's does), `no-new-privileges`.
     #[serde(default)]
     pub security_opt: Vec<String>,
+    /// `--cap-add`, `--cap-drop` (names, `ALL`), `--privileged`.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    #[serde(default)]
+    pub privileged: bool,
     /// `--dns`: resolvers for the container (on a user-defined network,
     /// the ones its embedded DNS forwards to).
     #[serde(default)]

@@ -58,6 +58,7 @@ struct Plan {
     lower: Lower,
     /// `None`: unconfined.
     seccomp: Option<Profile>,
+    caps: Vec<u32>,
     /// The image's ID and `StopSignal`; empty without an image.
     image_id: String,
     stop_signal: String,
@@ -99,6 +100,7 @@ impl Plan {
             inner.refuse_own_dirs("volume source", &b.source)?;
         }
         let seccomp = seccomp_of(&req.host_config)?;
+        let caps = caps_of(&req.host_config)?;
         let (image_id, stop_signal, image) = match image {
             Some((record, lower)) => (record.id, record.config.stop_signal, Some(lower)),
             None => (String::new(), String::new(), None),
@@ -177,6 +179,7 @@ impl Plan {
             binds,
             lower,
             seccomp,
+            caps,
             image_id,
             stop_signal,
             network,
@@ -185,13 +188,29 @@ impl Plan {
     }
 }
 
+/// The container's capabilities from `--cap-add`, `--cap-drop` and
+/// `--privileged`.
+pub(super) fn caps_of(host_config: &crate::api::HostConfig) -> Result<Vec<u32>, ApiError> {
+    ferry_runtime::caps::resolve(
+        host_config.privileged,
+        &host_config.cap_add,
+        &host_config.cap_drop,
+    )
+    .map_err(ApiError::BadRequest)
+}
+
 /// The container's seccomp profile from its `--security-opt`s: ferry's
-/// default unless `seccomp=unconfined` or a profile is given.
+/// default unless `seccomp=unconfined` or a profile is given (or
+/// `--privileged`, which drops it unless a profile is given, as Docker).
 pub(super) fn seccomp_of(
     host_config: &crate::api::HostConfig,
 ) -> Result<Option<Profile>, ApiError> {
     let bad = ApiError::BadRequest;
-    let mut profile = Some(Profile::default_profile().map_err(ApiError::Internal)?);
+    let mut profile = if host_config.privileged {
+        None
+    } else {
+        Some(Profile::default_profile().map_err(ApiError::Internal)?)
+    };
     for opt in &host_config.security_opt {
         let (key, value) = opt
             .split_once(['=', ':'])
@@ -398,6 +417,7 @@ impl Inner {
             env: req.env.clone(),
             user: req.user.clone(),
             seccomp: plan.seccomp.clone(),
+            caps: plan.caps.clone(),
             cgroup_procs: self.cgroups.procs_files(id),
             log: self.store.log_path(id),
             exit_file: self.store.exit_path(id),
@@ -514,6 +534,7 @@ impl Inner {
             files,
             hidden: self.hidden.clone(),
             workdir: plan.workdir.clone(),
+            privileged: req.host_config.privileged,
         })
     }
 

@@ -232,6 +232,7 @@ impl Daemon {
                 hostname: record.hostname.clone(),
                 user: record.user.clone(),
                 seccomp: super::containers::seccomp_of(&record.host_config)?,
+                caps: super::containers::caps_of(&record.host_config)?,
             }
         };
         let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());

@@ -90,6 +90,16 @@ pub struct RunArgs {
     /// no-new-privileges (always on) (repeatable).
     #[arg(long = "security-opt")]
     security_opt: Vec<String>,
+    /// Add a capability (NET_ADMIN, CAP_SYS_TIME, ALL) (repeatable).
+    #[arg(long = "cap-add")]
+    cap_add: Vec<String>,
+    /// Drop a capability (NET_RAW, ALL) (repeatable).
+    #[arg(long = "cap-drop")]
+    cap_drop: Vec<String>,
+    /// Every capability, no seccomp filter, no masked /proc paths, /sys
+    /// writable.
+    #[arg(long)]
+    privileged: bool,
     /// Mount the container's root read-only.
     #[arg(long)]
     read_only: bool,
@@ -170,6 +180,9 @@ pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunReques
         user,
         publish_all,
         security_opt,
+        cap_add,
+        cap_drop,
+        privileged,
         cmd,
         ..
     } = args;
@@ -210,6 +223,9 @@ pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunReques
             network_mode: network.unwrap_or_default(),
             rootfs: rootfs.unwrap_or_default(),
             publish_all_ports: publish_all,
+            cap_add,
+            cap_drop,
+            privileged,
             security_opt: security_opt
                 .into_iter()
                 .map(read_profile)
