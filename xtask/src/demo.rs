@@ -6,9 +6,14 @@
 
 use std::process::Command;
 
-use ferry_integration::{World, in_netns, use_bin_dir};
+use ferry_integration::{
+    HOST_UPLINK_IP, World,
+    image::{self, Layer},
+    in_netns, use_bin_dir,
+};
+use serde_json::json;
 
-use crate::{build, require_root, setup, step};
+use crate::{bench, build, require_root, setup, step};
 
 fn show(title: &str, cmd: &mut Command) {
     println!("\n\x1b[36m$ {title}\x1b[0m");
@@ -41,6 +46,73 @@ pub fn run() -> anyhow::Result<()> {
         world.socket.display(),
         world.pin_dir.display()
     );
+
+    step("demo: an image run with a published port (ferry's main job)");
+    let layers = vec![
+        Layer::new()
+            .busybox(&["sh", "httpd", "cat", "echo"])
+            .finish(),
+        Layer::new()
+            .dir("www")
+            .file("www/index.html", 0o644, b"hello from a ferry container\n")
+            .finish(),
+    ];
+    let config = image::config(
+        &layers,
+        json!({
+            "Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"],
+            "Env": ["PATH=/bin"],
+            "ExposedPorts": { "80/tcp": {} },
+        }),
+    );
+    let archive = world.dir.join("site.tar");
+    image::docker_archive(&archive, &["demo/site:1"], &layers, &config);
+    let archive = archive.display().to_string();
+    show(
+        "ferry load -i site.tar   # a `docker save` archive built from the host's busybox",
+        &mut ferry(&world, &["load", "-i", &archive]),
+    );
+    show("ferry images", &mut ferry(&world, &["images"]));
+    show(
+        "ferry run -d --name site -p 8080:80 demo/site:1",
+        &mut ferry(
+            &world,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "site",
+                "-p",
+                "8080:80",
+                "demo/site:1",
+            ],
+        ),
+    );
+    let base = format!("http://{HOST_UPLINK_IP}:8080");
+    world.curl_eventually(&format!("{base}/"));
+    show(
+        &format!("(in client) curl {base}/   # DNAT in eBPF on the uplink"),
+        &mut in_netns(
+            &world.client_ns_path(),
+            "curl",
+            &["-sS", &format!("{base}/")],
+        ),
+    );
+    show(
+        &format!(
+            "(in client) curl {base}/cgi-bin/peer   # the container sees the client's own address"
+        ),
+        &mut in_netns(
+            &world.client_ns_path(),
+            "curl",
+            &["-sS", &format!("{base}/cgi-bin/peer")],
+        ),
+    );
+    show(
+        "(on the host) curl http://127.0.0.1:8080/   # localhost:PORT, translated at connect()",
+        &mut world.in_host("curl", &["-sS", "http://127.0.0.1:8080/"]),
+    );
+    show("ferry port site", &mut ferry(&world, &["port", "site"]));
 
     step("demo: two containers, created by ferryd");
     let web = world.run(
@@ -102,6 +174,38 @@ pub fn run() -> anyhow::Result<()> {
         Command::new("bpftool")
             .args(["map", "dump", "pinned"])
             .arg(&endpoints),
+    );
+
+    step("demo: the same request side by side: nginx, keep-alive, 50 connections, 3 s each");
+    let compare = world.dir.join("compare");
+    std::fs::create_dir_all(&compare)?;
+    let results = bench::quick_compare(&compare, 3)?;
+    let rps = |name: &str| {
+        results
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0.0, |(_, r)| *r)
+    };
+    let (host, docker) = (rps("host"), rps("docker"));
+    println!(
+        "\n{:<44}{:>12}{:>10}{:>12}",
+        "datapath", "req/s", "/ host", "/ docker"
+    );
+    for (name, label) in [
+        ("host", "host network (the limit)"),
+        ("ferry", "ferry (-p, eBPF)"),
+        ("docker", "Docker's (bridge, iptables DNAT, conntrack)"),
+    ] {
+        let r = rps(name);
+        let ratio = |base: f64| if base > 0.0 { r / base } else { 0.0 };
+        println!(
+            "{label:<44}{r:>12.0}{:>9.2}x{:>11.2}x",
+            ratio(host),
+            ratio(docker)
+        );
+    }
+    println!(
+        "(a few seconds on a shared machine: `cargo xtask bench publish-http` measures properly)"
     );
 
     step("demo: cleaning up (containers, ferryd, pins, namespaces)");

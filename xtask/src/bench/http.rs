@@ -385,6 +385,26 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     )
 }
 
+/// The demo's short side-by-side: nginx through the host network, ferry
+/// and Docker's datapath, `seconds` of keep-alive with 50 connections each;
+/// (variant, req/s).
+pub fn quick_compare(out_dir: &Path, seconds: u32) -> anyhow::Result<Vec<(&'static str, f64)>> {
+    let root = docroot(out_dir)?;
+    let targets = [
+        host_target(out_dir, &root)?,
+        ferry_target(out_dir, &root, "ferry", "auto")?,
+        docker_target(out_dir, &root)?,
+    ];
+    let mut out = Vec::new();
+    for t in &targets {
+        // A short warm-up so that no variant pays for the first connections.
+        wrk(t, 50, false, 1)?;
+        let v = wrk(t, 50, false, seconds)?;
+        out.push((t.name, v["rps"].as_f64().unwrap_or(0.0)));
+    }
+    Ok(out)
+}
+
 pub fn local(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     step("bench local-http: direct, ferry localhost and docker-proxy to one container");
     let proxy = tools::docker_proxy()?;

@@ -16,6 +16,8 @@ mod report;
 mod start;
 mod tools;
 
+pub use http::quick_compare;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
