@@ -109,6 +109,14 @@ impl Layer {
         layer
     }
 
+    /// A directory of the host, as `path` in the image (symlinks kept).
+    pub fn tree(mut self, path: &str, host_dir: &Path) -> Self {
+        self.builder
+            .append_dir_all(path, host_dir)
+            .unwrap_or_else(|e| panic!("tar {}: {e}", host_dir.display()));
+        self
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.builder.into_inner().expect("tar")
     }

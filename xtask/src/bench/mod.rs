@@ -12,6 +12,7 @@ mod http;
 mod podman;
 mod port_scale;
 mod profile;
+mod pull;
 mod report;
 mod start;
 mod tools;
@@ -33,7 +34,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 pub struct BenchArgs {
     /// Scenarios to run (default: all). Known: c2c, publish-http, podman-http,
     /// local-http, egress, start, port-scale, conntrack-scale, ct-flood,
-    /// publish-profile.
+    /// publish-profile, pull.
     pub scenarios: Vec<String>,
     /// Seconds per throughput sample.
     #[arg(long, default_value_t = 10)]
@@ -57,6 +58,7 @@ const SCENARIOS: &[&str] = &[
     "conntrack-scale",
     "ct-flood",
     "publish-profile",
+    "pull",
 ];
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -82,6 +84,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "conntrack-scale" => ct_scale::run(args, &out_dir)?,
             "ct-flood" => ct_flood::run(args, &out_dir)?,
             "publish-profile" => profile::run(args, &out_dir)?,
+            "pull" => pull::run(args)?,
             _ => unreachable!("checked above"),
         };
         report.add(section);
