@@ -303,9 +303,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 }
             } else {
                 out!(
-                    "{:<14}{:<20}{:<10}{:<16}{:<16}COMMAND",
+                    "{:<14}{:<20}{:<22}{:<10}{:<16}{:<16}COMMAND",
                     "CONTAINER ID",
                     "NAME",
+                    "IMAGE",
                     "STATUS",
                     "IP",
                     "HOST VETH"
@@ -318,10 +319,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     } else {
                         format!("exited({})", c.state.exit_code)
                     };
+                    // What the root is: the image as named, the --rootfs
+                    // directory, or an overlay of the host's root.
+                    let image = match (c.config.image.as_str(), c.host_config.rootfs.as_str()) {
+                        ("", "" | "host") => "(host root)",
+                        ("", dir) => dir,
+                        (image, _) => image,
+                    };
                     out!(
-                        "{:<14}{:<20}{:<10}{:<16}{:<16}{}",
+                        "{:<14}{:<20}{:<22}{:<10}{:<16}{:<16}{}",
                         &c.id[..12],
                         c.name,
+                        image,
                         status,
                         c.network_settings.ip_address,
                         c.ferry.host_veth,
