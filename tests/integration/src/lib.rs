@@ -531,7 +531,7 @@ impl Drop for World {
 /// before ferryd cleans up (or one that mounts there itself) must not
 /// leave a mount that `remove_dir_all` cannot get past. Mount points with
 /// characters mountinfo escapes never match; worlds' paths have none.
-fn unmount_below(dir: &Path) {
+pub fn unmount_below(dir: &Path) {
     use std::os::unix::ffi::OsStrExt as _;
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;

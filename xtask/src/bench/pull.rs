@@ -60,7 +60,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
     registry.push(&world, &archive, "bench/pull:1");
     let name = format!("{}/bench/pull:1", registry::ADDR);
 
-    let (mut ferry, mut skopeo) = (Vec::new(), Vec::new());
+    let (mut ferry, mut skopeo, mut unpacking) = (Vec::new(), Vec::new(), Vec::new());
     let mut raw = Vec::new();
     for round in 0..rounds {
         let t = Instant::now();
@@ -81,26 +81,59 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
         ));
         let skopeo_s = t.elapsed().as_secs_f64();
         let _ = std::fs::remove_dir_all(&dest);
+        // The same into a private containers-storage (podman's store):
+        // skopeo unpacks the layers there, as ferry does.
+        let store = world.dir.join(format!("storage-{round}"));
+        let t = Instant::now();
+        check(&mut world.in_host(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{name}"),
+                &format!(
+                    "containers-storage:[overlay@{}/root+{}/run]bench/pull:1",
+                    store.display(),
+                    store.display()
+                ),
+            ],
+        ));
+        let unpacking_s = t.elapsed().as_secs_f64();
+        ferry_integration::unmount_below(&store);
+        let _ = std::fs::remove_dir_all(&store);
         ferry.push(ferry_s);
         skopeo.push(skopeo_s);
-        raw.push(json!({ "round": round, "ferry_s": ferry_s, "skopeo_s": skopeo_s }));
+        unpacking.push(unpacking_s);
+        raw.push(json!({
+            "round": round, "ferry_s": ferry_s, "skopeo_s": skopeo_s,
+            "skopeo_storage_s": unpacking_s,
+        }));
     }
-    let (f, s) = (median(&ferry), median(&skopeo));
+    let (f, s, u) = (median(&ferry), median(&skopeo), median(&unpacking));
     let mut table = Table::new(
         format!(
             "pull: 4 layers, {:.0} MB unpacked, from a registry on loopback (median of {rounds})",
             unpacked as f64 / 1e6
         ),
-        &["tool", "seconds", "skopeo / tool"],
+        &[
+            "tool",
+            "seconds",
+            "skopeo oci: / tool",
+            "skopeo storage / tool",
+        ],
     );
     for (tool, secs) in [
         ("ferry pull (download + unpack)", f),
-        ("skopeo copy (download)", s),
+        ("skopeo copy to oci: (download)", s),
+        ("skopeo copy to containers-storage (download + unpack)", u),
     ] {
+        let ratio = |base: f64| if secs > 0.0 { base / secs } else { 0.0 };
         table.row(vec![
             tool.to_owned(),
             format!("{secs:.2}"),
-            format!("{:.2}x", if secs > 0.0 { s / secs } else { 0.0 }),
+            format!("{:.2}x", ratio(s)),
+            format!("{:.2}x", ratio(u)),
         ]);
     }
     Ok(Section {
@@ -110,8 +143,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
              pushed with skopeo to Debian's docker-registry on 127.0.0.1:5000 in a sandbox \
              namespace, then pulled {rounds} times, taking turns: `ferry pull` (ferryd downloads \
              3 layers at a time, verifies and unpacks each into its store while it arrives; the \
-             image is removed after each round) and `skopeo copy docker://... oci:DIR` (writes the \
-             blobs only). \"skopeo / tool\" above 1 means faster than skopeo."
+             image is removed after each round), `skopeo copy docker://... oci:DIR` (writes the \
+             blobs only) and `skopeo copy docker://... containers-storage:[overlay@...]` (a private \
+             podman store: skopeo unpacks the layers too, the like-for-like peer). A ratio above 1 \
+             means faster than that skopeo."
         ),
         tables: vec![table],
         charts: vec![Chart {
@@ -120,7 +155,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
             unit: "s".into(),
             groups: vec![(
                 "median".to_owned(),
-                vec![("ferry".to_owned(), f), ("skopeo".to_owned(), s)],
+                vec![
+                    ("ferry".to_owned(), f),
+                    ("skopeo oci:".to_owned(), s),
+                    ("skopeo storage".to_owned(), u),
+                ],
             )],
         }],
         samples: json!(raw),
