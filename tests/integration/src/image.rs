@@ -245,3 +245,73 @@ pub fn oci_archive(
     }
     archive(path, &files);
 }
+
+/// One platform's image: architecture, layers (uncompressed tars), config.
+pub type Platform<'a> = (&'a str, &'a [Vec<u8>], &'a [u8]);
+
+/// An OCI image layout whose index.json names one image index (a
+/// multi-platform image): one manifest per platform, gzip layers, `name` in
+/// the annotations.
+pub fn oci_index_archive(path: &Path, name: &str, images: &[Platform]) {
+    let blob = |bytes: &[u8]| {
+        (
+            format!("blobs/sha256/{}", hex(&digest(bytes))),
+            bytes.to_vec(),
+        )
+    };
+    let mut files = vec![(
+        "oci-layout".to_owned(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    )];
+    let mut entries = Vec::new();
+    for (arch, layers, config) in images {
+        let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": digest(config),
+                "size": config.len(),
+            },
+            "layers": blobs.iter().map(|b| json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                "digest": digest(b),
+                "size": b.len(),
+            })).collect::<Vec<_>>(),
+        }))
+        .expect("manifest");
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest(&manifest),
+            "size": manifest.len(),
+            "platform": { "architecture": arch, "os": "linux" },
+        }));
+        files.push(blob(&manifest));
+        files.push(blob(config));
+        files.extend(blobs.iter().map(|b| blob(b)));
+    }
+    let nested = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))
+    .expect("index");
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest(&nested),
+            "size": nested.len(),
+            "annotations": { "org.opencontainers.image.ref.name": name },
+        }],
+    });
+    files.push(blob(&nested));
+    files.push((
+        "index.json".to_owned(),
+        serde_json::to_vec(&index).expect("index"),
+    ));
+    files.sort();
+    files.dedup();
+    archive(path, &files);
+}

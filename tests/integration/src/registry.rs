@@ -50,15 +50,29 @@ impl Registry {
 
     /// Pushes an OCI image layout archive to `repo:tag` with skopeo.
     pub fn push(&self, world: &World, archive: &Path, repo_tag: &str) {
-        check(&mut world.in_host(
-            "skopeo",
-            &[
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                &format!("oci-archive:{}", archive.display()),
-                &format!("docker://{ADDR}/{repo_tag}"),
-            ],
-        ));
+        self.push_with(world, archive, repo_tag, &[]);
+    }
+
+    /// Pushes every platform of an image index.
+    pub fn push_all(&self, world: &World, archive: &Path, repo_tag: &str) {
+        self.push_with(world, archive, repo_tag, &["--all"]);
+    }
+
+    fn push_with(&self, world: &World, archive: &Path, repo_tag: &str, extra: &[&str]) {
+        let mut args = vec!["copy", "--quiet", "--dest-tls-verify=false"];
+        args.extend_from_slice(extra);
+        check(
+            &mut world.in_host(
+                "skopeo",
+                &[
+                    &args[..],
+                    &[
+                        &format!("oci-archive:{}", archive.display()),
+                        &format!("docker://{ADDR}/{repo_tag}"),
+                    ],
+                ]
+                .concat(),
+            ),
+        );
     }
 }

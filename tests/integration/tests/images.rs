@@ -305,6 +305,28 @@ fn an_image_pulled_from_a_registry_runs_and_failures_are_named() {
     let again = world.ferry_ok(&["pull", &format!("{}/team/web:2", registry::ADDR)]);
     assert_eq!(again.matches("Already exists").count(), 2, "{again}");
 
+    // A multi-platform image: the manifest for this host's platform is
+    // the one pulled (the arm64 image would say so when run).
+    let arm = String::from_utf8(image::config(&layers, json!({ "Cmd": ["echo", "arm64"] })))
+        .expect("utf-8")
+        .replace("\"amd64\"", "\"arm64\"")
+        .into_bytes();
+    let amd = image::config(&layers, json!({ "Cmd": ["echo", "amd64"] }));
+    let multi = world.dir.join("multi.tar");
+    image::oci_index_archive(
+        &multi,
+        "multi:1",
+        &[("arm64", &layers, &arm), ("amd64", &layers, &amd)],
+    );
+    registry.push_all(&world, &multi, "team/multi:1");
+    let multi_name = format!("{}/team/multi:1", registry::ADDR);
+    world.ferry_ok(&["pull", "-q", &multi_name]);
+    assert_eq!(world.ferry_ok(&["run", "--rm", &multi_name]), "amd64\n");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&world.ferry_ok(&["image", "inspect", &multi_name])).expect("JSON");
+    assert_eq!(inspect[0]["Architecture"], "amd64");
+    world.ferry_ok(&["rmi", &multi_name]);
+
     // Failures name their cause and leave nothing behind.
     let missing = world.ferry(&["pull", &format!("{}/team/nosuch:1", registry::ADDR)]);
     assert!(!missing.status.success());
