@@ -223,8 +223,16 @@ pub(crate) fn put(
 ) -> Result<u64, ImageError> {
     let dest = store.layer_dir(diff_id);
     let tmp = store.tmp_path("layer");
+    let tmp_blob = tmp.with_extension("blob");
     fs::create_dir(&tmp).map_err(ImageError::at(&tmp, "creating"))?;
-    let result = unpack(raw, &tmp, want_blob)
+    let blob_file = fs::File::create(&tmp_blob).map_err(ImageError::at(&tmp_blob, "creating"))?;
+    // The blob is kept as it came, for `ferry save`.
+    let mut tee = Tee {
+        inner: raw,
+        out: io::BufWriter::with_capacity(256 * 1024, blob_file),
+        failed: None,
+    };
+    let result = unpack(&mut tee, &tmp, want_blob)
         .map_err(|e| match e {
             ImageError::Invalid(m) => ImageError::Invalid(format!("{label}: {m}")),
             other => other,
@@ -238,8 +246,20 @@ pub(crate) fn put(
                     got.diff_id
                 )))
             }
+        })
+        .and_then(|size| {
+            let Tee { out, failed, .. } = tee;
+            if let Some(e) = failed {
+                return Err(ImageError::at(&tmp_blob, "writing")(e));
+            }
+            out.into_inner()
+                .map_err(|e| ImageError::at(&tmp_blob, "writing")(e.into_error()))?;
+            Ok(size)
         });
     let moved = result.and_then(|size| {
+        // The blob first: a layer directory in place means a complete layer.
+        let blob = store.layer_blob(diff_id);
+        fs::rename(&tmp_blob, &blob).map_err(ImageError::at(&blob, "moving into place"))?;
         // Another load may have put the same layer in place meanwhile.
         if fs::rename(&tmp, &dest).is_err() && !dest.is_dir() {
             return Err(ImageError::Invalid(format!(
@@ -250,7 +270,28 @@ pub(crate) fn put(
         Ok(size)
     });
     let _ = fs::remove_dir_all(&tmp);
+    let _ = fs::remove_file(&tmp_blob);
     moved
+}
+
+/// A reader that copies what it reads into `out`; a write error is kept
+/// for the end rather than failing the read (the unpacker decides).
+struct Tee<R, W> {
+    inner: R,
+    out: W,
+    failed: Option<io::Error>,
+}
+
+impl<R: Read, W: io::Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.failed.is_none()
+            && let Err(e) = self.out.write_all(&buf[..n])
+        {
+            self.failed = Some(e);
+        }
+        Ok(n)
+    }
 }
 
 /// `path` as a relative path with no `..`; `None` if it would climb out.

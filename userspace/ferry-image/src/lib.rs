@@ -20,6 +20,7 @@ mod error;
 mod layer;
 mod names;
 mod pull;
+mod save;
 mod store;
 
 pub use config::RunConfig;

@@ -134,6 +134,17 @@ impl Store {
         self.root.join("layers").join(hex(diff_id))
     }
 
+    /// A layer's blob as it arrived (compressed or not), for `save`.
+    pub(crate) fn layer_blob(&self, diff_id: &str) -> PathBuf {
+        self.root
+            .join("layers")
+            .join(format!("{}.blob", hex(diff_id)))
+    }
+
+    pub(crate) fn config_path(&self, id: &str) -> PathBuf {
+        self.blob_path(id)
+    }
+
     fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex(digest))
     }
@@ -352,13 +363,25 @@ impl Store {
         let layers = self.root.join("layers");
         for entry in fs::read_dir(&layers).map_err(ImageError::at(&layers, "reading"))? {
             let Ok(entry) = entry else { continue };
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !used.contains(&format!("sha256:{name}")) {
-                let path = entry.path();
-                match fs::remove_dir_all(&path) {
-                    Ok(()) => report.push(("Deleted".to_owned(), format!("sha256:{name}"))),
-                    Err(e) => warn!(path = %path.display(), %e, "cannot remove a layer"),
-                }
+            let file = entry.file_name().to_string_lossy().into_owned();
+            // `<hex>` (the layer) or `<hex>.blob` (its blob).
+            let (name, is_blob) = match file.strip_suffix(".blob") {
+                Some(name) => (name.to_owned(), true),
+                None => (file.clone(), false),
+            };
+            if used.contains(&format!("sha256:{name}")) {
+                continue;
+            }
+            let path = entry.path();
+            let removed = if is_blob {
+                fs::remove_file(&path)
+            } else {
+                fs::remove_dir_all(&path)
+            };
+            match removed {
+                Ok(()) if !is_blob => report.push(("Deleted".to_owned(), format!("sha256:{name}"))),
+                Ok(()) => {}
+                Err(e) => warn!(path = %path.display(), %e, "cannot remove a layer"),
             }
         }
         info!(%id, "image removed");

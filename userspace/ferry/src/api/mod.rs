@@ -219,6 +219,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             post(image_load).layer(DefaultBodyLimit::disable()),
         )
         .route("/images/pull", post(image_pull))
+        .route("/images/save", post(image_save))
         .route("/images/json", get(image_list))
         .route("/images/inspect", get(image_inspect))
         .route("/images/tag", post(image_tag))
@@ -464,6 +465,29 @@ async fn image_pull(
         let _ = tx.unbounded_send(Ok(format!("{last}\n")));
     });
     Ok(axum::body::Body::from_stream(rx).into_response())
+}
+
+/// The archive as the response body, read from a file ferryd wrote first
+/// (so that an error is an error status, not a cut-off archive).
+async fn image_save(
+    State(d): State<Arc<Daemon>>,
+    Body(req): Body<ImageSave>,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::from_std(d.image_save(req.names).await?);
+    let chunks = futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(buf), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok(axum::body::Body::from_stream(chunks).into_response())
 }
 
 async fn image_list(State(d): State<Arc<Daemon>>) -> Json<Vec<ImageSummary>> {

@@ -571,3 +571,10 @@ pub struct ImageDeleted {
     pub untagged: Option<String>,
     pub deleted: Option<String>,
 }
+
+/// `POST /images/save`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageSave {
+    pub names: Vec<String>,
+}

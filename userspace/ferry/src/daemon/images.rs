@@ -77,6 +77,33 @@ impl Daemon {
         }))
     }
 
+    /// Writes the named images to a temporary file of the store and
+    /// returns it open and already unlinked: the caller streams it, and it
+    /// is gone once read.
+    pub async fn image_save(&self, names: Vec<String>) -> Result<std::fs::File, ApiError> {
+        if names.is_empty() {
+            return Err(ApiError::BadRequest("no image given to save".into()));
+        }
+        let store = self.images.clone();
+        let path = self.images.upload_path();
+        blocking(move || {
+            let result = (|| {
+                let file = std::fs::File::create(&path).map_err(|e| ImageError::Io {
+                    context: format!("creating {}", path.display()),
+                    source: e,
+                })?;
+                store.save(&names, std::io::BufWriter::new(file))?;
+                std::fs::File::open(&path).map_err(|e| ImageError::Io {
+                    context: format!("opening {}", path.display()),
+                    source: e,
+                })
+            })();
+            let _ = std::fs::remove_file(&path);
+            result
+        })
+        .await
+    }
+
     /// Image IDs in use, with how many containers use each and one name.
     async fn image_users(&self) -> HashMap<String, (usize, String)> {
         let inner = self.inner.lock().await;

@@ -9,7 +9,7 @@ use std::{
 
 use clap::Subcommand;
 use ferry::{
-    api::{ImageDeleted, ImageInspect, ImageSummary},
+    api::{ImageDeleted, ImageInspect, ImageSave, ImageSummary},
     client::Client,
 };
 use hyper::Method;
@@ -51,6 +51,14 @@ pub enum ImageAction {
     },
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Write images to a tar (an OCI layout with Docker's manifest.json).
+    Save {
+        /// The file (default: standard output, not a terminal).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Pull an image from a registry.
     Pull {
         /// Print only the image's name at the end.
@@ -209,6 +217,9 @@ pub async fn image(client: &Client, action: ImageAction) -> anyhow::Result<ExitC
             }
         }
         ImageAction::Pull { quiet, name } => return pull(client, &name, quiet).await,
+        ImageAction::Save { output, images } => {
+            save(client, output.as_deref(), images).await?;
+        }
         ImageAction::Tag { source, target } => {
             let path = format!(
                 "/images/tag?source={}&target={}",
@@ -300,4 +311,38 @@ async fn pull(client: &Client, name: &str, quiet: bool) -> anyhow::Result<ExitCo
     }
     out!("{shown}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry save`: the archive ferryd writes, to a file or standard output.
+async fn save(
+    client: &Client,
+    output: Option<&std::path::Path>,
+    names: Vec<String>,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    if output.is_none() && std::io::stdout().is_terminal() {
+        anyhow::bail!("refusing to write an archive to a terminal: use -o FILE or redirect");
+    }
+    let mut body = client
+        .stream(Method::POST, "/images/save", Some(&ImageSave { names }))
+        .await?;
+    let mut out: Box<dyn tokio::io::AsyncWrite + Unpin> = match output {
+        Some(path) => Box::new(
+            tokio::fs::File::create(path)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+        ),
+        None => Box::new(tokio::io::stdout()),
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| anyhow::anyhow!("reading the archive: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data).await?;
+        }
+    }
+    out.flush().await?;
+    Ok(())
 }

@@ -74,6 +74,13 @@ enum Command {
         quiet: bool,
         name: String,
     },
+    /// Write images to a tar (an OCI layout with Docker's manifest.json).
+    Save {
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Remove images.
     Rmi {
         #[arg(short, long)]
@@ -491,6 +498,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Command::Pull { quiet, name } => {
             return images::image(&client, images::ImageAction::Pull { quiet, name }).await;
+        }
+        Command::Save { output, images } => {
+            return images::image(&client, images::ImageAction::Save { output, images }).await;
         }
         Command::Rmi { force, images } => {
             return images::image(&client, images::ImageAction::Rm { force, images }).await;
