@@ -176,6 +176,70 @@ pub fn docker_archive(path: &Path, tags: &[&str], layers: &[Vec<u8>], config: &[
     archive(path, &files);
 }
 
+/// A file of an archive: (path, bytes).
+type Entry = (String, Vec<u8>);
+
+fn blob(bytes: &[u8]) -> Entry {
+    (
+        format!("blobs/sha256/{}", hex(&digest(bytes))),
+        bytes.to_vec(),
+    )
+}
+
+/// One image's manifest over gzip-compressed `layers`, with its blobs
+/// (manifest, config, layers; `damage` flips a byte of that layer's blob
+/// after its digest was taken) and its descriptor.
+fn oci_image(layers: &[Vec<u8>], config: &[u8], damage: Option<usize>) -> (Vec<Entry>, Value) {
+    let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": digest(config),
+            "size": config.len(),
+        },
+        "layers": blobs.iter().map(|b| json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": digest(b),
+            "size": b.len(),
+        })).collect::<Vec<_>>(),
+    }))
+    .expect("manifest");
+    let descriptor = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest(&manifest),
+        "size": manifest.len(),
+    });
+    let mut files = vec![blob(&manifest), blob(config)];
+    for (i, b) in blobs.iter().enumerate() {
+        let (name, mut data) = blob(b);
+        if damage == Some(i) {
+            let at = data.len() / 2;
+            data[at] ^= 0xff;
+        }
+        files.push((name, data));
+    }
+    (files, descriptor)
+}
+
+/// Writes a layout whose index.json names `top` (annotated with `name`).
+fn oci_layout(path: &Path, name: &str, mut files: Vec<Entry>, mut top: Value) {
+    top["annotations"] = json!({ "org.opencontainers.image.ref.name": name });
+    let index = json!({ "schemaVersion": 2, "manifests": [top] });
+    files.push((
+        "oci-layout".to_owned(),
+        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
+    ));
+    files.push((
+        "index.json".to_owned(),
+        serde_json::to_vec(&index).expect("index"),
+    ));
+    files.sort();
+    files.dedup();
+    archive(path, &files);
+}
+
 /// An OCI image layout with gzip-compressed layers; `name` goes in the
 /// index's annotations. `damage` flips a byte of that layer's blob after
 /// its digest was taken.
@@ -186,64 +250,8 @@ pub fn oci_archive(
     config: &[u8],
     damage: Option<usize>,
 ) {
-    let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
-    let layer_descriptors: Vec<Value> = blobs
-        .iter()
-        .map(|b| {
-            json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": digest(b),
-                "size": b.len(),
-            })
-        })
-        .collect();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": digest(config),
-            "size": config.len(),
-        },
-        "layers": layer_descriptors,
-    }))
-    .expect("manifest");
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest(&manifest),
-            "size": manifest.len(),
-            "annotations": { "org.opencontainers.image.ref.name": name },
-        }],
-    });
-    let blob = |bytes: &[u8]| {
-        (
-            format!("blobs/sha256/{}", hex(&digest(bytes))),
-            bytes.to_vec(),
-        )
-    };
-    let mut files = vec![
-        (
-            "oci-layout".to_owned(),
-            br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-        ),
-        (
-            "index.json".to_owned(),
-            serde_json::to_vec(&index).expect("index"),
-        ),
-        blob(&manifest),
-        blob(config),
-    ];
-    for (i, b) in blobs.iter().enumerate() {
-        let (name, mut data) = blob(b);
-        if damage == Some(i) {
-            let at = data.len() / 2;
-            data[at] ^= 0xff;
-        }
-        files.push((name, data));
-    }
-    archive(path, &files);
+    let (files, descriptor) = oci_image(layers, config, damage);
+    oci_layout(path, name, files, descriptor);
 }
 
 /// One platform's image: architecture, layers (uncompressed tars), config.
@@ -253,43 +261,13 @@ pub type Platform<'a> = (&'a str, &'a [Vec<u8>], &'a [u8]);
 /// multi-platform image): one manifest per platform, gzip layers, `name` in
 /// the annotations.
 pub fn oci_index_archive(path: &Path, name: &str, images: &[Platform]) {
-    let blob = |bytes: &[u8]| {
-        (
-            format!("blobs/sha256/{}", hex(&digest(bytes))),
-            bytes.to_vec(),
-        )
-    };
-    let mut files = vec![(
-        "oci-layout".to_owned(),
-        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-    )];
+    let mut files = Vec::new();
     let mut entries = Vec::new();
     for (arch, layers, config) in images {
-        let blobs: Vec<Vec<u8>> = layers.iter().map(|l| gzip(l)).collect();
-        let manifest = serde_json::to_vec(&json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": digest(config),
-                "size": config.len(),
-            },
-            "layers": blobs.iter().map(|b| json!({
-                "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                "digest": digest(b),
-                "size": b.len(),
-            })).collect::<Vec<_>>(),
-        }))
-        .expect("manifest");
-        entries.push(json!({
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest(&manifest),
-            "size": manifest.len(),
-            "platform": { "architecture": arch, "os": "linux" },
-        }));
-        files.push(blob(&manifest));
-        files.push(blob(config));
-        files.extend(blobs.iter().map(|b| blob(b)));
+        let (blobs, mut descriptor) = oci_image(layers, config, None);
+        descriptor["platform"] = json!({ "architecture": arch, "os": "linux" });
+        entries.push(descriptor);
+        files.extend(blobs);
     }
     let nested = serde_json::to_vec(&json!({
         "schemaVersion": 2,
@@ -297,21 +275,11 @@ pub fn oci_index_archive(path: &Path, name: &str, images: &[Platform]) {
         "manifests": entries,
     }))
     .expect("index");
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "digest": digest(&nested),
-            "size": nested.len(),
-            "annotations": { "org.opencontainers.image.ref.name": name },
-        }],
-    });
     files.push(blob(&nested));
-    files.push((
-        "index.json".to_owned(),
-        serde_json::to_vec(&index).expect("index"),
-    ));
-    files.sort();
-    files.dedup();
-    archive(path, &files);
+    let top = json!({
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": digest(&nested),
+        "size": nested.len(),
+    });
+    oci_layout(path, name, files, top);
 }

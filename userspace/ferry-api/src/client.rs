@@ -29,6 +29,26 @@ pub enum ClientError {
     Api { status: StatusCode, message: String },
 }
 
+/// A reader as a stream of chunks, as it is read (a request or response
+/// body that may be large).
+pub fn read_chunks(
+    reader: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    use tokio::io::AsyncReadExt as _;
+    futures::stream::unfold(Some(reader), |reader| async move {
+        let mut reader = reader?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(reader)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
 pub struct Client {
     socket: PathBuf,
 }
@@ -107,19 +127,8 @@ impl Client {
         path: &str,
         file: impl tokio::io::AsyncRead + Send + Unpin + 'static,
     ) -> Result<T, ClientError> {
-        use tokio::io::AsyncReadExt as _;
-        let chunks = futures::stream::unfold(Some(file), |file| async move {
-            let mut file = file?;
-            let mut buf = vec![0u8; 256 * 1024];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Ok(Frame::data(Bytes::from(buf))), Some(file)))
-                }
-                Err(e) => Some((Err(e), None)),
-            }
-        });
+        use futures::StreamExt as _;
+        let chunks = read_chunks(file).map(|c| c.map(Frame::data));
         let bytes = self
             .send_body(
                 Method::POST,

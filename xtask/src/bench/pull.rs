@@ -24,6 +24,20 @@ fn median(samples: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// `skopeo copy` of the registry's image `name` to `dest`.
+fn skopeo_copy(world: &World, name: &str, dest: &str) {
+    check(&mut world.in_host(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{name}"),
+            dest,
+        ],
+    ));
+}
+
 pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
     let rounds = args.reps.max(1);
     step(&format!(
@@ -69,36 +83,22 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
         world.ferry_ok(&["rmi", &name]);
         let dest = world.dir.join(format!("skopeo-{round}"));
         let t = Instant::now();
-        check(&mut world.in_host(
-            "skopeo",
-            &[
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                &format!("docker://{name}"),
-                &format!("oci:{}:pull", dest.display()),
-            ],
-        ));
+        skopeo_copy(&world, &name, &format!("oci:{}:pull", dest.display()));
         let skopeo_s = t.elapsed().as_secs_f64();
         let _ = std::fs::remove_dir_all(&dest);
         // The same into a private containers-storage (podman's store):
         // skopeo unpacks the layers there, as ferry does.
         let store = world.dir.join(format!("storage-{round}"));
         let t = Instant::now();
-        check(&mut world.in_host(
-            "skopeo",
-            &[
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-                &format!("docker://{name}"),
-                &format!(
-                    "containers-storage:[overlay@{}/root+{}/run]bench/pull:1",
-                    store.display(),
-                    store.display()
-                ),
-            ],
-        ));
+        skopeo_copy(
+            &world,
+            &name,
+            &format!(
+                "containers-storage:[overlay@{}/root+{}/run]bench/pull:1",
+                store.display(),
+                store.display()
+            ),
+        );
         let unpacking_s = t.elapsed().as_secs_f64();
         ferry_integration::unmount_below(&store);
         let _ = std::fs::remove_dir_all(&store);

@@ -473,20 +473,8 @@ async fn image_save(
     State(d): State<Arc<Daemon>>,
     Body(req): Body<ImageSave>,
 ) -> Result<Response, ApiError> {
-    use tokio::io::AsyncReadExt as _;
     let file = tokio::fs::File::from_std(d.image_save(req.names).await?);
-    let chunks = futures::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0u8; 256 * 1024];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok::<_, std::io::Error>(buf), Some(file)))
-            }
-            Err(e) => Some((Err(e), None)),
-        }
-    });
+    let chunks = ferry_api::client::read_chunks(file);
     Ok(axum::body::Body::from_stream(chunks).into_response())
 }
 
