@@ -98,8 +98,8 @@ pub fn query(kind: &str, key: &str) -> String {
     format!("kind={}&key={}", encode(kind), encode(key))
 }
 
-/// Percent-encodes everything but unreserved characters.
-fn encode(value: &str) -> String {
+/// Percent-encodes everything but unreserved characters (a query value).
+pub fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

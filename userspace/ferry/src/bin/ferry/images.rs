@@ -14,6 +14,8 @@ use ferry::{
 };
 use hyper::Method;
 
+pub use ferry_api::endpoint::encode;
+
 use crate::NO_BODY;
 
 #[derive(Subcommand)]
@@ -66,19 +68,6 @@ pub enum ImageAction {
         quiet: bool,
         name: String,
     },
-}
-
-/// Percent-encodes a query value.
-pub fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `2 hours ago`, as Docker prints ages.
