@@ -144,6 +144,39 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Http(format!("bad answer: {e}")))
     }
 
+    /// Sends a request that takes over the connection (`exec -i/-t`,
+    /// `attach`: see ferryd's API); returns the connection once ferryd has
+    /// agreed.
+    pub async fn take_over(
+        &self,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<TokioIo<hyper::upgrade::Upgraded>, ClientError> {
+        let payload = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Http(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let response = self
+            .respond(
+                Method::POST,
+                path,
+                "application/json",
+                true,
+                Full::new(Bytes::from(payload)),
+            )
+            .await?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ClientError::Http(format!(
+                "ferryd did not take over the connection (status {})",
+                response.status()
+            )));
+        }
+        hyper::upgrade::on(response)
+            .await
+            .map(TokioIo::new)
+            .map_err(|e| ClientError::Http(format!("taking over the connection: {e}")))
+    }
+
     async fn send_body<B>(
         &self,
         method: Method,
@@ -151,6 +184,25 @@ impl Client {
         content_type: &str,
         body: B,
     ) -> Result<Incoming, ClientError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        self.respond(method, path, content_type, false, body)
+            .await
+            .map(hyper::Response::into_body)
+    }
+
+    /// Sends one request; the answer if it succeeded (or took over the
+    /// connection), else ferryd's error.
+    async fn respond<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        upgrade: bool,
+        body: B,
+    ) -> Result<hyper::Response<Incoming>, ClientError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -172,18 +224,22 @@ impl Client {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http(&e))?;
-        tokio::spawn(conn);
-        let request = Request::builder()
+        tokio::spawn(conn.with_upgrades());
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://ferryd{path}"))
             .header("host", "ferryd")
-            .header("content-type", content_type)
-            .body(body)
-            .map_err(|e| http(&e))?;
+            .header("content-type", content_type);
+        if upgrade {
+            request = request
+                .header("connection", "Upgrade")
+                .header("upgrade", "tcp");
+        }
+        let request = request.body(body).map_err(|e| http(&e))?;
         let response = sender.send_request(request).await.map_err(|e| http(&e))?;
         let status = response.status();
-        if status.is_success() {
-            return Ok(response.into_body());
+        if status.is_success() || status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(response);
         }
         let bytes = response
             .into_body()

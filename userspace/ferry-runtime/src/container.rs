@@ -9,8 +9,10 @@
 //! mount namespace, builds its root (see `rootfs`), drops to Docker's
 //! default capabilities with no_new_privs, and execs. The init stage reports
 //! the workload's PID (or why exec failed) and stays as the container's
-//! monitor, in the spirit of containerd-shim: it owns the output pipes and
-//! writes them to the container's log, waits for the workload and records
+//! monitor, in the spirit of containerd-shim: it owns the workload's
+//! streams (pipes, or a terminal the workload opens inside the container
+//! and passes back), writes its output to the container's log and to
+//! whoever attaches (see `attach`), waits for the workload and records
 //! its exit status in a file. It does not depend on ferryd, so a container
 //! keeps running and its exit code is kept while ferryd is down.
 
@@ -19,7 +21,7 @@ use std::{
     fs::File,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::{
-        fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::{net::UnixStream, process::CommandExt as _},
     },
     path::{Path, PathBuf},
@@ -29,7 +31,6 @@ use std::{
 
 use nix::{
     mount::{MsFlags, mount},
-    poll::{PollFd, PollFlags, PollTimeout, poll},
     sched::{CloneFlags, unshare},
     sys::wait::{WaitStatus, waitpid},
     unistd::{
@@ -39,6 +40,7 @@ use nix::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    attach::{self, Relay, StdioSpec, Streams},
     caps,
     logs::{self, Stream},
     rootfs::{self, RootfsSpec},
@@ -74,19 +76,17 @@ pub struct InitSpec {
     pub hostname: String,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
-    /// `--user` or the image's `User` (empty: root).
+    #[serde(flatten)]
+    pub privileges: Privileges,
     #[serde(default)]
-    pub user: String,
-    /// The seccomp profile; `None`: unconfined.
-    #[serde(default)]
-    pub seccomp: Option<Profile>,
-    /// The capabilities it keeps (numbers).
-    #[serde(default = "default_caps")]
-    pub caps: Vec<u32>,
+    pub stdio: StdioSpec,
     /// `cgroup.procs` files the workload joins before exec.
     pub cgroup_procs: Vec<PathBuf>,
     /// The container's log (JSON lines, see `logs`).
     pub log: PathBuf,
+    /// Where peers attach to the workload's streams (see `attach`).
+    #[serde(default)]
+    pub attach_socket: Option<PathBuf>,
     /// Where the monitor records the exit status.
     pub exit_file: PathBuf,
     pub rootfs: RootfsSpec,
@@ -161,14 +161,7 @@ pub fn spawn_monitor(diagnostics: &Path, net: MonitorNet) -> Result<Monitor, Con
     // `join_fd` stays open until `spawn` returns: the caller borrows it.
     unsafe {
         cmd.pre_exec(move || {
-            if theirs_fd == CONTROL_FD {
-                // dup2 onto itself keeps FD_CLOEXEC: clear it by hand.
-                if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(theirs_fd, CONTROL_FD) < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            onto_control_fd(theirs_fd)?;
             // Own session: a terminal's ^C to ferryd never reaches containers.
             libc::setsid();
             if let Some(fd) = join_fd
@@ -196,6 +189,23 @@ pub fn spawn_monitor(diagnostics: &Path, net: MonitorNet) -> Result<Monitor, Con
         pid: child.id(),
         control: ours,
     })
+}
+
+/// Puts `fd` on CONTROL_FD, inherited across exec. Runs between fork and
+/// exec: async-signal-safe calls only.
+fn onto_control_fd(fd: i32) -> io::Result<()> {
+    // SAFETY: fcntl and dup2 on fds this process owns.
+    unsafe {
+        if fd == CONTROL_FD {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it by hand.
+            if libc::fcntl(CONTROL_FD, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else if libc::dup2(fd, CONTROL_FD) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 impl Monitor {
@@ -248,11 +258,85 @@ pub fn init_main() -> ! {
     std::process::exit(code)
 }
 
-/// The workload's end of its output pipes and of the error pipe.
-struct ChildFds {
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    status: OwnedFd,
+/// The workload's ends of its standard streams, made before the fork.
+enum WorkloadStdio {
+    /// Open a terminal once inside the container and send its master back
+    /// over this socket (the monitor: its mount namespace is the host's).
+    OpenTty {
+        console: UnixStream,
+        size: Option<(u16, u16)>,
+    },
+    /// This terminal's slave (the exec helper opened it inside).
+    Tty(OwnedFd),
+    /// Pipes; no stdin: /dev/null.
+    Pipes {
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    },
+}
+
+impl WorkloadStdio {
+    /// Makes these the calling process's stdin, stdout and stderr.
+    fn install(self) -> Result<(), String> {
+        match self {
+            Self::OpenTty { console, size } => {
+                let (master, slave) = attach::open_pty(size)?;
+                attach::send_fd(&console, &master)?;
+                drop((master, console));
+                attach::take_terminal(&slave)
+            }
+            Self::Tty(slave) => attach::take_terminal(&slave),
+            Self::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                match stdin {
+                    Some(stdin) => dup2_stdin(&stdin),
+                    None => {
+                        let null = File::open("/dev/null")
+                            .map_err(|e| format!("opening /dev/null: {e}"))?;
+                        dup2_stdin(&null)
+                    }
+                }
+                .map_err(|e| format!("stdin: {e}"))?;
+                dup2_stdout(&stdout).map_err(|e| format!("stdout: {e}"))?;
+                dup2_stderr(&stderr).map_err(|e| format!("stderr: {e}"))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Pipes for a workload without a terminal: its ends and the relay's.
+fn pipes(stdio: &StdioSpec) -> Result<(WorkloadStdio, Streams), String> {
+    let pipe = || pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (stdin_read, stdin_write) = match stdio.open_stdin {
+        true => pipe().map(|(r, w)| (Some(r), Some(w)))?,
+        false => (None, None),
+    };
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    Ok((
+        WorkloadStdio::Pipes {
+            stdin: stdin_read,
+            stdout: out_write,
+            stderr: err_write,
+        },
+        Streams::Pipes {
+            stdin: stdin_write,
+            stdout: out_read,
+            stderr: err_read,
+        },
+    ))
+}
+
+/// The monitor's end of the workload's streams, before the fork.
+enum MonitorStdio {
+    /// The terminal's master arrives here once the workload has opened it.
+    Console(UnixStream),
+    Streams(Streams),
 }
 
 fn run_init() -> Result<i32, String> {
@@ -280,36 +364,54 @@ fn run_init() -> Result<i32, String> {
             .append(true)
             .open(&spec.log)
             .map_err(|e| format!("opening the log {}: {e}", spec.log.display()))?;
-        let pipe = || pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-        Ok::<_, String>((log, pipe()?, pipe()?, pipe()?))
-    })();
-    let (log, (out_read, out_write), (err_read, err_write), (status_read, status_write)) =
-        match prepared {
-            Ok(p) => p,
-            Err(reason) => {
-                let _ = control.write_all(format!("err {reason}\n").as_bytes());
-                return Err(reason);
-            }
+        let listener = spec
+            .attach_socket
+            .as_deref()
+            .map(attach::listen)
+            .transpose()?;
+        let (workload, ours) = if spec.stdio.tty {
+            let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+            let workload = WorkloadStdio::OpenTty {
+                console: theirs,
+                size: spec.stdio.console_size,
+            };
+            (workload, MonitorStdio::Console(ours))
+        } else {
+            let (workload, ours) = pipes(&spec.stdio)?;
+            (workload, MonitorStdio::Streams(ours))
         };
+        let status = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        Ok::<_, String>((log, listener, workload, ours, status))
+    })();
+    let (log, listener, workload, ours, (status_read, status_write)) = match prepared {
+        Ok(p) => p,
+        Err(reason) => {
+            let _ = control.write_all(format!("err {reason}\n").as_bytes());
+            return Err(reason);
+        }
+    };
 
     // SAFETY: the init stage is single-threaded (a fresh exec of ferryd that
     // has started no runtime), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
-            drop((out_read, err_read, status_read, control));
-            let fds = ChildFds {
-                stdout: out_write,
-                stderr: err_write,
-                status: status_write,
-            };
-            let reason = exec_workload(&spec, &fds);
-            let _ = File::from(fds.status).write_all(reason.as_bytes());
+            drop((ours, status_read, control, listener));
+            let reason = exec_workload(&spec, workload);
+            let _ = File::from(status_write).write_all(reason.as_bytes());
             // SAFETY: _exit skips atexit handlers and buffers shared with the
             // parent; it is the correct way out of a forked child.
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => {
-            drop((out_write, err_write, status_write));
+            drop((workload, status_write));
+            // The master comes before the exec; nothing if the workload
+            // failed first (its reason follows on the status pipe).
+            let streams = match ours {
+                MonitorStdio::Streams(streams) => Some(streams),
+                MonitorStdio::Console(console) => attach::recv_fd(&console)
+                    .map_err(|e| format!("receiving the terminal: {e}"))?
+                    .map(Streams::Tty),
+            };
             let mut reason = String::new();
             let _ = File::from(status_read).read_to_string(&mut reason);
             let reply = if reason.is_empty() {
@@ -319,9 +421,13 @@ fn run_init() -> Result<i32, String> {
             };
             let _ = control.write_all(reply.as_bytes());
             drop(control);
-            let mut writer = logs::Writer::new(log);
-            if let Err(e) = pump(&mut writer, out_read, err_read) {
+            if let Some(streams) = streams
+                && let Err(e) = relay(&spec, streams, listener, log)
+            {
                 eprintln!("ferry init: log: {e}");
+            }
+            if let Some(path) = &spec.attach_socket {
+                let _ = std::fs::remove_file(path);
             }
             let record = ExitRecord {
                 exit_code: wait_exit_code(child),
@@ -337,58 +443,28 @@ fn run_init() -> Result<i32, String> {
     }
 }
 
-/// Copies the workload's stdout and stderr into the log until both close
-/// (they close when the PID namespace ends, at the latest).
-fn pump(writer: &mut logs::Writer, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<()> {
-    let mut open = vec![
-        (Stream::Stdout, File::from(stdout)),
-        (Stream::Stderr, File::from(stderr)),
-    ];
-    let mut buf = vec![0u8; 64 * 1024];
-    while !open.is_empty() {
-        let mut fds: Vec<PollFd> = open
-            .iter()
-            .map(|(_, f)| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-            Ok(_) => {}
-        }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        drop(fds);
-        let mut closed = Vec::new();
-        for (i, (stream, file)) in open.iter_mut().enumerate() {
-            if !ready[i] {
-                continue;
-            }
-            match file.read(&mut buf) {
-                Ok(0) => closed.push(i),
-                Ok(n) => writer.write(*stream, &buf[..n])?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            open.remove(i);
-        }
+/// Copies the workload's output into the log and to attached peers until
+/// it ends (when the PID namespace ends, at the latest).
+fn relay(
+    spec: &InitSpec,
+    streams: Streams,
+    listener: Option<std::os::unix::net::UnixListener>,
+    log: File,
+) -> io::Result<()> {
+    let mut relay = Relay::new(streams, spec.stdio.interactive())?;
+    if let Some(listener) = listener {
+        relay.listen(listener);
     }
-    writer.finish()
+    relay.run(Some(&mut logs::Writer::new(log)))
 }
 
 /// Runs in the forked child (PID 1 of the container): only returns on error,
 /// with the reason.
-fn exec_workload(spec: &InitSpec, fds: &ChildFds) -> String {
+fn exec_workload(spec: &InitSpec, stdio: WorkloadStdio) -> String {
     // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's state.
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    match prepare_workload(spec, fds)
-        .and_then(|()| drop_privileges(&spec.caps, &spec.user, &spec.env))
-        .and_then(|env| confine(spec.seccomp.as_ref(), &spec.caps).map(|()| env))
-    {
+    match prepare_workload(spec, stdio).and_then(|()| spec.privileges.apply(&spec.env)) {
         Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname).reason,
         Err(reason) => reason,
     }
@@ -455,15 +531,37 @@ pub struct ExecSpec {
     pub env: Vec<String>,
     pub workdir: PathBuf,
     pub hostname: String,
-    /// The container's user (empty: root).
+    /// The container's.
+    #[serde(flatten)]
+    pub privileges: Privileges,
+    #[serde(default)]
+    pub stdio: StdioSpec,
+}
+
+/// What a container's processes may do: who they run as, the capabilities
+/// they keep, the system calls they may make.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Privileges {
+    /// `--user` or the image's `User` (empty: root).
     #[serde(default)]
     pub user: String,
-    /// The container's seccomp profile; `None`: unconfined.
+    /// The seccomp profile; `None`: unconfined.
     #[serde(default)]
     pub seccomp: Option<Profile>,
-    /// The container's capabilities.
+    /// The capabilities kept (numbers).
     #[serde(default = "default_caps")]
     pub caps: Vec<u32>,
+}
+
+impl Privileges {
+    /// Drops to these privileges, the seccomp filter last: the calling
+    /// process may only exec afterwards. Returns `env` with the user's
+    /// `HOME`.
+    fn apply(&self, env: &[String]) -> Result<Vec<String>, String> {
+        let env = drop_privileges(&self.caps, &self.user, env)?;
+        confine(self.seccomp.as_ref(), &self.caps)?;
+        Ok(env)
+    }
 }
 
 fn default_caps() -> Vec<u32> {
@@ -471,12 +569,15 @@ fn default_caps() -> Vec<u32> {
 }
 
 /// Entry point of the exec helper (`ferryd __exec`, the spec as JSON on
-/// stdin: no argument-length limit): joins the container's cgroups and
-/// namespaces, forks the command into its PID namespace with the
-/// workload's privileges and /dev/null as stdin, and exits with its
-/// status (126 if it could not be started, 127 if it was not found, as
-/// Docker).
+/// stdin: no argument-length limit; the peer's socket on fd 3): joins the
+/// container's cgroups and namespaces, forks the command into its PID
+/// namespace with the workload's privileges, relays its streams to the
+/// peer (see `attach`) and ends them with an exit frame: its status, 126 if
+/// it could not be started, 127 if it was not found, as Docker.
 pub fn exec_main() -> ! {
+    // SAFETY: ferryd put the peer's socket on CONTROL_FD (see
+    // `spawn_exec`); nothing else in this process owns that fd.
+    let mut peer = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
     let mut spec = String::new();
     let code = match io::stdin()
         .read_to_string(&mut spec)
@@ -484,21 +585,65 @@ pub fn exec_main() -> ! {
         .and_then(|_| {
             serde_json::from_str::<ExecSpec>(&spec).map_err(|e| format!("bad exec spec: {e}"))
         })
-        .and_then(|spec| {
-            let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
-            dup2_stdin(&null).map_err(|e| format!("stdin: {e}"))?;
-            run_exec(&spec)
-        }) {
+        .and_then(|spec| run_exec(&spec, &peer))
+    {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("ferry exec: {err}");
+            let _ = peer.write_all(&logs::frame(
+                Stream::Stderr,
+                format!("ferry exec: {err}\n").as_bytes(),
+            ));
             126
         }
     };
+    let _ = peer.write_all(&logs::exit_frame(code));
     std::process::exit(code)
 }
 
-fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
+/// Starts the exec helper for `spec` (see `exec_main`). Returns it (killed
+/// when dropped: a command lives as long as its client) and the socket
+/// that carries the command's streams.
+pub async fn spawn_exec(
+    spec: &ExecSpec,
+) -> Result<(tokio::process::Child, tokio::net::UnixStream), String> {
+    use tokio::io::AsyncWriteExt as _;
+    let spec = serde_json::to_string(spec).map_err(|e| e.to_string())?;
+    let (ours, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = tokio::process::Command::new("/proc/self/exe");
+    cmd.arg(EXEC_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: the closure only makes async-signal-safe calls (fcntl, dup2).
+    unsafe { cmd.pre_exec(move || onto_control_fd(theirs_fd)) };
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the exec helper: {e}"))?;
+    drop(theirs);
+    // The spec goes through a pipe, not argv: one argument is limited to
+    // 128 KiB, a request body to 1 MiB.
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or("the exec helper has no input pipe")?;
+    stdin
+        .write_all(spec.as_bytes())
+        .await
+        .map_err(|e| format!("passing the exec spec: {e}"))?;
+    drop(stdin);
+    ours.set_nonblocking(true)
+        .map_err(|e| format!("exec socket: {e}"))?;
+    let ours = tokio::net::UnixStream::from_std(ours).map_err(|e| format!("exec socket: {e}"))?;
+    Ok((child, ours))
+}
+
+fn run_exec(spec: &ExecSpec, peer: &UnixStream) -> Result<i32, String> {
+    // SAFETY: fcntl on an fd this process owns: the command must not
+    // inherit the peer's socket.
+    if unsafe { libc::fcntl(CONTROL_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(format!("fcntl: {}", io::Error::last_os_error()));
+    }
     // Open every namespace before entering any: /proc changes with the
     // mount namespace.
     let namespaces = [
@@ -524,16 +669,28 @@ fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
         nix::sched::setns(ns, *flag).map_err(|e| format!("entering {flag:?}: {e}"))?;
     }
     drop(namespaces);
+    // In the container's mount namespace now: a terminal is opened on its
+    // devpts.
+    let (workload, streams) = if spec.stdio.tty {
+        let (master, slave) = attach::open_pty(spec.stdio.console_size)?;
+        (WorkloadStdio::Tty(slave), Streams::Tty(master))
+    } else {
+        pipes(&spec.stdio)?
+    };
     // SAFETY: the helper is single-threaded (a fresh exec of ferryd that
     // has started no runtime), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
+            drop(streams);
             // SAFETY: prctl(PR_SET_PDEATHSIG) only changes this process's state.
             unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-            let failure = match std::env::set_current_dir(&spec.workdir)
-                .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
-                .and_then(|()| drop_privileges(&spec.caps, &spec.user, &spec.env))
-                .and_then(|env| confine(spec.seccomp.as_ref(), &spec.caps).map(|()| env))
+            let failure = match workload
+                .install()
+                .and_then(|()| {
+                    std::env::set_current_dir(&spec.workdir)
+                        .map_err(|e| format!("chdir {}: {e}", spec.workdir.display()))
+                })
+                .and_then(|()| spec.privileges.apply(&spec.env))
             {
                 Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname),
                 Err(reason) => reason.into(),
@@ -542,12 +699,23 @@ fn run_exec(spec: &ExecSpec) -> Result<i32, String> {
             // SAFETY: _exit is the correct way out of a forked child.
             unsafe { libc::_exit(failure.code) }
         }
-        ForkResult::Parent { child } => Ok(wait_exit_code(child)),
+        ForkResult::Parent { child } => {
+            drop(workload);
+            let peer = peer
+                .try_clone()
+                .map_err(|e| format!("the peer's socket: {e}"))?;
+            let mut relay = Relay::new(streams, false).map_err(|e| format!("relay: {e}"))?;
+            relay.add_peer(peer);
+            let relayed = relay.run(None);
+            let code = wait_exit_code(child);
+            relayed.map_err(|e| format!("relaying the output: {e}"))?;
+            Ok(code)
+        }
     }
 }
 
-/// cgroups, mount namespace and root, standard streams, privileges.
-fn prepare_workload(spec: &InitSpec, fds: &ChildFds) -> Result<(), String> {
+/// cgroups, mount namespace and root, standard streams.
+fn prepare_workload(spec: &InitSpec, stdio: WorkloadStdio) -> Result<(), String> {
     for procs in &spec.cgroup_procs {
         std::fs::write(procs, "0")
             .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
@@ -563,11 +731,8 @@ fn prepare_workload(spec: &InitSpec, fds: &ChildFds) -> Result<(), String> {
     )
     .map_err(|e| format!("making / private: {e}"))?;
     rootfs::enter(&spec.rootfs)?;
-    let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
-    dup2_stdin(&null).map_err(|e| format!("stdin: {e}"))?;
-    dup2_stdout(&fds.stdout).map_err(|e| format!("stdout: {e}"))?;
-    dup2_stderr(&fds.stderr).map_err(|e| format!("stderr: {e}"))?;
-    Ok(())
+    // After the root: a terminal is opened on the container's own devpts.
+    stdio.install()
 }
 
 /// Loads the seccomp profile: the last step before exec, so that nothing

@@ -6,6 +6,7 @@
 //! the daemon asks the network agent (`ferry-net`) for a container's
 //! interfaces. It must never import `ferry-net`.
 
+pub mod attach;
 pub mod caps;
 pub mod cgroup;
 pub mod container;

@@ -122,7 +122,7 @@ pub fn exit_frame(code: i32) -> Vec<u8> {
     raw_frame(EXIT_STREAM, code.to_string().as_bytes())
 }
 
-fn raw_frame(stream: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_frame(stream: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + payload.len());
     out.push(stream);
     out.extend_from_slice(&[0, 0, 0]);

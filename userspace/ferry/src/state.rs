@@ -90,6 +90,11 @@ pub struct ContainerRecord {
     /// The signal `stop` sends first (the image's `StopSignal`, or SIGTERM).
     #[serde(default)]
     pub stop_signal: String,
+    /// `-t` and `-i`, for those who attach.
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub open_stdin: bool,
 }
 
 impl ContainerRecord {
@@ -148,6 +153,11 @@ impl Store {
     /// What the container's monitor itself reports (its own errors).
     pub fn monitor_log_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("monitor.log")
+    }
+
+    /// Where clients attach to the workload's streams (see `attach`).
+    pub fn attach_path(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("attach.sock")
     }
 
     /// The exit status, written by the monitor.
@@ -275,6 +285,8 @@ mod tests {
             image_id: String::new(),
             user: String::new(),
             stop_signal: String::new(),
+            tty: false,
+            open_stdin: false,
         }
     }
 

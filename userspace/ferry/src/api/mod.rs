@@ -17,6 +17,7 @@ use axum::{
 use serde::Deserialize;
 
 mod endpoints;
+mod streams;
 mod types;
 
 pub use types::*;
@@ -204,7 +205,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/wait", post(wait))
         .route("/containers/{id}/kill", post(kill))
         .route("/containers/{id}/logs", get(logs))
-        .route("/containers/{id}/exec", post(exec))
+        .route("/containers/{id}/exec", post(streams::exec))
+        .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
         .route("/datapath/debug", post(datapath_debug))
@@ -348,17 +350,6 @@ async fn logs(
     tokio::spawn(crate::logs::follow(
         path, exited, tail, q.follow, streams, tx,
     ));
-    Ok(axum::body::Body::from_stream(rx).into_response())
-}
-
-/// Runs a command in the container; its output in the multiplexed framing,
-/// ended by an exit frame (see `logs::EXIT_STREAM`).
-async fn exec(
-    State(d): State<Arc<Daemon>>,
-    Path(id): Path<String>,
-    Body(req): Body<ExecRequest>,
-) -> Result<Response, ApiError> {
-    let rx = d.exec(&id, req).await?;
     Ok(axum::body::Body::from_stream(rx).into_response())
 }
 

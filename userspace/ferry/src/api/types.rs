@@ -46,6 +46,15 @@ pub struct RunRequest {
     /// networks only; Docker's `EndpointsConfig`).
     #[serde(default)]
     pub endpoint: EndpointConfig,
+    /// `-t`: a terminal for stdin, stdout and stderr.
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: stdin open for `POST /containers/{id}/attach`.
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// The terminal's initial size: rows, columns (Docker's `ConsoleSize`).
+    #[serde(default)]
+    pub console_size: Option<[u16; 2]>,
 }
 
 /// `--ip` and `--network-alias`.
@@ -238,6 +247,15 @@ pub struct ExecRequest {
     /// Default: the container's working directory.
     #[serde(default)]
     pub working_dir: String,
+    /// `-t`: a terminal (the request must be an upgrade, see the API).
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: the client's stdin (the request must be an upgrade).
+    #[serde(default)]
+    pub attach_stdin: bool,
+    /// The terminal's initial size: rows, columns.
+    #[serde(default)]
+    pub console_size: Option<[u16; 2]>,
 }
 
 /// One host binding of a published port (Docker's `PortBinding`).
@@ -274,6 +292,10 @@ pub struct ContainerConfig {
     pub user: String,
     #[serde(default)]
     pub stop_signal: String,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub open_stdin: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -418,6 +440,8 @@ impl From<&ContainerRecord> for ContainerJson {
                 image: r.image.clone(),
                 user: r.user.clone(),
                 stop_signal: r.stop_signal.clone(),
+                tty: r.tty,
+                open_stdin: r.open_stdin,
             },
             host_config: r.host_config.clone(),
             network_settings,

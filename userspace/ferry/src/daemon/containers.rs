@@ -30,8 +30,9 @@ use super::{
 };
 use crate::{
     api::{ApiError, RunRequest},
+    attach::StdioSpec,
     cgroup::CgroupError,
-    container::{self, ExitRecord, InitSpec, MonitorNet},
+    container::{self, ExitRecord, InitSpec, MonitorNet, Privileges},
     dns, netns,
     network::NetworkDef,
     portmap::PublishSpec,
@@ -415,11 +416,19 @@ impl Inner {
             hostname: hostname.to_owned(),
             cmd: req.cmd.clone(),
             env: req.env.clone(),
-            user: req.user.clone(),
-            seccomp: plan.seccomp.clone(),
-            caps: plan.caps.clone(),
+            privileges: Privileges {
+                user: req.user.clone(),
+                seccomp: plan.seccomp.clone(),
+                caps: plan.caps.clone(),
+            },
+            stdio: StdioSpec {
+                tty: req.tty,
+                open_stdin: req.open_stdin,
+                console_size: req.console_size.map(|[rows, cols]| (rows, cols)),
+            },
             cgroup_procs: self.cgroups.procs_files(id),
             log: self.store.log_path(id),
+            attach_socket: Some(self.store.attach_path(id)),
             exit_file: self.store.exit_path(id),
             rootfs,
         };
@@ -454,6 +463,8 @@ impl Inner {
             image_id: plan.image_id.clone(),
             user: req.user.clone(),
             stop_signal: plan.stop_signal.clone(),
+            tty: req.tty,
+            open_stdin: req.open_stdin,
         };
         self.store.save(&record).map_err(|e| internal(&e))?;
         Ok(record)

@@ -13,8 +13,8 @@ use tracing::info;
 use super::Daemon;
 use crate::{
     api::{ApiError, ContainerJson, ExecRequest, Stats, WaitResponse},
-    container::{self, ExecSpec},
-    logs::{self, Stream},
+    attach::{self, StdioSpec},
+    container::{self, ExecSpec, Privileges},
     state::{ContainerRecord, Status},
     validate,
 };
@@ -198,12 +198,14 @@ impl Daemon {
     }
 
     /// Starts a command in a running container (see `container::exec_main`).
-    /// Its output comes as frames, then one exit frame.
+    /// Returns the helper (the command ends when it is dropped) and the
+    /// socket with the command's streams: frames, then one exit frame; and
+    /// frames the other way for its stdin and terminal (see `attach`).
     pub async fn exec(
         &self,
         reference: &str,
         req: ExecRequest,
-    ) -> Result<futures::channel::mpsc::Receiver<logs::Chunk>, ApiError> {
+    ) -> Result<(tokio::process::Child, tokio::net::UnixStream), ApiError> {
         validate::exec_request(&req)?;
         let spec = {
             let inner = self.inner.lock().await;
@@ -230,56 +232,41 @@ impl Daemon {
                 env: record.env.iter().cloned().chain(req.env).collect(),
                 workdir,
                 hostname: record.hostname.clone(),
-                user: record.user.clone(),
-                seccomp: super::containers::seccomp_of(&record.host_config)?,
-                caps: super::containers::caps_of(&record.host_config)?,
+                privileges: Privileges {
+                    user: record.user.clone(),
+                    seccomp: super::containers::seccomp_of(&record.host_config)?,
+                    caps: super::containers::caps_of(&record.host_config)?,
+                },
+                stdio: StdioSpec {
+                    tty: req.tty,
+                    open_stdin: req.attach_stdin,
+                    console_size: req.console_size.map(|[rows, cols]| (rows, cols)),
+                },
             }
         };
-        let internal = |e: &dyn std::fmt::Display| ApiError::Internal(e.to_string());
-        let spec = serde_json::to_string(&spec).map_err(|e| internal(&e))?;
-        let mut child = tokio::process::Command::new("/proc/self/exe")
-            .arg(container::EXEC_ARG)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| internal(&format!("cannot start the exec helper: {e}")))?;
-        // The spec goes through a pipe, not argv: one argument is limited to
-        // 128 KiB, a request body to 1 MiB.
-        {
-            use tokio::io::AsyncWriteExt as _;
-            let mut stdin = child
-                .stdin
-                .take()
-                .ok_or_else(|| internal(&"the exec helper has no input pipe"))?;
-            stdin
-                .write_all(spec.as_bytes())
-                .await
-                .map_err(|e| internal(&format!("passing the exec spec: {e}")))?;
-        }
-        let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-            return Err(internal(&"the exec helper has no output pipes"));
+        container::spawn_exec(&spec)
+            .await
+            .map_err(ApiError::Internal)
+    }
+
+    /// Connects to a running container's streams (see `attach`).
+    pub async fn attach(&self, reference: &str) -> Result<tokio::net::UnixStream, ApiError> {
+        let path = {
+            let inner = self.inner.lock().await;
+            let record = inner.find(reference)?;
+            if record.status != Status::Running {
+                return Err(ApiError::Conflict(format!(
+                    "container {reference} is not running"
+                )));
+            }
+            inner.store.attach_path(&record.id)
         };
-        let (mut tx, rx) = futures::channel::mpsc::channel(64);
-        tokio::spawn(async move {
-            use futures::SinkExt as _;
-            let out = tokio::spawn(logs::copy_frames(stdout, Stream::Stdout, tx.clone()));
-            let err = tokio::spawn(logs::copy_frames(stderr, Stream::Stderr, tx.clone()));
-            let _ = out.await;
-            let _ = err.await;
-            let code = match child.wait().await {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt as _;
-                    status
-                        .code()
-                        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-                }
-                Err(_) => 126,
-            };
-            let _ = tx.send(Ok(logs::exit_frame(code))).await;
-        });
-        Ok(rx)
+        let internal =
+            |e: std::io::Error| ApiError::Internal(format!("cannot attach to {reference}: {e}"));
+        let sock = attach::with_short_path(&path, |p| std::os::unix::net::UnixStream::connect(p))
+            .map_err(internal)?;
+        sock.set_nonblocking(true).map_err(internal)?;
+        tokio::net::UnixStream::from_std(sock).map_err(internal)
     }
 
     /// The container's log file and, while it runs, a receiver that says

@@ -14,6 +14,7 @@ macro_rules! out {
     }};
 }
 
+mod attach;
 mod engines;
 mod images;
 mod networks;
@@ -149,8 +150,17 @@ enum Command {
         tail: String,
         container: String,
     },
+    /// Attach to a running container's streams; exits with its exit code
+    /// (ctrl-p ctrl-q detaches and leaves it running).
+    Attach { container: String },
     /// Run a command in a running container; exits with its exit code.
     Exec {
+        /// Send our stdin to it.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// A terminal for it (raw mode here; ctrl-p ctrl-q detaches).
+        #[arg(short = 't', long)]
+        tty: bool,
         /// Environment variable KEY=VALUE (repeatable).
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
@@ -296,6 +306,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .await?;
             if detach {
                 out!("{}", c.id);
+            } else if c.config.tty || c.config.open_stdin {
+                let mode = attach::Mode {
+                    tty: c.config.tty,
+                    stdin: c.config.open_stdin,
+                };
+                return interactive(&client, &c.id, rm, mode).await;
             } else {
                 return attached(&client, &c.id, rm).await;
             }
@@ -426,17 +442,53 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         } => {
             print_logs(&client, &container, follow, &tail).await?;
         }
+        Command::Attach { container } => {
+            let c: ContainerJson = client
+                .call(
+                    Method::GET,
+                    &format!("/containers/{container}/json"),
+                    NO_BODY,
+                )
+                .await?;
+            let mode = attach::Mode {
+                tty: c.config.tty,
+                stdin: c.config.open_stdin,
+            };
+            mode.check()?;
+            return interactive(&client, &c.id, false, mode).await;
+        }
         Command::Exec {
+            interactive,
+            tty,
             env,
             workdir,
             container,
             cmd,
         } => {
+            let mode = attach::Mode {
+                tty,
+                stdin: interactive,
+            };
+            mode.check()?;
             let req = ExecRequest {
                 cmd,
                 env: resolve_env(env),
                 working_dir: workdir.unwrap_or_default(),
+                tty,
+                attach_stdin: interactive,
+                console_size: mode.size(),
             };
+            let path = format!("/containers/{container}/exec");
+            if tty || interactive {
+                let conn = client.take_over(&path, Some(&req)).await?;
+                return Ok(match attach::session(conn, mode).await? {
+                    attach::Ended::Closed(code) => {
+                        let code = code.context("the exec ended without an exit status")?;
+                        ExitCode::from(code.clamp(0, 255) as u8)
+                    }
+                    attach::Ended::Detached => ExitCode::SUCCESS,
+                });
+            }
             let body = client
                 .stream(
                     Method::POST,
@@ -667,6 +719,28 @@ async fn attached(client: &Client, id: &str, rm: bool) -> anyhow::Result<ExitCod
             )
             .await;
     }
+    exit_status(client, id, rm).await
+}
+
+/// `ferry run -i/-t` and `ferry attach`: a session with the container's
+/// streams, then its exit code (or 0 on detach, the container running).
+async fn interactive(
+    client: &Client,
+    id: &str,
+    rm: bool,
+    mode: attach::Mode,
+) -> anyhow::Result<ExitCode> {
+    let conn = client
+        .take_over(&format!("/containers/{id}/attach"), NO_BODY)
+        .await?;
+    if let attach::Ended::Detached = attach::session(conn, mode).await? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    exit_status(client, id, rm).await
+}
+
+/// Waits for the container; removes it if asked; its exit code.
+async fn exit_status(client: &Client, id: &str, rm: bool) -> anyhow::Result<ExitCode> {
     let status: WaitResponse = client
         .call(Method::POST, &format!("/containers/{id}/wait"), NO_BODY)
         .await?;

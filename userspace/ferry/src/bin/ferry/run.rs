@@ -22,6 +22,12 @@ pub struct RunArgs {
     /// Remove the container when it exits.
     #[arg(long)]
     pub rm: bool,
+    /// Keep stdin open and send ours to it.
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// A terminal for the container (raw mode here; ctrl-p ctrl-q detaches).
+    #[arg(short = 't', long)]
+    pub tty: bool,
     #[arg(long)]
     name: Option<String>,
     #[arg(long, short = 'h')]
@@ -154,9 +160,18 @@ fn read_profile(opt: String) -> anyhow::Result<String> {
 }
 
 pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunRequest> {
+    let mode = crate::attach::Mode {
+        tty: args.tty,
+        stdin: args.interactive,
+    };
+    if !args.detach {
+        mode.check()?;
+    }
     let RunArgs {
         detach,
         rm,
+        interactive,
+        tty,
         name,
         hostname,
         env,
@@ -237,6 +252,9 @@ pub async fn request(client: &Client, args: RunArgs) -> anyhow::Result<RunReques
             ipv4_address: ip.unwrap_or_default(),
             aliases: network_aliases,
         },
+        tty,
+        open_stdin: interactive,
+        console_size: mode.size(),
     };
     Ok(req)
 }
