@@ -44,6 +44,8 @@ const PACKAGES: &[&str] = &[
     // A real registry for `ferry pull`'s tests, and what pushes to it.
     "docker-registry",
     "skopeo",
+    // htpasswd: the bcrypt password file of a registry that wants a login.
+    "apache2-utils",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -386,3 +386,102 @@ fn an_image_pulled_from_a_registry_runs_and_failures_are_named() {
     world.ferry_ok(&["rmi", &name, &format!("{}/team/web:2", registry::ADDR)]);
     assert!(store_entries(&world, "layers").is_empty());
 }
+
+#[test]
+fn a_registry_that_wants_a_login_serves_pulls_after_ferry_login_and_not_after_logout() {
+    let world = World::new();
+    let registry = Registry::start_with_login(&world, "ferry-user", "s3cret:pass");
+    let layers = web_layers();
+    let config = web_config(&layers);
+    let archive = world.dir.join("private.tar");
+    image::oci_archive(&archive, "web:private", &layers, &config, None);
+    registry.push(&world, &archive, "team/private:1");
+    let name = format!("{}/team/private:1", registry.addr());
+
+    // The CLI keeps credentials under the world's directory, and never
+    // reads the machine's Docker login.
+    let config_dir = world.dir.join("ferry-config");
+    let ferry = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(bin_dir().join("ferry"))
+            .arg("-H")
+            .arg(&world.socket)
+            .args(args)
+            .env("FERRY_CONFIG", &config_dir)
+            .env("DOCKER_CONFIG", world.dir.join("no-docker-config"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ferry");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("stdin");
+        child.wait_with_output().expect("ferry")
+    };
+
+    let anonymous = ferry(&["pull", "-q", &name], "");
+    assert!(!anonymous.status.success());
+    assert!(
+        stderr(&anonymous).contains("refused access") && stderr(&anonymous).contains("ferry login"),
+        "{}",
+        stderr(&anonymous)
+    );
+    let wrong = ferry(
+        &[
+            "login",
+            "-u",
+            "ferry-user",
+            "--password-stdin",
+            registry.addr(),
+        ],
+        "wrong\n",
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("refused the credentials"),
+        "{}",
+        stderr(&wrong)
+    );
+    assert!(
+        !config_dir.join("config.json").exists(),
+        "a refused login was stored"
+    );
+
+    let login = ferry(
+        &[
+            "login",
+            "-u",
+            "ferry-user",
+            "--password-stdin",
+            registry.addr(),
+        ],
+        "s3cret:pass\n",
+    );
+    assert!(login.status.success(), "{}", stderr(&login));
+    assert!(
+        stdout(&login).starts_with("Login Succeeded"),
+        "{}",
+        stdout(&login)
+    );
+    let stored = std::fs::read_to_string(config_dir.join("config.json")).expect("config.json");
+    assert!(stored.contains(registry.addr()), "{stored}");
+    assert!(
+        !stored.contains("s3cret"),
+        "the password is stored in clear: {stored}"
+    );
+
+    let pulled = ferry(&["pull", "-q", &name], "");
+    assert!(pulled.status.success(), "{}", stderr(&pulled));
+    let page = world.ferry_ok(&["run", "--rm", &name, "cat", "/www/index.html"]);
+    assert_eq!(page, "hello from the top layer\n");
+    world.ferry_ok(&["rmi", &name]);
+
+    let logout = ferry(&["logout", registry.addr()], "");
+    assert!(logout.status.success(), "{}", stderr(&logout));
+    let again = ferry(&["pull", "-q", &name], "");
+    assert!(!again.status.success(), "pulled after logout");
+}

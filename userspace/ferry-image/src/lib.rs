@@ -26,7 +26,7 @@ mod store;
 pub use config::RunConfig;
 pub use error::ImageError;
 pub use names::{familiar, normalize, split_tag};
-pub use pull::{Progress, PullOptions, Report};
+pub use pull::{Progress, PullOptions, Report, login};
 pub use store::{ImageRecord, LoadedImage, Store};
 
 /// Makes rustls use ring for the registry client's TLS. Call once at start,

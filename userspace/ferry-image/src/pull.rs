@@ -115,6 +115,76 @@ impl Read for ChannelReader {
     }
 }
 
+/// A client for `registry` (plain HTTP if it is loopback or insecure) and
+/// the credentials to present.
+fn client_for(registry: &str, options: &PullOptions) -> (Client, RegistryAuth) {
+    let plain = is_loopback(registry) || options.insecure.iter().any(|r| r == registry);
+    let client = Client::new(ClientConfig {
+        protocol: if plain {
+            ClientProtocol::HttpsExcept(vec![registry.to_owned()])
+        } else {
+            ClientProtocol::Https
+        },
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        ..ClientConfig::default()
+    });
+    let auth = match &options.auth {
+        Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    (client, auth)
+}
+
+/// Checks `options.auth` against `registry` (`host[:port]`, `docker.io`),
+/// as `docker login` does: a token service must grant a token for them, a
+/// registry asking for basic credentials must accept them on a request.
+pub async fn login(registry: &str, options: &PullOptions) -> Result<(), ImageError> {
+    let (client, auth) = client_for(registry, options);
+    // Any repository: a token is granted (or basic credentials checked)
+    // before the registry says whether it exists.
+    let probe: Reference = format!("{registry}/ferry-login-probe:latest")
+        .parse()
+        .map_err(|e: oci_client::ParseError| ImageError::Reference {
+            reference: registry.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let refused = |detail: String| {
+        ImageError::Registry(format!(
+            "{registry} refused the credentials: {}",
+            if detail.is_empty() {
+                "incorrect username or password".to_owned()
+            } else {
+                detail
+            }
+        ))
+    };
+    let fail = |e| match e {
+        OciDistributionError::AuthenticationFailure(m) => refused(m.trim().to_owned()),
+        other => registry_error("the login", registry, other),
+    };
+    let bearer = client
+        .auth(&probe, &auth, oci_client::RegistryOperation::Pull)
+        .await
+        .map_err(fail)?;
+    if bearer.is_some() {
+        return Ok(());
+    }
+    match client.fetch_manifest_digest(&probe, &auth).await {
+        Ok(_) => Ok(()),
+        Err(
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::ServerError {
+                code: 401 | 403, ..
+            },
+        ) => Err(refused(String::new())),
+        Err(e) => match registry_error("the login", registry, e) {
+            // The probe does not exist: the registry let us ask.
+            ImageError::NotFound(_) => Ok(()),
+            other => Err(other),
+        },
+    }
+}
+
 impl Store {
     /// Pulls `name` (`nginx`, `host:5000/app:v1`, `app@sha256:...`).
     pub async fn pull(
@@ -132,20 +202,7 @@ impl Store {
                     reason: e.to_string(),
                 })?;
         let registry = reference.resolve_registry().to_owned();
-        let plain = is_loopback(&registry) || options.insecure.contains(&registry);
-        let client = Client::new(ClientConfig {
-            protocol: if plain {
-                ClientProtocol::HttpsExcept(vec![registry.clone()])
-            } else {
-                ClientProtocol::Https
-            },
-            connect_timeout: Some(std::time::Duration::from_secs(10)),
-            ..ClientConfig::default()
-        });
-        let auth = match &options.auth {
-            Some((user, password)) => RegistryAuth::Basic(user.clone(), password.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let (client, auth) = client_for(&registry, options);
         let fail = |e| registry_error(name, &registry, e);
         let (manifest, digest, config) = client
             .pull_manifest_and_config(&reference, &auth)

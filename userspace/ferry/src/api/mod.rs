@@ -221,6 +221,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             post(image_load).layer(DefaultBodyLimit::disable()),
         )
         .route("/images/pull", post(image_pull))
+        .route("/auth", post(login))
         .route("/images/save", post(image_save))
         .route("/images/json", get(image_list))
         .route("/images/inspect", get(image_inspect))
@@ -434,11 +435,20 @@ async fn image_load(
 
 /// Progress as JSON lines (`Id`, `Status`, `Current`, `Total`), then one
 /// line with `Image` (what was pulled) or `Error`: the status code is sent
-/// before the registry has said anything.
+/// before the registry has said anything. The body, if any, is the
+/// registry's credentials (`AuthConfig`).
 async fn image_pull(
     State(d): State<Arc<Daemon>>,
     Query(q): Query<PullQuery>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    let auth = match body.is_empty() {
+        true => None,
+        false => Some(
+            serde_json::from_slice::<AuthConfig>(&body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid credentials: {e}")))?,
+        ),
+    };
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<String, std::io::Error>>();
     let progress = tx.clone();
     let report: ferry_image::Report = Arc::new(move |p: ferry_image::Progress| {
@@ -446,7 +456,7 @@ async fn image_pull(
             let _ = progress.unbounded_send(Ok(line + "\n"));
         }
     });
-    let pull = d.image_pull(&q.name, report)?;
+    let pull = d.image_pull(&q.name, auth, report)?;
     tokio::spawn(async move {
         let last = match pull.await {
             Ok(Ok(image)) => serde_json::json!({ "Image": image }),
@@ -456,6 +466,16 @@ async fn image_pull(
         let _ = tx.unbounded_send(Ok(format!("{last}\n")));
     });
     Ok(axum::body::Body::from_stream(rx).into_response())
+}
+
+/// Checks credentials with their registry (`ferry login`); ferryd keeps
+/// nothing, the client stores them and sends them with each pull.
+async fn login(
+    State(d): State<Arc<Daemon>>,
+    Body(req): Body<AuthConfig>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    d.image_login(req).await?;
+    Ok(Json(serde_json::json!({ "Status": "Login Succeeded" })))
 }
 
 /// The archive as the response body, read from a file ferryd wrote first

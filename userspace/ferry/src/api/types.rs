@@ -236,6 +236,17 @@ pub struct HostConfig {
     pub extra_hosts: Vec<String>,
 }
 
+/// A registry's credentials: `POST /auth` checks them, `POST /images/pull`
+/// takes them as its body (Docker's `AuthConfig`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+    /// `host[:port]`, or `docker.io`.
+    pub server_address: String,
+}
+
 /// `POST /containers/{id}/exec`: a command to run in a running container.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -8,7 +8,7 @@ use ferry_runtime::rootfs::Lower;
 use tracing::info;
 
 use super::Daemon;
-use crate::api::{ApiError, ImageDeleted, ImageInspect, ImageSummary, RunRequest};
+use crate::api::{ApiError, AuthConfig, ImageDeleted, ImageInspect, ImageSummary, RunRequest};
 
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
@@ -60,6 +60,7 @@ impl Daemon {
     pub fn image_pull(
         self: &Arc<Self>,
         name: &str,
+        auth: Option<AuthConfig>,
         report: ferry_image::Report,
     ) -> Result<tokio::task::JoinHandle<Result<ferry_image::LoadedImage, ApiError>>, ApiError> {
         ferry_image::normalize(name)?;
@@ -67,7 +68,7 @@ impl Daemon {
         let name = name.to_owned();
         let options = ferry_image::PullOptions {
             insecure: self.insecure_registries.clone(),
-            auth: None,
+            auth: auth.map(|a| (a.username, a.password)),
         };
         // The pull goes on if the client goes away, as Docker's does.
         Ok(tokio::spawn(async move {
@@ -75,6 +76,22 @@ impl Daemon {
             info!(id = %loaded.id, names = ?loaded.names, "image pulled");
             Ok(loaded)
         }))
+    }
+
+    /// Checks a registry's credentials (see `ferry_image::login`).
+    pub async fn image_login(&self, req: AuthConfig) -> Result<(), ApiError> {
+        if req.server_address.is_empty() || req.username.is_empty() {
+            return Err(ApiError::BadRequest(
+                "a login needs a registry and a username".into(),
+            ));
+        }
+        let options = ferry_image::PullOptions {
+            insecure: self.insecure_registries.clone(),
+            auth: Some((req.username, req.password)),
+        };
+        ferry_image::login(&req.server_address, &options).await?;
+        info!(registry = %req.server_address, "registry credentials checked");
+        Ok(())
     }
 
     /// Writes the named images to a temporary file of the store and

@@ -231,7 +231,8 @@ async fn pull(client: &Client, name: &str, quiet: bool) -> anyhow::Result<ExitCo
 
     use http_body_util::BodyExt as _;
     let path = format!("/images/pull?name={}", encode(name));
-    let mut body = client.stream(Method::POST, &path, NO_BODY).await?;
+    let auth = crate::credentials::for_image(name)?;
+    let mut body = client.stream(Method::POST, &path, auth.as_ref()).await?;
     let tty = std::io::stdout().is_terminal() && !quiet;
     let mut stdout = std::io::stdout();
     let mut buf = Vec::new();

@@ -15,6 +15,7 @@ macro_rules! out {
 }
 
 mod attach;
+mod credentials;
 mod engines;
 mod images;
 mod networks;
@@ -74,6 +75,13 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
         name: String,
+    },
+    /// Check credentials with a registry and store them for pulls.
+    Login(credentials::LoginArgs),
+    /// Forget a registry's stored credentials.
+    Logout {
+        /// The registry (host[:port]); default Docker Hub.
+        server: Option<String>,
     },
     /// Write images to a tar (an OCI layout with Docker's manifest.json).
     Save {
@@ -551,6 +559,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Pull { quiet, name } => {
             return images::image(&client, images::ImageAction::Pull { quiet, name }).await;
         }
+        Command::Login(args) => return credentials::login(&client, args).await,
+        Command::Logout { server } => return credentials::logout(server.as_deref()),
         Command::Save { output, images } => {
             return images::image(&client, images::ImageAction::Save { output, images }).await;
         }
