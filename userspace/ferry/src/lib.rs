@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod docker;
 pub mod format;
+pub mod invariants;
 pub mod metrics;
 pub mod state;
 pub mod validate;
