@@ -79,7 +79,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             "podman-http" => podman::run(args, &out_dir)?,
             "local-http" => http::local(args, &out_dir)?,
             "egress" => egress::run(args)?,
-            "start" => start::run(args)?,
+            "start" => start::run(args, &out_dir)?,
             "port-scale" => port_scale::run(args, &out_dir)?,
             "conntrack-scale" => ct_scale::run(args, &out_dir)?,
             "ct-flood" => ct_flood::run(args, &out_dir)?,
