@@ -485,3 +485,99 @@ fn a_registry_that_wants_a_login_serves_pulls_after_ferry_login_and_not_after_lo
     let again = ferry(&["pull", "-q", &name], "");
     assert!(!again.status.success(), "pulled after logout");
 }
+
+#[test]
+fn system_df_counts_shared_layers_once_and_prune_removes_only_what_nothing_uses() {
+    let world = World::new();
+    let base = Layer::new().busybox(APPLETS).finish();
+    let load = |tag: &str, page: &str| {
+        let top = Layer::new()
+            .dir("www")
+            .file("www/index.html", 0o644, page.as_bytes())
+            .finish();
+        let layers = vec![base.clone(), top];
+        let config = image::config(
+            &layers,
+            json!({ "Cmd": ["sh"], "Env": ["PATH=/bin"], "Labels": { "page": page } }),
+        );
+        let archive = world.dir.join(format!("{page}.tar"));
+        image::docker_archive(&archive, &[tag], &layers, &config);
+        world.ferry_ok(&["load", "-q", "-i", &archive.display().to_string()]);
+        image::digest(&config)
+    };
+    load("used:1", "a");
+    load("stopped:1", "b");
+    let dangling = load("spare:1", "c");
+    // The name moves to the new image: the old one is left without one.
+    load("spare:1", "d");
+    world.ferry_ok(&["run", "-d", "--name", "keep", "used:1", "sleep", "300"]);
+    world.ferry_ok(&[
+        "run",
+        "--name",
+        "done",
+        "stopped:1",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 2000 ]; do echo 0123456789012345678901234567890123456789; \
+         i=$((i+1)); done > /written",
+    ]);
+
+    // Four images, two with containers; the busybox layer they share is
+    // counted once. Two containers, one running.
+    let df = world.ferry_ok(&["system", "df"]);
+    let row = |kind: &str| -> Vec<String> {
+        df.lines()
+            .find(|l| l.starts_with(kind))
+            .unwrap_or_else(|| panic!("no {kind} row: {df}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    let images = row("Images");
+    assert_eq!(images[1..3], ["4", "2"], "{df}");
+    let mb = |s: &str| -> f64 {
+        s.strip_suffix("MB")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not in MB: {s} ({df})"))
+    };
+    let busybox = std::fs::metadata("/bin/busybox").expect("busybox").len() as f64 / 1e6;
+    let layers = mb(&images[3]);
+    assert!(
+        layers >= busybox - 0.1 && layers < busybox * 1.5,
+        "layers {layers} MB for a {busybox} MB busybox shared by four images: {df}"
+    );
+    let containers = row("Containers");
+    assert_eq!(containers[1..3], ["2", "1"], "{df}");
+
+    // Without --force and without a terminal to ask on, nothing goes.
+    let out = world.ferry(&["image", "prune"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+
+    // The nameless image goes (with its own top layer), and only it.
+    let pruned = world.ferry_ok(&["image", "prune", "-f"]);
+    assert!(pruned.contains(&format!("deleted: {dangling}")), "{pruned}");
+    assert_eq!(world.ferry_ok(&["images", "-q"]).lines().count(), 3);
+
+    // The stopped container goes with what it wrote (80 kB), not the
+    // running one.
+    let pruned = world.ferry_ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains("Deleted Containers:"), "{pruned}");
+    let reclaimed = pruned
+        .lines()
+        .find_map(|l| l.strip_prefix("Total reclaimed space: "))
+        .and_then(|s| s.strip_suffix("kB"))
+        .and_then(|s| s.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no space in kB: {pruned}"));
+    assert!(reclaimed >= 80.0, "{pruned}");
+    let names = world.ferry_ok(&["ps", "-a"]);
+    assert!(names.contains("keep") && !names.contains("done"), "{names}");
+
+    // -a: every image no container uses; the running one's stays, with
+    // its two layers (and their blobs) and nothing else.
+    world.ferry_ok(&["system", "prune", "-a", "-f"]);
+    let left = world.ferry_ok(&["images"]);
+    assert!(left.contains("used") && left.lines().count() == 2, "{left}");
+    assert_eq!(store_entries(&world, "layers").len(), 4);
+    world.ferry_ok(&["rm", "-f", "keep"]);
+}

@@ -266,8 +266,9 @@ impl Store {
     }
 }
 
-/// Bytes of regular files under a directory.
-pub(crate) fn du(dir: &Path) -> u64 {
+/// Bytes of regular files under a directory (what it holds, as `docker
+/// system df` counts it).
+pub fn du(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {

@@ -23,6 +23,7 @@ mod pull;
 mod save;
 mod store;
 
+pub use archive::du as disk_usage;
 pub use config::RunConfig;
 pub use error::ImageError;
 pub use names::{familiar, normalize, split_tag};

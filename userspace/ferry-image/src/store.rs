@@ -161,6 +161,16 @@ impl Store {
         (self.root.join("layers"), names.collect())
     }
 
+    /// The store's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Bytes a layer takes unpacked.
+    pub fn layer_size(&self, diff_id: &str) -> u64 {
+        crate::archive::du(&self.layer_dir(diff_id))
+    }
+
     /// Where uploaded archives wait to be loaded.
     pub fn upload_path(&self) -> PathBuf {
         self.tmp_path("upload")

@@ -155,6 +155,11 @@ impl Store {
         self.container_dir(id).join("monitor.log")
     }
 
+    /// What the container wrote to its root: its overlay's upper directory.
+    pub fn rootfs_upper(&self, id: &str) -> PathBuf {
+        self.container_dir(id).join("rootfs/upper")
+    }
+
     /// Where clients attach to the workload's streams (see `attach`).
     pub fn attach_path(&self, id: &str) -> PathBuf {
         self.container_dir(id).join("attach.sock")

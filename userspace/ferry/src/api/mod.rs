@@ -221,6 +221,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             post(image_load).layer(DefaultBodyLimit::disable()),
         )
         .route("/images/pull", post(image_pull))
+        .route("/images/prune", post(image_prune))
+        .route("/containers/prune", post(container_prune))
+        .route("/system/df", get(system_df))
         .route("/auth", post(login))
         .route("/images/save", post(image_save))
         .route("/images/json", get(image_list))
@@ -466,6 +469,27 @@ async fn image_pull(
         let _ = tx.unbounded_send(Ok(format!("{last}\n")));
     });
     Ok(axum::body::Body::from_stream(rx).into_response())
+}
+
+async fn container_prune(State(d): State<Arc<Daemon>>) -> Result<Json<PruneReport>, ApiError> {
+    Ok(Json(d.container_prune().await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct PruneQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+async fn image_prune(
+    State(d): State<Arc<Daemon>>,
+    Query(q): Query<PruneQuery>,
+) -> Result<Json<PruneReport>, ApiError> {
+    Ok(Json(d.image_prune(q.all).await?))
+}
+
+async fn system_df(State(d): State<Arc<Daemon>>) -> Json<SystemDf> {
+    Json(d.system_df().await)
 }
 
 /// Checks credentials with their registry (`ferry login`); ferryd keeps

@@ -584,6 +584,42 @@ pub struct ImageSummary {
     pub containers: usize,
 }
 
+/// `POST /containers/prune`, `POST /images/prune`: what went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PruneReport {
+    #[serde(default)]
+    pub containers_deleted: Vec<String>,
+    #[serde(default)]
+    pub images_deleted: Vec<ImageDeleted>,
+    /// Bytes freed on disk.
+    pub space_reclaimed: u64,
+}
+
+/// `GET /system/df`: what images and containers take on disk.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SystemDf {
+    /// Every unpacked layer once, however many images share it.
+    pub layers_size: u64,
+    /// The part of it no container's image uses.
+    pub layers_reclaimable: u64,
+    pub images: Vec<ImageSummary>,
+    pub containers: Vec<ContainerDf>,
+}
+
+/// One container in `SystemDf`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerDf {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: String,
+    /// What it wrote to its root (its overlay's upper directory).
+    pub size_rw: u64,
+}
+
 /// `GET /images/inspect`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -483,7 +483,7 @@ impl Inner {
         let dir = self.store.container_dir(id);
         let layers = dir.join("rootfs");
         let (upper, work, merged) = (
-            layers.join("upper"),
+            self.store.rootfs_upper(id),
             layers.join("work"),
             layers.join("merged"),
         );

@@ -15,6 +15,7 @@ mod images;
 mod names;
 mod networks;
 mod observe;
+mod prune;
 mod reset;
 
 use std::{

@@ -53,6 +53,9 @@ pub enum ImageAction {
     },
     /// Give an image another name.
     Tag { source: String, target: String },
+    /// Remove images without a name that no container uses (-a: every
+    /// image no container uses).
+    Prune(crate::system::PruneArgs),
     /// Write images to a tar (an OCI layout with Docker's manifest.json).
     Save {
         /// The file (default: standard output, not a terminal).
@@ -95,7 +98,7 @@ fn ago(rfc3339: &str) -> String {
 }
 
 /// Sizes as Docker prints them (decimal units).
-fn size(bytes: u64) -> String {
+pub fn size(bytes: u64) -> String {
     match bytes {
         b if b < 1000 => format!("{b}B"),
         b if b < 1_000_000 => format!("{:.1}kB", b as f64 / 1e3),
@@ -209,6 +212,7 @@ pub async fn image(client: &Client, action: ImageAction) -> anyhow::Result<ExitC
         ImageAction::Save { output, images } => {
             save(client, output.as_deref(), images).await?;
         }
+        ImageAction::Prune(args) => return crate::system::image_prune(client, args).await,
         ImageAction::Tag { source, target } => {
             let path = format!(
                 "/images/tag?source={}&target={}",

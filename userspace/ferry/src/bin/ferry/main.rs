@@ -21,6 +21,7 @@ mod images;
 mod networks;
 mod run;
 mod stats;
+mod system;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -78,6 +79,16 @@ enum Command {
     },
     /// Check credentials with a registry and store them for pulls.
     Login(credentials::LoginArgs),
+    /// Disk usage, and removing what nothing uses.
+    System {
+        #[command(subcommand)]
+        action: system::SystemAction,
+    },
+    /// Operations on containers as a whole.
+    Container {
+        #[command(subcommand)]
+        action: ContainerAction,
+    },
     /// Forget a registry's stored credentials.
     Logout {
         /// The registry (host[:port]); default Docker Hub.
@@ -222,6 +233,16 @@ enum Command {
     Cni {
         #[command(subcommand)]
         action: engines::CniAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ContainerAction {
+    /// Remove every stopped container.
+    Prune {
+        /// Do not ask.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -560,6 +581,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return images::image(&client, images::ImageAction::Pull { quiet, name }).await;
         }
         Command::Login(args) => return credentials::login(&client, args).await,
+        Command::System { action } => return system::system(&client, action).await,
+        Command::Container {
+            action: ContainerAction::Prune { force },
+        } => return system::container_prune(&client, force).await,
         Command::Logout { server } => return credentials::logout(server.as_deref()),
         Command::Save { output, images } => {
             return images::image(&client, images::ImageAction::Save { output, images }).await;
