@@ -21,7 +21,7 @@ use std::{
     fs::File,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::{
-        fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
         unix::{net::UnixStream, process::CommandExt as _},
     },
     path::{Path, PathBuf},
@@ -30,6 +30,7 @@ use std::{
 };
 
 use nix::{
+    fcntl::{FcntlArg, FdFlag, fcntl},
     mount::{MsFlags, mount},
     sched::{CloneFlags, unshare},
     sys::wait::{WaitStatus, waitpid},
@@ -46,12 +47,15 @@ use crate::{
     rootfs::{self, RootfsSpec},
     seccomp::Profile,
     user,
+    userns::{self, IdMap},
 };
 
 /// The hidden first argument that turns `ferryd` into the init stage.
 pub const INIT_ARG: &str = "__init";
 /// The control socket's fd in the init stage.
 const CONTROL_FD: i32 = 3;
+/// The user namespace's fd in the init stage, with `--userns-remap`.
+const USERNS_FD: i32 = 4;
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +91,13 @@ pub struct InitSpec {
     /// Where peers attach to the workload's streams (see `attach`).
     #[serde(default)]
     pub attach_socket: Option<PathBuf>,
+    /// `--userns-remap`: the container's ids on the host (see `userns`).
+    #[serde(default)]
+    pub userns: Option<IdMap>,
+    /// Settings of the container's own network namespace, as
+    /// `net.ipv4.ip_unprivileged_port_start` = `0`.
+    #[serde(default)]
+    pub sysctls: Vec<(String, String)>,
     /// Where the monitor records the exit status.
     pub exit_file: PathBuf,
     pub rootfs: RootfsSpec,
@@ -135,7 +146,11 @@ pub struct Monitor {
 
 /// Starts the init stage in fresh namespaces. `diagnostics` receives what
 /// the monitor itself has to say (never the workload's output).
-pub fn spawn_monitor(diagnostics: &Path, net: MonitorNet) -> Result<Monitor, ContainerError> {
+pub fn spawn_monitor(
+    diagnostics: &Path,
+    net: MonitorNet,
+    userns: Option<BorrowedFd>,
+) -> Result<Monitor, ContainerError> {
     let log_file = File::options()
         .create(true)
         .append(true)
@@ -146,6 +161,7 @@ pub fn spawn_monitor(diagnostics: &Path, net: MonitorNet) -> Result<Monitor, Con
         })?;
     let (ours, theirs) = UnixStream::pair().map_err(ContainerError::Spawn)?;
     let theirs_fd = theirs.as_raw_fd();
+    let userns_fd = userns.map(|fd| fd.as_raw_fd());
     let (new_net, join_fd) = match net {
         MonitorNet::New => (CloneFlags::CLONE_NEWNET, None),
         MonitorNet::Host => (CloneFlags::empty(), None),
@@ -162,6 +178,13 @@ pub fn spawn_monitor(diagnostics: &Path, net: MonitorNet) -> Result<Monitor, Con
     unsafe {
         cmd.pre_exec(move || {
             onto_control_fd(theirs_fd)?;
+            // dup2 leaves the copy inheritable; the init stage closes it on
+            // exec of the workload (see `run_init`).
+            if let Some(fd) = userns_fd
+                && libc::dup2(fd, USERNS_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             // Own session: a terminal's ^C to ferryd never reaches containers.
             libc::setsid();
             if let Some(fd) = join_fd
@@ -381,9 +404,17 @@ fn run_init() -> Result<i32, String> {
             (workload, MonitorStdio::Streams(ours))
         };
         let status = pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        Ok::<_, String>((log, listener, workload, ours, status))
+        let userns = spec.userns.map(|_| {
+            // SAFETY: ferryd put the user namespace on USERNS_FD (see
+            // `spawn_monitor`); nothing else here owns that fd.
+            unsafe { OwnedFd::from_raw_fd(USERNS_FD) }
+        });
+        if let Some(fd) = &userns {
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| format!("fcntl: {e}"))?;
+        }
+        Ok::<_, String>((log, listener, workload, ours, status, userns))
     })();
-    let (log, listener, workload, ours, (status_read, status_write)) = match prepared {
+    let (log, listener, workload, ours, (status_read, status_write), userns) = match prepared {
         Ok(p) => p,
         Err(reason) => {
             let _ = control.write_all(format!("err {reason}\n").as_bytes());
@@ -396,14 +427,14 @@ fn run_init() -> Result<i32, String> {
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop((ours, status_read, control, listener));
-            let reason = exec_workload(&spec, workload);
+            let reason = exec_workload(&spec, workload, userns);
             let _ = File::from(status_write).write_all(reason.as_bytes());
             // SAFETY: _exit skips atexit handlers and buffers shared with the
             // parent; it is the correct way out of a forked child.
             unsafe { libc::_exit(127) }
         }
         ForkResult::Parent { child } => {
-            drop((workload, status_write));
+            drop((workload, status_write, userns));
             // The master comes before the exec; nothing if the workload
             // failed first (its reason follows on the status pipe).
             let streams = match ours {
@@ -460,11 +491,15 @@ fn relay(
 
 /// Runs in the forked child (PID 1 of the container): only returns on error,
 /// with the reason.
-fn exec_workload(spec: &InitSpec, stdio: WorkloadStdio) -> String {
+fn exec_workload(spec: &InitSpec, stdio: WorkloadStdio, userns: Option<OwnedFd>) -> String {
     // SAFETY: prctl with PR_SET_PDEATHSIG only changes this process's state.
     // If the monitor dies, the workload must not outlive it unobserved.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    match prepare_workload(spec, stdio).and_then(|()| spec.privileges.apply(&spec.env)) {
+    let userns = userns.as_ref().map(AsFd::as_fd);
+    match prepare_workload(spec, stdio, userns)
+        .and_then(|()| userns.map_or(Ok(()), userns::enter))
+        .and_then(|()| spec.privileges.apply(&spec.env))
+    {
         Ok(env) => exec_command(&spec.cmd, &env, &spec.hostname).reason,
         Err(reason) => reason,
     }
@@ -536,6 +571,9 @@ pub struct ExecSpec {
     pub privileges: Privileges,
     #[serde(default)]
     pub stdio: StdioSpec,
+    /// The container has a user namespace of its own (joined last).
+    #[serde(default)]
+    pub userns: bool,
 }
 
 /// What a container's processes may do: who they run as, the capabilities
@@ -652,8 +690,11 @@ fn run_exec(spec: &ExecSpec, peer: &UnixStream) -> Result<i32, String> {
         ("net", CloneFlags::CLONE_NEWNET),
         ("pid", CloneFlags::CLONE_NEWPID),
         ("mnt", CloneFlags::CLONE_NEWNS),
+        // Last: once in it, the host's namespaces are out of reach.
+        ("user", CloneFlags::CLONE_NEWUSER),
     ]
     .into_iter()
+    .filter(|(name, _)| *name != "user" || spec.userns)
     .map(|(name, flag)| {
         let path = format!("/proc/{}/ns/{name}", spec.pid);
         File::open(&path)
@@ -715,10 +756,20 @@ fn run_exec(spec: &ExecSpec, peer: &UnixStream) -> Result<i32, String> {
 }
 
 /// cgroups, mount namespace and root, standard streams.
-fn prepare_workload(spec: &InitSpec, stdio: WorkloadStdio) -> Result<(), String> {
+fn prepare_workload(
+    spec: &InitSpec,
+    stdio: WorkloadStdio,
+    userns: Option<BorrowedFd>,
+) -> Result<(), String> {
     for procs in &spec.cgroup_procs {
         std::fs::write(procs, "0")
             .map_err(|e| format!("joining cgroup {}: {e}", procs.display()))?;
+    }
+    // Through the host's /proc, before the container's root hides it:
+    // /proc/sys/net is the writer's network namespace's.
+    for (key, value) in &spec.sysctls {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|e| format!("setting {key}: {e}"))?;
     }
     unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("new mount namespace: {e}"))?;
     // Nothing mounted in here may propagate back to the host.
@@ -730,7 +781,7 @@ fn prepare_workload(spec: &InitSpec, stdio: WorkloadStdio) -> Result<(), String>
         None::<&str>,
     )
     .map_err(|e| format!("making / private: {e}"))?;
-    rootfs::enter(&spec.rootfs)?;
+    rootfs::enter(&spec.rootfs, userns)?;
     // After the root: a terminal is opened on the container's own devpts.
     stdio.install()
 }

@@ -14,3 +14,4 @@ pub mod logs;
 pub mod rootfs;
 pub mod seccomp;
 pub mod user;
+pub mod userns;

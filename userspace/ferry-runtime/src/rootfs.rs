@@ -10,7 +10,10 @@
 
 use std::{
     fs, io,
-    os::unix::fs::{DirBuilderExt as _, symlink},
+    os::{
+        fd::BorrowedFd,
+        unix::fs::{DirBuilderExt as _, symlink},
+    },
     path::{Component, Path, PathBuf},
 };
 
@@ -279,18 +282,34 @@ fn overlay(root: &Path, lower: &str, spec: &RootfsSpec) -> Result<(), String> {
 }
 
 /// Builds the root and pivots into it. Runs in the workload process, in
-/// its own (private) mount namespace and PID namespace, before exec.
-pub fn enter(spec: &RootfsSpec) -> Result<(), String> {
+/// its own (private) mount namespace and PID namespace, before exec. With
+/// `userns` (`--userns-remap`), what lies below the container's own layer
+/// is seen through idmapped mounts (see `userns`).
+pub fn enter(spec: &RootfsSpec, userns: Option<BorrowedFd>) -> Result<(), String> {
     let root = &spec.merged;
+    // The lower layers as the container's ids see them.
+    let idmapped = |source: &Path| -> Result<PathBuf, String> {
+        let Some(userns) = userns else {
+            return Ok(source.to_owned());
+        };
+        let staging = spec.work.with_file_name("idmapped");
+        fs::create_dir_all(&staging).map_err(fail_io("mkdir for the idmapped layers"))?;
+        crate::userns::idmapped_bind(source, &staging, userns)?;
+        Ok(staging)
+    };
     match &spec.lower {
-        Lower::Dir(dir) => bind(dir, root, false)?,
+        Lower::Dir(dir) => match userns {
+            Some(userns) => crate::userns::idmapped_bind(dir, root, userns)?,
+            None => bind(dir, root, false)?,
+        },
         Lower::Layers {
             root: layers,
             layers: names,
         } => {
+            let layers = idmapped(layers)?;
             // Layer names relative to their directory keep the options short
             // (overlayfs resolves them from the working directory).
-            std::env::set_current_dir(layers)
+            std::env::set_current_dir(&layers)
                 .map_err(fail_io(format_args!("chdir {}", layers.display())))?;
             let lower = if names.is_empty() {
                 // An image with no layer: an empty lower layer.
@@ -301,7 +320,8 @@ pub fn enter(spec: &RootfsSpec) -> Result<(), String> {
             overlay(root, &lower, spec)?;
         }
         Lower::Host => {
-            overlay(root, "/", spec)?;
+            let lower = idmapped(Path::new("/"))?;
+            overlay(root, &lower.display().to_string(), spec)?;
             // Empty tmpfs over the host's runtime and ferry's own
             // directories, which the lower layer would otherwise show.
             for dir in spec

@@ -54,6 +54,8 @@ pub struct Config {
     pub docker_plugin: Option<PathBuf>,
     /// Registries pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// `--userns-remap`: `default` or `USER[:GROUP]`.
+    pub userns_remap: Option<String>,
 }
 
 /// `--xdp-prefilter`: XDP on veth and virtio_net uplinks costs their GRO

@@ -18,7 +18,7 @@ pub mod validate;
 
 pub use ferry_api::client;
 pub use ferry_net::{conntrack, datapath, dns, ipam, link, netns, network, portmap, preflight};
-pub use ferry_runtime::{attach, cgroup, container, logs, rootfs, seccomp};
+pub use ferry_runtime::{attach, cgroup, container, logs, rootfs, seccomp, userns};
 
 /// An error and its causes on one line, each cause once: many errors here
 /// already name their source in their own message, which anyhow's `{:#}`

@@ -90,6 +90,9 @@ pub struct ContainerRecord {
     /// The signal `stop` sends first (the image's `StopSignal`, or SIGTERM).
     #[serde(default)]
     pub stop_signal: String,
+    /// `--userns-remap`: its ids on the host.
+    #[serde(default)]
+    pub userns: Option<ferry_runtime::userns::IdMap>,
     /// `-t` and `-i`, for those who attach.
     #[serde(default)]
     pub tty: bool,
@@ -292,6 +295,7 @@ mod tests {
             stop_signal: String::new(),
             tty: false,
             open_stdin: false,
+            userns: None,
         }
     }
 

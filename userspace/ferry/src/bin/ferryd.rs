@@ -89,6 +89,11 @@ struct Args {
     /// (repeatable; loopback registries always are).
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// Root in containers is a range of unprivileged host ids: `default`
+    /// (the user ferryremap and its ranges, created if missing) or
+    /// USER[:GROUP] with ranges in /etc/subuid and /etc/subgid.
+    #[arg(long, value_name = "default|USER[:GROUP]")]
+    userns_remap: Option<String>,
     /// Group allowed to use the API socket besides root.
     #[arg(long)]
     group: Option<String>,
@@ -127,6 +132,12 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == container::EXEC_ARG)
     {
         container::exec_main();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == ferry::userns::HOLDER_ARG)
+    {
+        ferry::userns::holder_main();
     }
     let args = Args::parse();
     let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -175,6 +186,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         docker_plugin: (!args.docker_plugin.as_os_str().is_empty()).then_some(args.docker_plugin),
         dns_upstreams: args.dns_upstreams,
         insecure_registries: args.insecure_registries,
+        userns_remap: args.userns_remap,
         map_sizes: ferry::datapath::MapSizes {
             ct: args.ct_max,
             ct_new: args.ct_new_max,

@@ -348,13 +348,18 @@ impl Inner {
             })?),
             _ => None,
         };
+        let monitor_net_own = !matches!(plan.network, NetPlan::Host) && joined_netns.is_none();
         let monitor_net = match (&plan.network, &joined_netns) {
             (NetPlan::Host, _) => MonitorNet::Host,
             (_, Some(ns)) => MonitorNet::Join(ns.as_fd()),
             _ => MonitorNet::New,
         };
-        let monitor = container::spawn_monitor(&self.store.monitor_log_path(id), monitor_net)
-            .map_err(|e| internal(&e))?;
+        let monitor = container::spawn_monitor(
+            &self.store.monitor_log_path(id),
+            monitor_net,
+            self.userns.as_ref().map(|(_, ns)| ns.as_fd()),
+        )
+        .map_err(|e| internal(&e))?;
         partial.monitor_pid = Some(monitor.pid);
         let monitor_start_time = process_start_time(monitor.pid);
 
@@ -429,6 +434,16 @@ impl Inner {
             cgroup_procs: self.cgroups.procs_files(id),
             log: self.store.log_path(id),
             attach_socket: Some(self.store.attach_path(id)),
+            userns: self.userns.as_ref().map(|(map, _)| *map),
+            // Docker's defaults for a network namespace of the container's
+            // own (never the host's): any user may bind low ports and ping.
+            sysctls: match monitor_net_own {
+                true => vec![
+                    ("net.ipv4.ip_unprivileged_port_start".into(), "0".into()),
+                    ("net.ipv4.ping_group_range".into(), "0 2147483647".into()),
+                ],
+                false => Vec::new(),
+            },
             exit_file: self.store.exit_path(id),
             rootfs,
         };
@@ -465,6 +480,7 @@ impl Inner {
             stop_signal: plan.stop_signal.clone(),
             tty: req.tty,
             open_stdin: req.open_stdin,
+            userns: self.userns.as_ref().map(|(map, _)| *map),
         };
         self.store.save(&record).map_err(|e| internal(&e))?;
         Ok(record)
@@ -534,6 +550,17 @@ impl Inner {
                 target: Path::new("/etc").join(file),
                 read_only: false,
             });
+        }
+        // Container root owns its own layer and files: the root directory
+        // it sees is the upper one's.
+        if let Some((map, _)) = &self.userns {
+            let (uid, gid) = (
+                Some(nix::unistd::Uid::from_raw(map.uid)),
+                Some(nix::unistd::Gid::from_raw(map.gid)),
+            );
+            for path in std::iter::once(&upper).chain(files.iter().map(|f| &f.source)) {
+                nix::unistd::chown(path, uid, gid).map_err(io::Error::from)?;
+            }
         }
         Ok(RootfsSpec {
             lower: plan.lower.clone(),

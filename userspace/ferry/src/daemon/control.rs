@@ -242,6 +242,7 @@ impl Daemon {
                     open_stdin: req.attach_stdin,
                     console_size: req.console_size.map(|[rows, cols]| (rows, cols)),
                 },
+                userns: record.userns.is_some(),
             }
         };
         container::spawn_exec(&spec)

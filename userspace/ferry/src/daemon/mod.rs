@@ -121,6 +121,9 @@ struct Inner {
     cgroups: Cgroups,
     /// Host directories a container must not see (ferry's own state).
     hidden: Vec<PathBuf>,
+    /// `--userns-remap`: containers' ids on the host, and the user
+    /// namespace that maps them, which every container joins.
+    userns: Option<(ferry_runtime::userns::IdMap, std::os::fd::OwnedFd)>,
     store: Store,
     /// Endpoints, networks, published ports, DNS: the network agent.
     agent: Agent,
@@ -278,6 +281,20 @@ impl Daemon {
             exits: HashMap::new(),
             cgroups,
             hidden: vec![config.state_dir.clone(), config.run_dir.clone()],
+            userns: match &config.userns_remap {
+                Some(spec) => {
+                    let map = ferry_runtime::userns::remap(spec).map_err(anyhow::Error::msg)?;
+                    let ns = ferry_runtime::userns::create(&map).map_err(anyhow::Error::msg)?;
+                    info!(
+                        uid = map.uid,
+                        gid = map.gid,
+                        count = map.count,
+                        "user namespaces remap root"
+                    );
+                    Some((map, ns))
+                }
+                None => None,
+            },
             store,
             agent: Agent::new(
                 datapath,
