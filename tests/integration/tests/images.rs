@@ -581,3 +581,68 @@ fn system_df_counts_shared_layers_once_and_prune_removes_only_what_nothing_uses(
     assert_eq!(store_entries(&world, "layers").len(), 4);
     world.ferry_ok(&["rm", "-f", "keep"]);
 }
+
+#[test]
+fn image_and_container_churn_leaves_nothing_behind() {
+    let world = World::new();
+    let base = Layer::new().busybox(APPLETS).finish();
+    let mut tags = Vec::new();
+    for n in 0..2 {
+        let top = Layer::new()
+            .dir("www")
+            .file("www/index.html", 0o644, format!("{n}\n").as_bytes())
+            .finish();
+        let layers = vec![base.clone(), top];
+        let config = image::config(
+            &layers,
+            json!({ "Cmd": ["sh"], "Env": ["PATH=/bin"], "Labels": { "n": n.to_string() } }),
+        );
+        let archive = world.dir.join(format!("churn{n}.tar"));
+        let tag = format!("churn:{n}");
+        image::docker_archive(&archive, &[&tag], &layers, &config);
+        world.ferry_ok(&["load", "-q", "-i", &archive.display().to_string()]);
+        tags.push(tag);
+    }
+    for round in 0..6 {
+        let tag = &tags[round % 2];
+        let name = format!("churn{round}");
+        // Attached and removed by the client, or detached, written to,
+        // exec'd into and removed by force.
+        if round % 3 == 0 {
+            let out = world.ferry_ok(&["run", "--rm", tag, "cat", "/www/index.html"]);
+            assert_eq!(out, format!("{}\n", round % 2));
+        } else {
+            world.ferry_ok(&["run", "-d", "--name", &name, tag, "sleep", "300"]);
+            world.ferry_ok(&["exec", &name, "sh", "-c", "echo x > /scratch"]);
+            world.ferry_ok(&["rm", "-f", &name]);
+        }
+    }
+    for tag in &tags {
+        world.ferry_ok(&["rmi", tag]);
+    }
+    for dir in ["layers", "blobs/sha256", "records", "tmp"] {
+        assert!(
+            store_entries(&world, dir).is_empty(),
+            "{dir} keeps {:?}",
+            store_entries(&world, dir)
+        );
+    }
+    assert!(
+        std::fs::read_dir(world.dir.join("state/containers"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "container state left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let world_dir = world.dir.display().to_string();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&world_dir)),
+        "mounts left under {world_dir}"
+    );
+    assert!(
+        world.container_cgroups().is_empty(),
+        "{:?}",
+        world.container_cgroups()
+    );
+    assert_eq!(world.datapath()["Endpoints"], 0);
+}
