@@ -319,6 +319,28 @@ impl World {
         output(Command::new(bin).arg("-H").arg(&self.socket).args(args))
     }
 
+    /// Runs the `ferry` CLI with `input` on its stdin and `env` added.
+    pub fn ferry_with_input(&self, args: &[&str], input: &[u8], env: &[(&str, &Path)]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(bin_dir().join("ferry"))
+            .arg("-H")
+            .arg(&self.socket)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ferry");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write ferry's stdin");
+        child.wait_with_output().expect("ferry")
+    }
+
     /// Runs `ferry` and requires success; returns stdout.
     pub fn ferry_ok(&self, args: &[&str]) -> String {
         let out = self.ferry(args);

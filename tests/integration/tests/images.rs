@@ -401,27 +401,12 @@ fn a_registry_that_wants_a_login_serves_pulls_after_ferry_login_and_not_after_lo
     // The CLI keeps credentials under the world's directory, and never
     // reads the machine's Docker login.
     let config_dir = world.dir.join("ferry-config");
-    let ferry = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(bin_dir().join("ferry"))
-            .arg("-H")
-            .arg(&world.socket)
-            .args(args)
-            .env("FERRY_CONFIG", &config_dir)
-            .env("DOCKER_CONFIG", world.dir.join("no-docker-config"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn ferry");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("stdin");
-        child.wait_with_output().expect("ferry")
-    };
+    let no_docker = world.dir.join("no-docker-config");
+    let env = [
+        ("FERRY_CONFIG", config_dir.as_path()),
+        ("DOCKER_CONFIG", no_docker.as_path()),
+    ];
+    let ferry = |args: &[&str], stdin: &str| world.ferry_with_input(args, stdin.as_bytes(), &env);
 
     let anonymous = ferry(&["pull", "-q", &name], "");
     assert!(!anonymous.status.success());

@@ -218,39 +218,20 @@ fn exec_it_attach_and_the_detach_keys() {
 fn stdin_without_a_terminal_and_a_terminal_without_one() {
     let world = World::new();
     load_image(&world);
-    let ferry = || {
-        let mut cmd = Command::new(bin_dir().join("ferry"));
-        cmd.arg("-H").arg(&world.socket);
-        cmd
-    };
-    let piped = |mut cmd: Command, input: &[u8]| {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferry");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
-        child.wait_with_output().expect("ferry")
-    };
-
     // -i: our stdin is the container's, its end ends `cat`.
-    let mut run = ferry();
-    run.args([
-        "run",
-        "-i",
-        "--rm",
-        "tty:1",
-        "sh",
-        "-c",
-        "cat; echo done; exit 6",
-    ]);
-    let out = piped(run, b"line one\nline two\n");
+    let out = world.ferry_with_input(
+        &[
+            "run",
+            "-i",
+            "--rm",
+            "tty:1",
+            "sh",
+            "-c",
+            "cat; echo done; exit 6",
+        ],
+        b"line one\nline two\n",
+        &[],
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "line one\nline two\ndone\n",
@@ -260,16 +241,12 @@ fn stdin_without_a_terminal_and_a_terminal_without_one() {
     assert_eq!(out.status.code(), Some(6));
 
     world.ferry_ok(&["run", "-d", "--name", "idle", "tty:1", "sleep", "300"]);
-    let mut exec = ferry();
-    exec.args(["exec", "-i", "idle", "cat"]);
-    let out = piped(exec, b"through exec\n");
+    let out = world.ferry_with_input(&["exec", "-i", "idle", "cat"], b"through exec\n", &[]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "through exec\n");
     assert!(out.status.success());
 
     // -it needs a terminal here; nothing is created without one.
-    let mut run = ferry();
-    run.args(["run", "-it", "--name", "never", "tty:1"]);
-    let out = piped(run, b"");
+    let out = world.ferry_with_input(&["run", "-it", "--name", "never", "tty:1"], b"", &[]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("not a TTY"),

@@ -122,36 +122,52 @@ where
 /// Writes output frames to stdout and stderr until the stream ends;
 /// returns the exit code if one came.
 async fn print_output(mut reader: impl AsyncRead + Unpin) -> anyhow::Result<Option<i32>> {
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut exit = None;
-    let mut pending = Vec::new();
+    let mut out = Frames::default();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = reader.read(&mut buf).await.context("reading from ferryd")?;
         if n == 0 {
-            return Ok(exit);
+            return Ok(out.exit);
         }
-        pending.extend_from_slice(&buf[..n]);
-        while let Some((stream, payload)) = logs::take_frame(&mut pending) {
+        out.print(&buf[..n]).await?;
+    }
+}
+
+/// The multiplexed stream, printed as it arrives: stdout frames to stdout,
+/// stderr's to stderr, and the exit frame kept.
+#[derive(Default)]
+pub struct Frames {
+    pending: Vec<u8>,
+    /// The exit code, once its frame came (exec).
+    pub exit: Option<i32>,
+}
+
+impl Frames {
+    /// Prints the complete frames `data` ends (the rest waits for more).
+    pub async fn print(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        self.pending.extend_from_slice(data);
+        while let Some((stream, payload)) = logs::take_frame(&mut self.pending) {
             match stream {
                 logs::EXIT_STREAM => {
-                    exit = Some(
+                    self.exit = Some(
                         String::from_utf8_lossy(&payload)
                             .parse()
                             .context("bad exit status from ferryd")?,
                     );
                 }
                 s if s == logs::Stream::Stderr as u8 => {
+                    let mut stderr = tokio::io::stderr();
                     stderr.write_all(&payload).await?;
                     stderr.flush().await?;
                 }
                 _ => {
+                    let mut stdout = tokio::io::stdout();
                     stdout.write_all(&payload).await?;
                     stdout.flush().await?;
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -33,11 +33,9 @@ use ferry::{
     config,
     conntrack::Flow,
     format::render,
-    logs,
 };
 use http_body_util::BodyExt as _;
 use hyper::Method;
-use tokio::io::AsyncWriteExt as _;
 
 #[derive(Parser)]
 #[command(
@@ -802,35 +800,12 @@ async fn print_logs(client: &Client, id: &str, follow: bool, tail: &str) -> anyh
 /// Writes multiplexed frames to stdout and stderr; returns the exit code
 /// if the stream carried one (exec).
 async fn print_frames(mut body: hyper::body::Incoming) -> anyhow::Result<Option<i32>> {
-    let mut exit = None;
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut buf = Vec::new();
+    let mut out = attach::Frames::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| anyhow::anyhow!("reading the log: {e}"))?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        buf.extend_from_slice(&data);
-        while let Some((stream, payload)) = logs::take_frame(&mut buf) {
-            match stream {
-                logs::EXIT_STREAM => {
-                    exit = Some(
-                        String::from_utf8_lossy(&payload)
-                            .parse()
-                            .context("bad exit status from ferryd")?,
-                    );
-                }
-                s if s == logs::Stream::Stderr as u8 => {
-                    stderr.write_all(&payload).await?;
-                    stderr.flush().await?;
-                }
-                _ => {
-                    stdout.write_all(&payload).await?;
-                    stdout.flush().await?;
-                }
-            }
+        if let Ok(data) = frame.into_data() {
+            out.print(&data).await?;
         }
     }
-    Ok(exit)
+    Ok(out.exit)
 }
