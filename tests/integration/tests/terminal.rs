@@ -96,12 +96,21 @@ impl Session {
                 }
             }
         });
-        Self {
+        let session = Self {
             child,
             master,
             slave,
             screen,
-        }
+        };
+        // Typed before ferry has switched our terminal to raw mode, keys
+        // would meet our own line discipline (which echoes them, and eats
+        // ctrl-q as flow control): wait until the session is up.
+        assert!(
+            wait_until(Duration::from_secs(15), || !session.restored()),
+            "ferry never put the terminal in raw mode; the screen:\n{}",
+            session.screen()
+        );
+        session
     }
 
     fn screen(&self) -> String {
