@@ -180,8 +180,10 @@ fn run_it_gives_a_shell_a_terminal_that_follows_resizes_and_passes_its_exit_code
     s.type_keys("stty size\r");
     s.expect("40 120");
     // ^C goes to the container's shell (raw mode here), not to ferry.
-    s.type_keys("sleep 30\r");
-    std::thread::sleep(Duration::from_millis(300));
+    s.type_keys("echo sleeping; sleep 30\r");
+    s.expect("sleeping\r\n");
+    // The shell forks sleep right after: give it the foreground.
+    std::thread::sleep(Duration::from_millis(500));
     s.type_keys("\x03echo after-interrupt\r");
     s.expect("after-interrupt\r\n");
     s.type_keys("exit 3\r");
