@@ -11,6 +11,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod container;
 pub mod logs;
+mod privileges;
 pub mod rootfs;
 pub mod seccomp;
 pub mod user;
