@@ -212,6 +212,8 @@ pub struct Relay {
     peers: Vec<Peer>,
     /// Frames kept until the first peer arrives; `None` once one has.
     backlog: Option<VecDeque<Vec<u8>>>,
+    /// Bytes in `backlog`.
+    backlog_bytes: usize,
 }
 
 impl Relay {
@@ -251,6 +253,7 @@ impl Relay {
             listener: None,
             peers: Vec::new(),
             backlog: keep_backlog.then(VecDeque::new),
+            backlog_bytes: 0,
         })
     }
 
@@ -323,10 +326,10 @@ impl Relay {
     /// Sends `frame` to every peer (those that cannot take it are dropped).
     pub fn broadcast(&mut self, frame: Vec<u8>) {
         if let Some(backlog) = &mut self.backlog {
-            let mut size: usize = backlog.iter().map(Vec::len).sum::<usize>() + frame.len();
+            self.backlog_bytes += frame.len();
             backlog.push_back(frame);
-            while size > BACKLOG_LIMIT && backlog.len() > 1 {
-                size -= backlog.pop_front().map_or(0, |f| f.len());
+            while self.backlog_bytes > BACKLOG_LIMIT && backlog.len() > 1 {
+                self.backlog_bytes -= backlog.pop_front().map_or(0, |f| f.len());
             }
             return;
         }
