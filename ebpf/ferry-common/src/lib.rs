@@ -85,8 +85,42 @@ pub struct Endpoint {
     /// the programs count with an array index they already hold instead
     /// of a hash lookup per packet.
     pub stats: u32,
+    /// `EP_*` bits.
+    pub flags: u32,
 }
-const _: () = assert!(size_of::<Endpoint>() == 24);
+const _: () = assert!(size_of::<Endpoint>() == 28);
+
+/// Endpoint flag: the container's interface is a macvlan slave of the
+/// uplink `Endpoint::ifindex` (not a veth), and `Endpoint::host_mac` is
+/// that uplink's MAC. Packets reach it through the uplink's ingress, where
+/// macvlan's receive handler delivers them by destination MAC; what it
+/// sends leaves through the uplink's egress (`uplink_egress`).
+pub const EP_MACVLAN: u32 = 1;
+
+/// skb mark of a packet `uplink_egress` turned back into its uplink's
+/// ingress for a macvlan container (from the host or another container):
+/// `uplink_ingress` lets such a packet through to macvlan, clearing the
+/// mark, and drops any other packet from outside addressed to a macvlan
+/// container directly.
+pub const MARK_REINJECTED: u32 = 0x6665_7279;
+
+/// A macvlan parent (`macvlan_parents` map, by ifindex): an uplink that
+/// has `uplink_egress` attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MacvlanParent {
+    /// The uplink's own MAC: frames with another source MAC on its egress
+    /// come from a macvlan slave.
+    pub mac: [u8; 6],
+    pub pad: [u8; 2],
+    /// The uplink's IPv4 address (network order; 0.0.0.0: none), which
+    /// its macvlan containers are masqueraded to.
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<MacvlanParent>() == 12);
+
+/// Capacity of the macvlan parent map.
+pub const MAX_MACVLAN_PARENTS: u32 = 64;
 
 /// Traffic counters of a container (`ep_stats`, at `Endpoint::stats`) or of a published port
 /// (`port_stats`), per CPU (userspace sums the CPUs). `tx` is what the
@@ -359,8 +393,10 @@ pub enum DropReason {
     /// XDP on an uplink: a packet from outside with a container's address
     /// as its source.
     OutsideSpoofed = 10,
-    /// XDP on an uplink: a packet from outside addressed to a container
-    /// directly (containers are reached only through published ports).
+    /// A packet from outside addressed to a container directly (containers
+    /// are reached only through published ports): dropped by XDP on an
+    /// uplink, and on a macvlan parent's tc ingress (macvlan would deliver
+    /// it).
     OutsideToContainer = 11,
     /// A later fragment of a translated datagram whose first fragment was
     /// not seen (reordered or lost).
@@ -425,6 +461,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRevKey {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::MacvlanParent {}
     unsafe impl aya::Pod for super::EndpointStats {}
 }
 

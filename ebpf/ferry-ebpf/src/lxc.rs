@@ -108,7 +108,11 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
         if policy & NET_INTERNAL != 0 {
             return Err(DropReason::PolicyDenied);
         }
-        return to_outside(ctx, ip, &src, &dst, me.ifindex);
+        // SAFETY: as in `sender`.
+        if unsafe { host_addrs.get(dst) }.is_some() {
+            return Ok(TC_ACT_OK);
+        }
+        return to_outside(ctx, ip, &src, &dst, me, Exit::VETH);
     };
     if peer.net_id != me.net_id || policy & NET_NO_ICC != 0 {
         return Err(DropReason::PolicyDenied);
@@ -132,7 +136,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
 /// 0) never has an entry (ferryd numbers user-defined networks from 1), so
 /// its packets, most of them, skip the lookup.
 #[inline(always)]
-fn network_flags(net_id: u32) -> u32 {
+pub fn network_flags(net_id: u32) -> u32 {
     if net_id == 0 {
         return 0;
     }
@@ -140,24 +144,38 @@ fn network_flags(net_id: u32) -> u32 {
     unsafe { networks.get(net_id) }.map_or(0, |p| p.flags)
 }
 
-/// A validated packet from a container, not for a local container: to the
-/// host stack if it is for one of the host's addresses; a reply through a
-/// published port; or masqueraded. The host stack never sees (and so never
-/// forwards) anything else from a container: forwarding is on for the
-/// host-side veth only so that `bpf_fib_lookup` answers, and this function
-/// decides every packet itself.
+/// Where the hook deciding a container's packet runs, and how what it
+/// masquerades is routed.
+#[derive(Clone, Copy)]
+pub struct Exit {
+    /// The device whose egress hook runs; 0 on a veth's ingress.
+    pub leaving: u32,
+    pub way: nat::Way,
+}
+
+impl Exit {
+    /// The ingress of a container's veth.
+    pub const VETH: Self = Self {
+        leaving: 0,
+        way: nat::Way::Fib,
+    };
+}
+
+/// A validated packet from container `me`, neither for a local container
+/// nor for one of the host's addresses: a reply through a published port,
+/// or masqueraded. The host stack never sees (and so never forwards)
+/// anything else from a container: forwarding is on for the host-side veth
+/// only so that `bpf_fib_lookup` answers, and this function decides every
+/// packet itself.
 #[inline(always)]
-fn to_outside(
+pub fn to_outside(
     ctx: &TcContext,
     ip: *const Ipv4Hdr,
     src: &Ipv4Key,
     dst: &Ipv4Key,
-    ifindex: u32,
+    me: &Endpoint,
+    exit: Exit,
 ) -> Result<i32, DropReason> {
-    // SAFETY: as in `sender`.
-    if unsafe { host_addrs.get(dst) }.is_some() {
-        return Ok(TC_ACT_OK);
-    }
     // Parse first: the TTL rewrite below invalidates packet pointers.
     let fragment = later_fragment_of(ip);
     let err = match fragment {
@@ -169,16 +187,20 @@ fn to_outside(
         _ => None,
     };
     // Everything below is routed by ferry: it is the router hop, so an
-    // expiring packet goes to the host stack (forwarding is on for this
-    // veth), which answers with ICMP time exceeded: traceroute works.
+    // expiring packet from a veth goes to the host stack (forwarding is on
+    // for this veth), which answers with ICMP time exceeded: traceroute
+    // works. On an uplink's egress there is no stack left to answer.
     if let Ttl::Expired = ttl_dec(ctx)? {
+        if exit.leaving != 0 {
+            return Err(DropReason::TtlExpired);
+        }
         return Ok(TC_ACT_OK);
     }
     if let Some(fragment) = fragment {
-        return later_fragment_out(ctx, &fragment);
+        return later_fragment_out(ctx, &fragment, exit);
     }
     if let Some(err) = err {
-        return error_from_container(ctx, &err, src, dst);
+        return error_from_container(ctx, &err, src, dst, exit);
     }
     let Some(l4) = l4 else {
         return Err(DropReason::UnsupportedL4);
@@ -194,16 +216,14 @@ fn to_outside(
                 ctx.len(),
             );
             frag::record(src.ip, dst.ip, &l4, &entry);
-            uplink::reply_to_client(ctx, &l4, src.ip, &entry)
+            uplink::reply_to_client(ctx, &l4, src.ip, &entry, exit.leaving)
         }
         Some(entry) if entry.kind == CT_SNAT => {
             frag::record(src.ip, dst.ip, &l4, &entry);
-            nat::snat_forward(ctx, &l4, &key, &entry)
+            nat::snat_forward(ctx, &l4, &key, &entry, exit.way)
         }
-        Some(entry) if entry.kind == CT_SNAT_REPLY => {
-            hairpin_reply(ctx, &l4, &key, entry.nat_addr, entry.nat_port)
-        }
-        _ => nat::snat_new(ctx, &l4, &key, ifindex),
+        Some(entry) if entry.kind == CT_SNAT_REPLY => hairpin_reply(ctx, &l4, &key, &entry, exit),
+        _ => nat::snat_new(ctx, &l4, &key, me.ifindex, exit.way),
     }
 }
 
@@ -218,9 +238,10 @@ fn hairpin_reply(
     ctx: &TcContext,
     l4: &L4,
     key: &CtKey,
-    addr: [u8; 4],
-    port: [u8; 2],
+    entry: &CtEntry,
+    exit: Exit,
 ) -> Result<i32, DropReason> {
+    let (addr, port) = (entry.nat_addr, entry.nat_port);
     let local = CtKey {
         daddr: addr,
         dport: port,
@@ -238,13 +259,13 @@ fn hairpin_reply(
         Way::Out,
         ctx.len(),
     );
-    uplink::reply_to_client(ctx, l4, key.saddr, &published)
+    uplink::reply_to_client(ctx, l4, key.saddr, &published, exit.leaving)
 }
 
 /// A later fragment of a datagram a container sends: translated like its
 /// first fragment was, or dropped (counted) if that one was not seen.
 #[inline(always)]
-fn later_fragment_out(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropReason> {
+fn later_fragment_out(ctx: &TcContext, fragment: &FragKey, exit: Exit) -> Result<i32, DropReason> {
     let Some(entry) = frag::lookup(fragment) else {
         return Err(DropReason::FragmentUnknown);
     };
@@ -256,9 +277,11 @@ fn later_fragment_out(ctx: &TcContext, fragment: &FragKey) -> Result<i32, DropRe
         proto: fragment.proto,
         pad: [0; 3],
     };
-    leave_like(ctx, &entry, &route, DropReason::FragmentUnknown, || {
-        rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)
-    })
+    if !leaves(&entry) {
+        return Err(DropReason::FragmentUnknown);
+    }
+    rewrite_addr(ctx, Side::Src, fragment.saddr, entry.nat_addr)?;
+    leave_like(ctx, &entry, &route, exit)
 }
 
 /// An ICMP error a container sends about a translated flow (e.g. port
@@ -273,6 +296,7 @@ fn error_from_container(
     err: &IcmpError,
     src: &Ipv4Key,
     dst: &Ipv4Key,
+    exit: Exit,
 ) -> Result<i32, DropReason> {
     let Some(entry) = ct::lookup(&ct::key_of_quoted(err)) else {
         return Err(DropReason::UnsupportedL4);
@@ -285,35 +309,34 @@ fn error_from_container(
         proto: IPPROTO_ICMP,
         pad: [0; 3],
     };
-    leave_like(ctx, &entry, &route, DropReason::UnsupportedL4, || {
-        rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)
-    })
+    if !leaves(&entry) {
+        return Err(DropReason::UnsupportedL4);
+    }
+    rewrite_icmp_error(ctx, err, Side::Src, src.ip, entry.nat_addr, entry.nat_port)?;
+    leave_like(ctx, &entry, &route, exit)
 }
 
-/// Sends a container's packet out the way its flow (`entry`) goes: back to
-/// a published-port client, or routed (masquerade; `route` is looked up
-/// before `rewrite` translates the packet). Anything else is dropped with
-/// `otherwise`.
+/// Whether `leave_like` knows the way of a flow's (`entry`) packets.
+#[inline(always)]
+fn leaves(entry: &CtEntry) -> bool {
+    entry.kind == CT_DNAT_REPLY || entry.kind == CT_SNAT
+}
+
+/// Sends a container's packet, translated already, out the way its flow
+/// (`entry`, one `leaves` knows) goes: back to a published-port client, or
+/// routed by `route`, the flow before translation (masquerade; the FIB
+/// lookup reads its parameters, not the packet).
 #[inline(always)]
 fn leave_like(
     ctx: &TcContext,
     entry: &CtEntry,
     route: &CtKey,
-    otherwise: DropReason,
-    rewrite: impl FnOnce() -> Result<(), DropReason>,
+    exit: Exit,
 ) -> Result<i32, DropReason> {
-    match entry.kind {
-        CT_DNAT_REPLY => {
-            rewrite()?;
-            uplink::send_to_client(ctx, entry)
-        }
-        CT_SNAT => {
-            let fib = nat::route(ctx, route, 0)?;
-            rewrite()?;
-            nat::send(&fib)
-        }
-        _ => Err(otherwise),
+    if entry.kind == CT_DNAT_REPLY {
+        return uplink::send_to_client(ctx, entry, exit.leaving);
     }
+    nat::send_routed(ctx, route, exit.way)
 }
 
 /// ARP from a container: validated like IPv4; a request for any address but

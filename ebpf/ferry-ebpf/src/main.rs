@@ -1,6 +1,7 @@
 //! ferry's kernel side: one module per attach point (`lxc`: the host-side
-//! veth of each container; `uplink`: the host's outside interfaces; `local`:
-//! the host's loopback; `xdp`: the uplinks' early prefilter; `sock`: cgroup socket hooks) and one
+//! veth of each container; `uplink`: the host's outside interfaces;
+//! `macvlan`: the egress of uplinks that are macvlan parents; `local`: the
+//! host's loopback; `xdp`: the uplinks' early prefilter; `sock`: cgroup socket hooks) and one
 //! per subsystem (`parse`, `csum`, `ct`, `nat`, `frag`, `counters`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry-net/build.rs`; on any other
@@ -21,6 +22,8 @@ mod frag;
 mod local;
 #[cfg(target_arch = "bpf")]
 mod lxc;
+#[cfg(target_arch = "bpf")]
+mod macvlan;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -13,8 +13,9 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CT_STATS, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT,
-    MAX_CT_NEW, MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_NETNS, MAX_NETWORKS, MAX_PORTMAPS,
-    MAX_SOCK_REVNAT, NetPolicy, PortKey, PortTarget, SockPeer, SockRevKey,
+    MAX_CT_NEW, MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_MACVLAN_PARENTS, MAX_NETNS,
+    MAX_NETWORKS, MAX_PORTMAPS, MAX_SOCK_REVNAT, MacvlanParent, NetPolicy, PortKey, PortTarget,
+    SockPeer, SockRevKey,
 };
 
 /// Traffic of each published port that crossed the uplink, by its
@@ -35,6 +36,12 @@ pub static config: Array<u32, 1> = Array::new();
 /// Local containers by IPv4 address. Written by ferryd only.
 #[btf_map]
 pub static endpoints: HashMap<Ipv4Key, Endpoint, { MAX_ENDPOINTS as usize }> = HashMap::new();
+
+/// Uplinks that are macvlan parents, by ifindex: their own MAC. Written
+/// by ferryd only.
+#[btf_map]
+pub static macvlan_parents: HashMap<u32, MacvlanParent, { MAX_MACVLAN_PARENTS as usize }> =
+    HashMap::new();
 
 /// Policy of each user-defined network by `Endpoint::net_id` (`NET_*`
 /// bits). Written by ferryd only.

@@ -20,6 +20,18 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+
+/// How a masqueraded packet is routed and which address it takes.
+#[derive(Clone, Copy)]
+pub enum Way {
+    /// By a FIB lookup from the container's veth (forwarding is on there),
+    /// with the source address the host would choose (MASQUERADE's).
+    Fib,
+    /// A macvlan container's: out of its parent uplink `ifindex`, with the
+    /// uplink's address `addr` (no FIB lookup helper works there: it
+    /// requires forwarding on the device, and uplinks keep it off).
+    Parent { ifindex: u32, addr: [u8; 4] },
+}
 /// Candidate ports tried for a new flow before giving up.
 const SNAT_TRIES: u32 = 16;
 
@@ -76,6 +88,30 @@ pub fn send(fib: &FibParams) -> Result<i32, DropReason> {
     Ok(TC_ACT_REDIRECT)
 }
 
+/// Sends a packet out of `ifindex`, translated already; the kernel
+/// routes it there (the route must leave by that device) and resolves the
+/// next hop's MAC.
+#[inline(always)]
+fn send_via(ifindex: u32) -> Result<i32, DropReason> {
+    // SAFETY: a null `params` with length 0 asks the helper to route the
+    // packet itself.
+    let rc = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) };
+    if rc != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT)
+}
+
+/// Sends a masqueraded packet, translated already, the way of its flow
+/// (`route`: the flow before translation).
+#[inline(always)]
+pub fn send_routed(ctx: &TcContext, route_key: &CtKey, way: Way) -> Result<i32, DropReason> {
+    match way {
+        Way::Fib => send(&route(ctx, route_key, 0)?),
+        Way::Parent { ifindex, .. } => send_via(ifindex),
+    }
+}
+
 /// A packet of a masqueraded flow already tracked (`CT_SNAT` entry).
 #[inline(always)]
 pub fn snat_forward(
@@ -83,8 +119,8 @@ pub fn snat_forward(
     l4: &L4,
     key: &CtKey,
     entry: &CtEntry,
+    way: Way,
 ) -> Result<i32, DropReason> {
-    let fib = route(ctx, key, 0)?;
     rewrite_v4(
         ctx,
         l4,
@@ -93,7 +129,7 @@ pub fn snat_forward(
         entry.nat_addr,
         entry.nat_port,
     )?;
-    send(&fib)
+    send_routed(ctx, key, way)
 }
 
 /// The first packet of a flow to the outside: pick the source address by
@@ -104,13 +140,26 @@ pub fn snat_new(
     l4: &L4,
     key: &CtKey,
     endpoint_ifindex: u32,
+    way: Way,
 ) -> Result<i32, DropReason> {
-    let fib = route(ctx, key, BPF_FIB_LOOKUP_SRC)?;
-    // SAFETY: the lookup wrote the IPv4 source member.
-    let snat_addr = unsafe { fib.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
-    let port = track(key, l4, snat_addr, endpoint_ifindex)?;
-    rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
-    send(&fib)
+    match way {
+        Way::Fib => {
+            let fib = route(ctx, key, BPF_FIB_LOOKUP_SRC)?;
+            // SAFETY: the lookup wrote the IPv4 source member.
+            let snat_addr = unsafe { fib.__bindgen_anon_3.ipv4_src }.to_ne_bytes();
+            let port = track(key, l4, snat_addr, endpoint_ifindex)?;
+            rewrite_v4(ctx, l4, Side::Src, key.saddr, snat_addr, port)?;
+            send(&fib)
+        }
+        Way::Parent { ifindex, addr } => {
+            if addr == [0; 4] {
+                return Err(DropReason::NoRoute);
+            }
+            let port = track(key, l4, addr, endpoint_ifindex)?;
+            rewrite_v4(ctx, l4, Side::Src, key.saddr, addr, port)?;
+            send_via(ifindex)
+        }
+    }
 }
 
 /// Masquerades a new flow `key` to `snat_addr`: claims a port, records

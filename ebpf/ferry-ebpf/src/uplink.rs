@@ -1,14 +1,14 @@
 //! The program on each uplink: published ports.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::bpf_redirect_peer,
+    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::{bpf_redirect, bpf_redirect_peer},
     macros::classifier,
     programs::TcContext,
 };
 use ferry_common::{
-    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Endpoint, FragKey, Ipv4Key,
-    PortKey, PortTarget,
+    CT_DNAT, CT_DNAT_REPLY, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, EP_MACVLAN, Endpoint,
+    FragKey, Ipv4Key, MARK_REINJECTED, PortKey, PortTarget,
 };
 
 use crate::{
@@ -46,7 +46,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: hash map values are valid for the program run; only presence
     // is checked.
     if unsafe { host_addrs.get(Ipv4Key { ip: daddr }) }.is_none() {
-        return PASS;
+        return not_for_host(ctx, daddr);
     }
     if let Some(fragment) = later_fragment_of(ip) {
         return later_fragment_in(ctx, &fragment);
@@ -90,6 +90,26 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     track_published(ctx, eth, &key, &l4, &target, &endpoint);
     count_port(daddr, l4.dport, l4.proto, Way::In, ctx.len());
     deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
+}
+
+/// A packet for an address that is not the host's. One for a macvlan
+/// container passes (to macvlan's receive handler, which delivers it by
+/// MAC) only if `uplink_egress` re-injected it, from the host or another
+/// container: from outside, containers are reached through published ports
+/// only. Everything else passes to the host stack, which does not forward
+/// it; a macvlan container's own address costs the one endpoint lookup.
+#[inline(always)]
+fn not_for_host(ctx: &TcContext, daddr: [u8; 4]) -> Result<i32, DropReason> {
+    if endpoint_of(daddr).is_none_or(|ep| ep.flags & EP_MACVLAN == 0) {
+        return Ok(TC_ACT_OK);
+    }
+    // SAFETY: the program runs on an skb.
+    if unsafe { (*ctx.skb.skb).mark } != MARK_REINJECTED {
+        return Err(DropReason::OutsideToContainer);
+    }
+    // The mark was only a note to this program; the container never sees it.
+    ctx.set_mark(0);
+    Ok(TC_ACT_OK)
 }
 
 /// Records both directions of a new connection `key` to a published port
@@ -232,7 +252,8 @@ fn deliver(
     into_container(ctx, endpoint)
 }
 
-/// Sends a packet already addressed to container `endpoint` into it.
+/// Sends a packet already addressed to container `endpoint` into it. Only
+/// ingress hooks call it.
 #[inline(always)]
 pub fn into_container(ctx: &TcContext, endpoint: &Endpoint) -> Result<i32, DropReason> {
     // The host is the router hop into the container, as with Docker.
@@ -241,8 +262,37 @@ pub fn into_container(ctx: &TcContext, endpoint: &Endpoint) -> Result<i32, DropR
     }
     set_macs(ctx, &endpoint.mac, &endpoint.host_mac)?;
     count_rx(endpoint, ctx.len());
+    if endpoint.flags & EP_MACVLAN != 0 {
+        // On the parent's own ingress macvlan's receive handler, which runs
+        // right after this hook in the same pass, delivers the packet by
+        // its new destination MAC: no redirect, no queue. From anywhere
+        // else (loopback) the packet is handed to that ingress.
+        // SAFETY: the program runs on an skb.
+        if unsafe { (*ctx.skb.skb).ifindex } == endpoint.ifindex {
+            return Ok(TC_ACT_OK);
+        }
+        return reinject(ctx, endpoint.ifindex, true);
+    }
     // SAFETY: a plain helper call.
     if unsafe { bpf_redirect_peer(endpoint.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(TC_ACT_REDIRECT)
+}
+
+/// The loopback device's ifindex, the same in every namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// Hands a packet to the ingress of `ifindex` (a macvlan parent), where
+/// macvlan delivers it by destination MAC; `mark`ed when it is for a
+/// container (see `not_for_host`).
+#[inline(always)]
+pub fn reinject(ctx: &TcContext, ifindex: u32, mark: bool) -> Result<i32, DropReason> {
+    if mark {
+        ctx.set_mark(MARK_REINJECTED);
+    }
+    // SAFETY: a plain helper call.
+    if unsafe { bpf_redirect(ifindex, u64::from(BPF_F_INGRESS)) } != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
     Ok(TC_ACT_REDIRECT)
@@ -251,25 +301,42 @@ pub fn into_container(ctx: &TcContext, endpoint: &Endpoint) -> Result<i32, DropR
 /// Reverse translation of a reply from a container to a published-port
 /// client: rewrite the source back to the published address and port and
 /// send it out of the uplink the request came in on, to the next hop it
-/// came from. Called by `from_container` after its checks.
+/// came from. Called by `from_container` and `uplink_egress` after their
+/// checks; `leaving` is the device whose egress hook runs (0 for an
+/// ingress hook).
 #[inline(always)]
 pub fn reply_to_client(
     ctx: &TcContext,
     l4: &L4,
     saddr: [u8; 4],
     entry: &CtEntry,
+    leaving: u32,
 ) -> Result<i32, DropReason> {
     rewrite_v4(ctx, l4, Side::Src, saddr, entry.nat_addr, entry.nat_port)?;
-    send_to_client(ctx, entry)
+    send_to_client(ctx, entry, leaving)
 }
 
 /// Sends a packet out of the uplink a published-port request came in on,
-/// to the next hop it came from.
+/// to the next hop it came from. When that uplink is `leaving`, the device
+/// whose egress hook runs (a macvlan container's reply), the packet simply
+/// goes on.
 #[inline(always)]
-pub fn send_to_client(ctx: &TcContext, entry: &CtEntry) -> Result<i32, DropReason> {
+pub fn send_to_client(ctx: &TcContext, entry: &CtEntry, leaving: u32) -> Result<i32, DropReason> {
     set_macs(ctx, &entry.dmac, &entry.smac)?;
+    if entry.ifindex == leaving {
+        return Ok(TC_ACT_OK);
+    }
+    // From an egress hook the packet still carries its sender's route
+    // (the container's); sent out of loopback it would come back in with
+    // that route and never reach a local socket. Into loopback's ingress
+    // instead, where the route is dropped, as a veth crossing drops it.
+    let flags = if leaving != 0 && entry.ifindex == LOOPBACK_IFINDEX {
+        u64::from(BPF_F_INGRESS)
+    } else {
+        0
+    };
     // SAFETY: a plain helper call.
-    if unsafe { aya_ebpf::helpers::bpf_redirect(entry.ifindex, 0) } != i64::from(TC_ACT_REDIRECT) {
+    if unsafe { bpf_redirect(entry.ifindex, flags) } != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }
     Ok(TC_ACT_REDIRECT)

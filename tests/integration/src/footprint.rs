@@ -11,6 +11,8 @@ pub struct Footprint {
     pub links: Vec<String>,
     /// Routes in the host namespace.
     pub routes: Vec<String>,
+    /// Permanent neighbour entries in the host namespace.
+    pub neighbours: Vec<String>,
     /// Entries of the maps that hold per-container or per-port state.
     pub map_entries: Vec<(String, u64)>,
     /// Container cgroup directories (below the per-hierarchy parents).
@@ -45,6 +47,7 @@ impl World {
             "port_stats",
             "sock_netns",
             "networks",
+            "macvlan_parents",
         ]
         .iter()
         .map(|m| {
@@ -75,6 +78,9 @@ impl World {
         Footprint {
             links,
             routes: names(check(&mut self.in_host("ip", &["route", "show"]))),
+            neighbours: names(check(
+                &mut self.in_host("ip", &["neigh", "show", "nud", "permanent"]),
+            )),
             map_entries,
             cgroups,
             state: names(state.join("\n")),

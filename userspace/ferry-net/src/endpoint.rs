@@ -160,6 +160,7 @@ mod tests {
                 aliases: vec![],
                 ifname: "eth0".into(),
                 external_ipam: false,
+                macvlan: false,
             },
             ports: vec![],
             created,

@@ -13,12 +13,13 @@ use std::{
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
-    neighbour::NeighbourState,
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, MacVlanMode},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     route::{RouteAttribute, RouteHeader, RouteScope},
 };
 use rtnetlink::{
-    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder, new_connection,
+    Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    new_connection,
 };
 
 use crate::netns::{NetNsGuard, NetnsError};
@@ -122,6 +123,29 @@ impl Netlink {
                 target: host_name.to_owned(),
                 source: rtnetlink::Error::RequestFailed,
             })
+    }
+
+    /// Creates a macvlan slave of `parent` (an interface here) called
+    /// `name`, with `mac`, directly inside `netns`. Private mode: slaves
+    /// never reach each other directly, everything they send leaves through
+    /// the parent's egress (where ferry's program decides it).
+    pub async fn create_macvlan(
+        &self,
+        parent: u32,
+        name: &str,
+        mac: Mac,
+        netns: BorrowedFd<'_>,
+    ) -> Result<(), LinkError> {
+        let msg = LinkMacVlan::new(name, parent, MacVlanMode::Private)
+            .address(mac.to_vec())
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(Self::fail("create macvlan", name))
     }
 
     /// The interface called `name`, `None` if there is none.
@@ -243,6 +267,34 @@ impl Netlink {
             .map_err(Self::fail("add neighbour", addr))
     }
 
+    /// Deletes the neighbour entry of `addr` on `index`. Missing is fine.
+    pub async fn delete_neighbour(&self, index: u32, addr: Ipv4Addr) -> Result<(), LinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = netlink_packet_route::AddressFamily::Inet;
+        msg.header.ifindex = index;
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        match self.handle.neighbours().del(msg).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+            other => other.map_err(Self::fail("delete neighbour", addr)),
+        }
+    }
+
+    /// Deletes the route `<addr>/32 dev <index>`. Missing is fine.
+    pub async fn delete_host_route(&self, index: u32, addr: Ipv4Addr) -> Result<(), LinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(addr, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            other => other.map_err(Self::fail("delete route", format!("{addr}/32"))),
+        }
+    }
+
     /// `ip route add <addr>/32 dev <index> scope link`.
     pub async fn add_host_route(&self, index: u32, addr: Ipv4Addr) -> Result<(), LinkError> {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -319,7 +371,17 @@ impl Netlink {
 
     /// Every IPv4 address of this namespace.
     pub async fn ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>, LinkError> {
-        let mut addrs = self.handle.address().get().execute();
+        self.ipv4_addresses_of(None).await
+    }
+
+    /// The IPv4 addresses of interface `index` (all interfaces: `None`),
+    /// primary first.
+    pub async fn ipv4_addresses_of(&self, index: Option<u32>) -> Result<Vec<Ipv4Addr>, LinkError> {
+        let mut request = self.handle.address().get();
+        if let Some(index) = index {
+            request = request.set_link_index_filter(index);
+        }
+        let mut addrs = request.execute();
         let mut out = Vec::new();
         while let Some(msg) = addrs
             .try_next()

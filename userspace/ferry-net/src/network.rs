@@ -26,6 +26,35 @@ const POOL: &str = "10.90.0.0/15";
 
 /// Docker's driver option for container-to-container traffic.
 pub const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
+/// Docker's macvlan driver option: the uplink its containers' interfaces
+/// are slaves of.
+pub const OPT_PARENT: &str = "parent";
+/// Docker's macvlan driver option: the mode, of which ferry has one.
+pub const OPT_MACVLAN_MODE: &str = "macvlan_mode";
+
+/// How a network's containers are wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// A veth per container (the default; Docker's `bridge`).
+    #[default]
+    Bridge,
+    /// A macvlan slave of an uplink per container, NAT'ed like the veths:
+    /// no veth crossing, and the wire sees the host's MAC only.
+    Macvlan,
+}
+
+impl Driver {
+    /// By Docker's name for it; ferry's own name (`ferry`, what Docker's
+    /// plugin and ferry report) is the bridge driver.
+    pub fn parse(name: &str) -> Result<Self, NetworkError> {
+        match name {
+            "" | "bridge" | "ferry" => Ok(Self::Bridge),
+            "macvlan" => Ok(Self::Macvlan),
+            other => Err(NetworkError::Driver(other.to_owned())),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid subnet {value:?}: {reason}")]
@@ -94,8 +123,20 @@ pub enum NetworkError {
     HostAddress { subnet: Ipv4Net, addr: Ipv4Addr },
     #[error("no free /24 left in {POOL} for a new network: give --subnet")]
     PoolExhausted,
-    #[error("unsupported network option {0:?} (ferry knows {OPT_ICC}=true|false)")]
+    #[error(
+        "unsupported network option {0:?} (ferry knows {OPT_ICC}=true|false, and for macvlan \
+         {OPT_PARENT}=IFACE and {OPT_MACVLAN_MODE}=private)"
+    )]
     Option(String),
+    #[error("unknown network driver {0:?} (ferry has bridge and macvlan)")]
+    Driver(String),
+    #[error("a macvlan network needs -o {OPT_PARENT}=IFACE, the uplink its containers sit on")]
+    NoParent,
+    #[error(
+        "macvlan_mode {0:?} is not supported: ferry's macvlan networks run in private mode, so \
+         that every packet of their containers passes its datapath"
+    )]
+    MacvlanMode(String),
     #[error("{what} is supported on user-defined networks only")]
     DefaultOnly { what: &'static str },
     #[error(transparent)]
@@ -121,6 +162,11 @@ pub struct NetworkDef {
     pub icc: bool,
     /// Unix seconds.
     pub created: u64,
+    #[serde(default)]
+    pub driver: Driver,
+    /// macvlan: the uplink its containers' interfaces are slaves of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl NetworkDef {
@@ -148,6 +194,8 @@ pub struct CreateSpec<'a> {
     /// Empty: a free /24 from the pool.
     pub subnet: &'a str,
     pub internal: bool,
+    /// Docker's driver name: empty, `bridge`, `ferry` or `macvlan`.
+    pub driver: &'a str,
     pub options: &'a BTreeMap<String, String>,
 }
 
@@ -184,6 +232,8 @@ impl Networks {
             internal: false,
             icc: true,
             created: 0,
+            driver: Driver::Bridge,
+            parent: None,
         };
         let mut networks = Self {
             defs: BTreeMap::new(),
@@ -227,13 +277,25 @@ impl Networks {
         if self.defs.contains_key(name) {
             return Err(NetworkError::Exists(name.to_owned()));
         }
+        let driver = Driver::parse(spec.driver)?;
         let mut icc = true;
+        let mut parent = None;
         for (key, value) in spec.options {
-            match (key.as_str(), value.as_str()) {
-                (OPT_ICC, "true") => icc = true,
-                (OPT_ICC, "false") => icc = false,
+            match (key.as_str(), value.as_str(), driver) {
+                (OPT_ICC, "true", _) => icc = true,
+                (OPT_ICC, "false", _) => icc = false,
+                (OPT_PARENT, iface, Driver::Macvlan) if !iface.is_empty() => {
+                    parent = Some(iface.to_owned());
+                }
+                (OPT_MACVLAN_MODE, "private", Driver::Macvlan) => {}
+                (OPT_MACVLAN_MODE, mode, Driver::Macvlan) => {
+                    return Err(NetworkError::MacvlanMode(mode.to_owned()));
+                }
                 _ => return Err(NetworkError::Option(format!("{key}={value}"))),
             }
+        }
+        if driver == Driver::Macvlan && parent.is_none() {
+            return Err(NetworkError::NoParent);
         }
         let subnet = match spec.subnet {
             "" => self.free_subnet()?,
@@ -266,6 +328,8 @@ impl Networks {
             internal: spec.internal,
             icc,
             created: now,
+            driver,
+            parent,
         };
         self.defs.insert(def.name.clone(), def.clone());
         self.ipams.insert(def.name.clone(), Ipam::new(subnet));
@@ -427,6 +491,7 @@ mod tests {
             name,
             subnet,
             internal: false,
+            driver: "",
             options: opts,
         }
     }

@@ -283,6 +283,7 @@ mod tests {
                 aliases: vec![],
                 ifname: "eth0".into(),
                 external_ipam: false,
+                macvlan: false,
             }),
             extra_networks: vec![],
             ports: vec![],

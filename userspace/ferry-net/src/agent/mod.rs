@@ -14,7 +14,7 @@ use std::{
     os::fd::{AsFd as _, BorrowedFd},
 };
 
-use ferry_common::{Endpoint, GATEWAY_V4, NETNS_CONTAINER, PortKey, PortTarget};
+use ferry_common::{EP_MACVLAN, Endpoint, GATEWAY_V4, NETNS_CONTAINER, PortKey, PortTarget};
 use tracing::warn;
 
 mod record;
@@ -26,7 +26,7 @@ use crate::{
     ipam::IpamError,
     link::{Mac, Netlink},
     netns::{self, NetNsGuard},
-    network::{CreateSpec, NetworkDef, NetworkError, Networks},
+    network::{CreateSpec, Driver, NetworkDef, NetworkError, Networks},
     portmap::{self, Hold, HostPorts, PortMapping, PublishSpec, Reservation, ReserveError},
 };
 
@@ -93,6 +93,11 @@ pub struct Partial {
     netns_cookie: Option<u64>,
     /// Names registered for the embedded DNS: (network, address).
     dns: Option<(String, Ipv4Addr)>,
+    /// A macvlan endpoint's route and neighbour entry on its parent:
+    /// (parent ifindex, address).
+    parent_route: Option<(u32, Ipv4Addr)>,
+    /// A macvlan slave made in the namespace: (netlink there, its name).
+    slave: Option<(Netlink, String)>,
 }
 
 /// Where the endpoint's interface goes.
@@ -139,6 +144,9 @@ pub struct Agent {
     dns_tasks: HashMap<String, tokio::task::AbortHandle>,
     /// Where names that are not endpoints' are asked by default.
     dns_upstreams: Vec<SocketAddr>,
+    /// The uplinks ferryd serves (set by the daemon): the interfaces a
+    /// macvlan network may have as its parent.
+    pub uplinks: Vec<String>,
 }
 
 impl Agent {
@@ -156,6 +164,7 @@ impl Agent {
             dns_table: dns::Table::default(),
             dns_tasks: HashMap::new(),
             dns_upstreams,
+            uplinks: Vec::new(),
         }
     }
 
@@ -177,15 +186,106 @@ impl Agent {
             let _ = self.networks.remove(&def.name);
             return Err(map_full(e, "networks", "--endpoint-max"));
         }
+        if let Some(parent) = def.parent.clone()
+            && let Err(e) = self.serve_parent(&parent).await
+        {
+            let _ = self.remove_network(&def.name).await;
+            return Err(e);
+        }
         Ok(def)
     }
 
+    /// Makes uplink `parent` serve macvlan containers (`uplink_egress` on
+    /// its egress). Only an uplink qualifies: its ingress has to carry
+    /// `uplink_ingress` already.
+    pub async fn serve_parent(&mut self, parent: &str) -> Result<(), AgentError> {
+        if !self.uplinks.iter().any(|u| u == parent) {
+            return Err(AgentError::Invalid(format!(
+                "macvlan parent {parent} is not one of ferryd's uplinks ({}); start ferryd with \
+                 --uplink {parent}",
+                self.uplinks.join(", ")
+            )));
+        }
+        let (index, mac) = self.parent_link(parent).await?;
+        let addr = self.parent_address(index).await?;
+        self.datapath
+            .attach_macvlan_parent(parent, index, mac, addr)
+            .map_err(AgentError::internal)
+    }
+
+    /// The address macvlan containers of uplink `index` are masqueraded
+    /// to: its primary IPv4 address.
+    async fn parent_address(&self, index: u32) -> Result<Option<Ipv4Addr>, AgentError> {
+        let addrs = self
+            .netlink
+            .ipv4_addresses_of(Some(index))
+            .await
+            .map_err(AgentError::internal)?;
+        Ok(addrs.into_iter().find(|a| !a.is_loopback()))
+    }
+
+    /// Follows the macvlan parents' addresses (after an address event).
+    async fn refresh_parents(&mut self) -> Result<(), AgentError> {
+        let parents: std::collections::BTreeSet<String> = self
+            .networks
+            .list()
+            .filter_map(|d| d.parent.clone())
+            .collect();
+        for parent in parents {
+            let Ok((index, mac)) = self.parent_link(&parent).await else {
+                continue;
+            };
+            let addr = self.parent_address(index).await?;
+            self.datapath
+                .set_macvlan_parent(index, mac, addr)
+                .map_err(AgentError::internal)?;
+        }
+        Ok(())
+    }
+
+    /// The ifindex and MAC of macvlan parent `parent`.
+    async fn parent_link(&self, parent: &str) -> Result<(u32, Mac), AgentError> {
+        let gone = || AgentError::Invalid(format!("macvlan parent {parent} does not exist"));
+        let index = self
+            .netlink
+            .index_of(parent)
+            .await
+            .map_err(AgentError::internal)?
+            .ok_or_else(gone)?;
+        let mac = self
+            .netlink
+            .mac_of(index)
+            .await
+            .map_err(AgentError::internal)?
+            .ok_or_else(gone)?;
+        Ok((index, mac))
+    }
+
     /// Removes a network (the caller checked that no endpoint is on it)
-    /// and its policy.
-    pub fn remove_network(&mut self, name: &str) -> Result<NetworkDef, AgentError> {
+    /// and its policy; a macvlan parent no other network uses stops
+    /// serving macvlan.
+    pub async fn remove_network(&mut self, name: &str) -> Result<NetworkDef, AgentError> {
         let def = self.networks.remove(name)?;
         if let Err(e) = self.datapath.remove_network(def.net_id) {
             warn!(network = %def.name, %e, "cannot remove the network's policy");
+        }
+        if let Some(parent) = &def.parent
+            && !self
+                .networks
+                .list()
+                .any(|d| d.parent.as_ref() == Some(parent))
+        {
+            let detached = match self.netlink.index_of(parent).await {
+                Ok(Some(index)) => self
+                    .datapath
+                    .detach_macvlan_parent(parent, index)
+                    .map_err(|e| e.to_string()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = detached {
+                warn!(network = %def.name, %parent, %e, "cannot detach the macvlan parent");
+            }
         }
         Ok(def)
     }
@@ -198,6 +298,17 @@ impl Agent {
         partial: &mut Partial,
     ) -> Result<NetworkRecord, AgentError> {
         let (network, link) = (spec.network, spec.link);
+        let macvlan_ns = match (network.driver, spec.placement) {
+            (Driver::Bridge, _) => None,
+            (Driver::Macvlan, Placement::Netns(ns)) => Some(ns),
+            (Driver::Macvlan, Placement::Host) => {
+                return Err(AgentError::Invalid(format!(
+                    "network {} is a macvlan network, which serves namespaces ferry configures \
+                     itself (ferry's containers, CNI), not Docker's",
+                    network.name
+                )));
+            }
+        };
         let ip = match (spec.ip, spec.ip_held) {
             (Some(ip), true) => ip,
             _ => {
@@ -245,6 +356,16 @@ impl Agent {
                 .add_netns(netns_cookie, NETNS_CONTAINER)
                 .map_err(AgentError::internal)?;
         }
+        if let (Some(ns), Some(inside)) = (macvlan_ns, &inside) {
+            let slave = Slave {
+                ip,
+                mac,
+                ns,
+                inside: inside.clone(),
+                netns_cookie,
+            };
+            return self.attach_macvlan(spec, slave, partial).await;
+        }
         partial.host_ifname = Some(host_ifname.clone());
         let host_ifindex = self
             .netlink
@@ -271,6 +392,7 @@ impl Agent {
                     host_mac,
                     // Given by the datapath.
                     stats: 0,
+                    flags: 0,
                 },
             )
             .map_err(|e| map_full(e, "endpoints", "--endpoint-max"))?;
@@ -302,39 +424,80 @@ impl Agent {
             aliases: Vec::new(),
             ifname: link.ifname.clone(),
             external_ipam: spec.ip_held,
+            macvlan: false,
         };
         let Some(inside) = inside else {
             return Ok(record);
         };
-        let gateway = Ipv4Addr::from(GATEWAY_V4);
-        let lo = inside.index_of("lo").await.map_err(AgentError::internal)?;
-        let eth = inside
-            .index_of(&link.ifname)
-            .await
-            .map_err(AgentError::internal)?;
-        let (Some(lo), Some(eth)) = (lo, eth) else {
-            return Err(AgentError::internal(
-                "namespace interfaces missing after veth creation",
-            ));
-        };
-        inside.set_up(lo).await.map_err(AgentError::internal)?;
-        inside.set_up(eth).await.map_err(AgentError::internal)?;
-        inside
-            .add_address(eth, ip, 32)
-            .await
-            .map_err(AgentError::internal)?;
-        inside
-            .add_permanent_neighbour(eth, gateway, host_mac)
-            .await
-            .map_err(AgentError::internal)?;
-        // The first interface has the default route; a connected one
-        // routes its network's subnet, from its own address.
-        let subnet = (!link.first).then_some((network.subnet, ip));
-        inside
-            .add_route_onlink(eth, subnet, gateway)
-            .await
-            .map_err(AgentError::internal)?;
+        configure_inside(&inside, spec, ip, host_mac).await?;
         Ok(record)
+    }
+
+    /// The rest of an attach to a macvlan network: a slave of the parent in
+    /// the namespace, the endpoint (reached through the parent), and the
+    /// host's route and neighbour entry for it on the parent.
+    async fn attach_macvlan(
+        &mut self,
+        spec: &AttachSpec<'_>,
+        slave: Slave<'_>,
+        partial: &mut Partial,
+    ) -> Result<NetworkRecord, AgentError> {
+        let (network, link) = (spec.network, spec.link);
+        let Slave {
+            ip,
+            mac,
+            ns,
+            inside,
+            netns_cookie,
+        } = slave;
+        let parent = network.parent.as_deref().ok_or_else(|| {
+            AgentError::internal(format!("macvlan network {} has no parent", network.name))
+        })?;
+        let (parent_index, parent_mac) = self.parent_link(parent).await?;
+        partial.slave = Some((inside.clone(), link.ifname.clone()));
+        self.netlink
+            .create_macvlan(parent_index, &link.ifname, mac, ns)
+            .await
+            .map_err(AgentError::internal)?;
+        self.datapath
+            .add_endpoint(
+                ip,
+                Endpoint {
+                    ifindex: parent_index,
+                    net_id: network.net_id,
+                    mac,
+                    host_mac: parent_mac,
+                    stats: 0,
+                    flags: EP_MACVLAN,
+                },
+            )
+            .map_err(|e| map_full(e, "endpoints", "--endpoint-max"))?;
+        // The host reaches the container through the parent's egress,
+        // where `uplink_egress` turns the packet back into its ingress; the
+        // neighbour entry keeps the host from asking the wire for it.
+        partial.parent_route = Some((parent_index, ip));
+        self.netlink
+            .add_permanent_neighbour(parent_index, ip, mac)
+            .await
+            .map_err(AgentError::internal)?;
+        self.netlink
+            .add_host_route(parent_index, ip)
+            .await
+            .map_err(AgentError::internal)?;
+        configure_inside(&inside, spec, ip, parent_mac).await?;
+        Ok(NetworkRecord {
+            ip,
+            mac,
+            host_ifname: parent.to_owned(),
+            host_ifindex: parent_index,
+            host_mac: parent_mac,
+            netns_cookie,
+            network: network.name.clone(),
+            aliases: Vec::new(),
+            ifname: link.ifname.clone(),
+            external_ipam: spec.ip_held,
+            macvlan: true,
+        })
     }
 
     /// Reserves the host ports of `specs` for `owner` (named `name` in a
@@ -456,7 +619,10 @@ impl Agent {
         if let Err(e) = self.networks.reserve(&net.network, net.ip) {
             warn!(%owner, %e, "address conflict while adopting");
         }
-        if let Err(e) = self.datapath.attach(&net.host_ifname) {
+        // A macvlan endpoint's parent is served once for all its endpoints.
+        if !net.macvlan
+            && let Err(e) = self.datapath.attach(&net.host_ifname)
+        {
             warn!(%owner, %e, "cannot re-attach the datapath");
         }
     }
@@ -474,6 +640,16 @@ impl Agent {
         {
             warn!(%owner, %e, "cannot forget the namespace");
         }
+        if net.macvlan {
+            // The slave goes with its namespace; the host's entries for it
+            // on the parent are the host's to remove.
+            self.forget_parent_route(owner, net.host_ifindex, net.ip)
+                .await;
+            if !net.external_ipam {
+                self.networks.release(net.ip);
+            }
+            return;
+        }
         self.datapath.forget(&net.host_ifname);
         // The veth normally dies with its namespace, but that happens
         // asynchronously in the kernel (and a namespace kept open by its
@@ -490,6 +666,17 @@ impl Agent {
         }
         if !net.external_ipam {
             self.networks.release(net.ip);
+        }
+    }
+
+    /// Removes the route and neighbour entry of macvlan endpoint `ip` on
+    /// its parent.
+    async fn forget_parent_route(&self, owner: &str, parent: u32, ip: Ipv4Addr) {
+        if let Err(e) = self.netlink.delete_host_route(parent, ip).await {
+            warn!(%owner, %e, "cannot delete the route to a macvlan endpoint");
+        }
+        if let Err(e) = self.netlink.delete_neighbour(parent, ip).await {
+            warn!(%owner, %e, "cannot delete the neighbour entry of a macvlan endpoint");
         }
     }
 
@@ -520,6 +707,20 @@ impl Agent {
             && let Err(e) = self.datapath.remove_netns(cookie)
         {
             warn!(%owner, %e, "rollback: cannot forget the namespace");
+        }
+        if let Some((parent, ip)) = partial.parent_route {
+            self.forget_parent_route(owner, parent, ip).await;
+        }
+        if let Some((inside, name)) = &partial.slave {
+            match inside.index_of(name).await {
+                Ok(Some(index)) => {
+                    if let Err(e) = inside.delete(index).await {
+                        warn!(%owner, %e, "rollback: cannot delete the macvlan slave");
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => warn!(%owner, %e, "rollback: cannot look up the macvlan slave"),
+            }
         }
         if let Some(ifname) = &partial.host_ifname {
             self.datapath.forget(ifname);
@@ -624,7 +825,8 @@ impl Agent {
         addrs.retain(|a| !a.is_loopback());
         self.datapath
             .set_host_addrs(&addrs)
-            .map_err(AgentError::internal)
+            .map_err(AgentError::internal)?;
+        self.refresh_parents().await
     }
 
     /// Removes host veths and datapath entries of no live endpoint (what a
@@ -669,6 +871,55 @@ impl Agent {
             Err(e) => warn!(%e, "cannot check the datapath maps for leftover entries"),
         }
     }
+}
+
+/// A macvlan attach's pieces made before it branches off.
+struct Slave<'a> {
+    ip: Ipv4Addr,
+    mac: Mac,
+    ns: BorrowedFd<'a>,
+    inside: Netlink,
+    netns_cookie: u64,
+}
+
+/// The namespace's side of an attach, through `inside`: loopback and the
+/// interface up, the address, the gateway's permanent neighbour entry
+/// (`gateway_mac`: the host-side veth's, or a macvlan parent's), and the
+/// route: the first interface has the default route, a connected one
+/// routes its network's subnet, from its own address.
+async fn configure_inside(
+    inside: &Netlink,
+    spec: &AttachSpec<'_>,
+    ip: Ipv4Addr,
+    gateway_mac: Mac,
+) -> Result<(), AgentError> {
+    let (network, link) = (spec.network, spec.link);
+    let gateway = Ipv4Addr::from(GATEWAY_V4);
+    let lo = inside.index_of("lo").await.map_err(AgentError::internal)?;
+    let eth = inside
+        .index_of(&link.ifname)
+        .await
+        .map_err(AgentError::internal)?;
+    let (Some(lo), Some(eth)) = (lo, eth) else {
+        return Err(AgentError::internal(
+            "namespace interfaces missing after their creation",
+        ));
+    };
+    inside.set_up(lo).await.map_err(AgentError::internal)?;
+    inside.set_up(eth).await.map_err(AgentError::internal)?;
+    inside
+        .add_address(eth, ip, 32)
+        .await
+        .map_err(AgentError::internal)?;
+    inside
+        .add_permanent_neighbour(eth, gateway, gateway_mac)
+        .await
+        .map_err(AgentError::internal)?;
+    let subnet = (!link.first).then_some((network.subnet, ip));
+    inside
+        .add_route_onlink(eth, subnet, gateway)
+        .await
+        .map_err(AgentError::internal)
 }
 
 /// A netlink socket inside `ns`, and that namespace's cookie. IPv6 is

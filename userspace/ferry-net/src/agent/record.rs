@@ -35,6 +35,11 @@ pub struct NetworkRecord {
     /// going does not free it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external_ipam: bool,
+    /// The interface is a macvlan slave of the uplink `host_ifname`
+    /// (`host_ifindex`, `host_mac`), not a veth: the host side has a route
+    /// and a neighbour entry for it there, and nothing of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub macvlan: bool,
 }
 
 fn first_ifname() -> String {
@@ -149,6 +154,7 @@ mod tests {
             aliases: vec![],
             ifname: first.ifname.clone(),
             external_ipam: false,
+            macvlan: false,
         }];
         let second = Link::next(id, &taken.iter().collect::<Vec<_>>()).expect("second");
         assert_eq!(

@@ -10,11 +10,14 @@ use aya::{
     programs::{Program, ProgramError, TestRun as _, TestRunOptions},
     util::nr_cpus,
 };
-use ferry_common::{DropReason, Endpoint, EndpointStats, Ipv4Key, NetPolicy, PortKey, PortTarget};
+use ferry_common::{
+    DropReason, Endpoint, EndpointStats, Ipv4Key, MacvlanParent, NetPolicy, PortKey, PortTarget,
+};
 
 use super::{
     BPF_NOEXIST, Datapath, DatapathError, Live, MAP_DROPS, MAP_ENDPOINTS, MAP_EP_STATS,
-    MAP_HOST_ADDRS, MAP_NETWORKS, MAP_PORT_STATS, MAP_PORTMAP, MAP_SOCK_NETNS, map_err,
+    MAP_HOST_ADDRS, MAP_MACVLAN_PARENTS, MAP_NETWORKS, MAP_PORT_STATS, MAP_PORTMAP, MAP_SOCK_NETNS,
+    map_err,
 };
 
 impl Datapath {
@@ -31,6 +34,34 @@ impl Datapath {
             BpfHashMap::try_from(self.map(MAP_NETWORKS)?).map_err(map_err(MAP_NETWORKS))?;
         let inserted = map.insert(net_id, NetPolicy { flags }, 0);
         inserted.map_err(|e| self.insert_error(MAP_NETWORKS, e))
+    }
+
+    /// Records uplink `ifindex` as a macvlan parent with its own MAC and
+    /// the address its containers are masqueraded to.
+    pub fn set_macvlan_parent(
+        &mut self,
+        ifindex: u32,
+        mac: [u8; 6],
+        addr: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, u32, MacvlanParent> =
+            BpfHashMap::try_from(self.map(MAP_MACVLAN_PARENTS)?)
+                .map_err(map_err(MAP_MACVLAN_PARENTS))?;
+        let parent = MacvlanParent {
+            mac,
+            pad: [0; 2],
+            addr: addr.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+        };
+        let inserted = map.insert(ifindex, parent, 0);
+        inserted.map_err(|e| self.insert_error(MAP_MACVLAN_PARENTS, e))
+    }
+
+    /// Forgets a macvlan parent. Missing is fine.
+    pub fn remove_macvlan_parent(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let mut map: BpfHashMap<_, u32, MacvlanParent> =
+            BpfHashMap::try_from(self.map(MAP_MACVLAN_PARENTS)?)
+                .map_err(map_err(MAP_MACVLAN_PARENTS))?;
+        ignore_missing(map.remove(&ifindex)).map_err(map_err(MAP_MACVLAN_PARENTS))
     }
 
     /// Forgets a network's policy. Missing is fine.

@@ -39,7 +39,7 @@ use aya::{
     programs::{
         CgroupAttachMode, CgroupSockAddr, Program, ProgramError, SchedClassifier, TcAttachType,
         Xdp, XdpMode,
-        links::FdLink,
+        links::{FdLink, Link as _},
         tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle, qdisc_add_clsact},
     },
 };
@@ -72,7 +72,8 @@ pub const MAP_CONFIG: &str = "config";
 pub const MAP_CT_STATS: &str = "ct_stats";
 pub const MAP_PORT_STATS: &str = "port_stats";
 pub const MAP_NETWORKS: &str = "networks";
-const MAPS: [&str; 15] = [
+pub const MAP_MACVLAN_PARENTS: &str = "macvlan_parents";
+const MAPS: [&str; 16] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -88,11 +89,13 @@ const MAPS: [&str; 15] = [
     MAP_CT_STATS,
     MAP_PORT_STATS,
     MAP_NETWORKS,
+    MAP_MACVLAN_PARENTS,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
+pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
 pub const PROG_XDP_PREFILTER: &str = "xdp_prefilter";
 pub const PROG_LOCAL_INGRESS: &str = "local_ingress";
 /// Where `local_ingress` goes: ferryd's own namespace's loopback.
@@ -104,10 +107,11 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_peername4",
 ];
-pub const PROGRAMS: [&str; 9] = [
+pub const PROGRAMS: [&str; 10] = [
     PROG_FROM_CONTAINER,
     PROG_TO_CONTAINER,
     PROG_UPLINK_INGRESS,
+    PROG_UPLINK_EGRESS,
     PROG_XDP_PREFILTER,
     PROG_LOCAL_INGRESS,
     SOCK_PROGRAMS[0],
@@ -365,6 +369,41 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes uplink `ifname` (`ifindex`, its own MAC `mac`, its address
+    /// `addr`) a macvlan parent: `uplink_egress` on its egress, which
+    /// checks and translates what its macvlan containers send. Its ingress
+    /// has `uplink_ingress` already (every uplink has).
+    pub fn attach_macvlan_parent(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+        mac: [u8; 6],
+        addr: Option<Ipv4Addr>,
+    ) -> Result<(), DatapathError> {
+        self.set_macvlan_parent(ifindex, mac, addr)?;
+        self.attach_programs(ifname, &[(PROG_UPLINK_EGRESS, TcAttachType::Egress)])
+    }
+
+    /// Undoes `attach_macvlan_parent`: the uplink's egress is the host's
+    /// alone again.
+    pub fn detach_macvlan_parent(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError> {
+        self.remove_macvlan_parent(ifindex)?;
+        if let Some(link) = self.links.remove(&(ifname.to_owned(), PROG_UPLINK_EGRESS)) {
+            ManuallyDrop::into_inner(link)
+                .detach()
+                .map_err(|source| DatapathError::Attach {
+                    program: PROG_UPLINK_EGRESS,
+                    ifname: ifname.to_owned(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Attaches program `name` through a BPF link pinned at `pin`: the
     /// pinned link is switched to this program if it exists, else `attach`
     /// makes a new one, which is pinned.
@@ -495,7 +534,7 @@ impl Datapath {
             .map(|(ifname, program)| Attachment {
                 target: ifname.clone(),
                 program,
-                hook: if *program == PROG_TO_CONTAINER {
+                hook: if *program == PROG_TO_CONTAINER || *program == PROG_UPLINK_EGRESS {
                     "tc egress"
                 } else {
                     "tc ingress"

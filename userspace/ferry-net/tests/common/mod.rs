@@ -28,6 +28,7 @@ pub const A: Endpoint = Endpoint {
     mac: [0x02, 0x42, 10, 66, 0, 2],
     host_mac: [0x02, 0xfe, 10, 66, 0, 2],
     stats: 0,
+    flags: 0,
 };
 pub const B: Endpoint = Endpoint {
     ifindex: 77,
@@ -35,6 +36,7 @@ pub const B: Endpoint = Endpoint {
     mac: [0x02, 0x42, 10, 66, 0, 3],
     host_mac: [0x02, 0xfe, 10, 66, 0, 3],
     stats: 0,
+    flags: 0,
 };
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

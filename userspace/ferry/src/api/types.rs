@@ -77,7 +77,11 @@ pub struct NetworkCreate {
     pub subnet: String,
     #[serde(default)]
     pub internal: bool,
-    /// Driver options: `com.docker.network.bridge.enable_icc`.
+    /// Docker's driver name: empty or `bridge` (veths), `macvlan`.
+    #[serde(default)]
+    pub driver: String,
+    /// Driver options: `com.docker.network.bridge.enable_icc`; for
+    /// macvlan `parent` and `macvlan_mode`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
 }
@@ -162,7 +166,10 @@ impl NetworkJson {
             name: def.name.clone(),
             id: def.id.clone(),
             created: def.created,
-            driver: "ferry".into(),
+            driver: match def.driver {
+                crate::network::Driver::Bridge => "ferry".into(),
+                crate::network::Driver::Macvlan => "macvlan".into(),
+            },
             internal: def.internal,
             ipam: IpamJson {
                 config: vec![IpamConfigJson {
@@ -170,7 +177,13 @@ impl NetworkJson {
                     gateway,
                 }],
             },
-            options: BTreeMap::from([(crate::network::OPT_ICC.to_owned(), def.icc.to_string())]),
+            options: std::iter::once((crate::network::OPT_ICC.to_owned(), def.icc.to_string()))
+                .chain(
+                    def.parent
+                        .iter()
+                        .map(|p| (crate::network::OPT_PARENT.to_owned(), p.clone())),
+                )
+                .collect(),
             containers: members
                 .iter()
                 .map(|m| {

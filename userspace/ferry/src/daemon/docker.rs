@@ -137,6 +137,7 @@ impl Daemon {
             name: &name,
             subnet,
             internal,
+            driver: "",
             options: &BTreeMap::new(),
         };
         let def = inner
@@ -148,7 +149,7 @@ impl Daemon {
         if let Some(gw) = gateway.filter(|gw| *gw != gateway_of(def.subnet))
             && let Err(e) = inner.agent.networks.reserve(&def.name, gw)
         {
-            let _ = inner.agent.remove_network(&def.name);
+            let _ = inner.agent.remove_network(&def.name).await;
             return Err(e.into());
         }
         info!(network = %def.name, subnet = %def.subnet, internal, "Docker network created");
@@ -171,7 +172,7 @@ impl Daemon {
         for id in stale {
             inner.remove_endpoint(&id).await;
         }
-        inner.agent.remove_network(&def.name)?;
+        inner.agent.remove_network(&def.name).await?;
         info!(network = %def.name, "Docker network removed");
         Ok(())
     }

@@ -50,6 +50,7 @@ impl Daemon {
             name: &req.name,
             subnet: &req.subnet,
             internal: req.internal,
+            driver: &req.driver,
             options: &req.options,
         };
         let def = inner
@@ -92,7 +93,7 @@ impl Daemon {
                 members.join(", ")
             )));
         }
-        inner.agent.remove_network(&def.name)?;
+        inner.agent.remove_network(&def.name).await?;
         info!(network = %def.name, "network removed");
         Ok(())
     }

@@ -65,17 +65,23 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
         }
         info!(id = %endpoint.short_id(), kind = %endpoint.kind, key = %endpoint.key, "endpoint removed");
     }
-    let tc_ingress = uplinks(config, &netlink)
-        .await?
-        .into_iter()
-        .map(|uplink| (uplink, datapath::PROG_UPLINK_INGRESS))
-        .chain([(datapath::LOOPBACK.to_owned(), datapath::PROG_LOCAL_INGRESS)]);
-    for (ifname, program) in tc_ingress {
-        match aya::programs::tc::qdisc_detach_program(
-            &ifname,
-            aya::programs::TcAttachType::Ingress,
-            program,
-        ) {
+    use aya::programs::TcAttachType::{Egress, Ingress};
+    let uplinks = uplinks(config, &netlink).await?;
+    let filters = uplinks
+        .iter()
+        .flat_map(|uplink| {
+            [
+                (uplink.clone(), Ingress, datapath::PROG_UPLINK_INGRESS),
+                (uplink.clone(), Egress, datapath::PROG_UPLINK_EGRESS),
+            ]
+        })
+        .chain([(
+            datapath::LOOPBACK.to_owned(),
+            Ingress,
+            datapath::PROG_LOCAL_INGRESS,
+        )]);
+    for (ifname, hook, program) in filters {
+        match aya::programs::tc::qdisc_detach_program(&ifname, hook, program) {
             Ok(()) => info!(%ifname, program, "detached"),
             Err(aya::programs::TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => failures.push(format!("detach {program} from {ifname}: {e}")),

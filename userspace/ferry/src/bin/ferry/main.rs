@@ -689,7 +689,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 for m in &d.maps {
                     let fill = m.entries as f64 * 100.0 / f64::from(m.capacity.max(1));
                     out!(
-                        "  {:<14}{:<14}{:>9} / {:<9}{fill:>6.1}%",
+                        "  {:<16}{:<14}{:>9} / {:<9}{fill:>6.1}%",
                         m.name,
                         m.kind,
                         m.entries,

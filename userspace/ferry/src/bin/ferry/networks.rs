@@ -23,9 +23,15 @@ pub enum NetworkAction {
         #[arg(long)]
         internal: bool,
         /// Driver option KEY=VALUE: com.docker.network.bridge.enable_icc=false
-        /// blocks traffic between the network's containers.
+        /// blocks traffic between the network's containers; macvlan needs
+        /// parent=IFACE.
         #[arg(short = 'o', long = "opt")]
         opts: Vec<String>,
+        /// bridge (the default: a veth per container) or macvlan (a macvlan
+        /// slave of `-o parent=IFACE` per container: no veth crossing, same
+        /// NAT and published ports; see `ferry network create --help`).
+        #[arg(short = 'd', long, default_value = "bridge", long_help = DRIVER_HELP)]
+        driver: String,
         name: String,
     },
     /// List networks.
@@ -60,6 +66,18 @@ pub enum NetworkAction {
     Disconnect { network: String, container: String },
 }
 
+const DRIVER_HELP: &str = "bridge (the default) gives each container a veth pair. \
+macvlan gives each container a macvlan slave of the uplink named by -o parent=IFACE: \
+packets to and from it skip the veth crossing (one queue less each way), and ferry \
+translates them on that uplink (published ports, masquerade, isolation, the host and \
+other containers of the network reach it as on a bridge network). Trade-offs: one \
+uplink per network, which must be one of ferryd's --uplink; only the host's MAC is \
+ever seen on the wire (fine where a switch or cloud allows one MAC per port).";
+
+const MACVLAN_NOTE: &str = "macvlan network: containers get a slave of its parent uplink; \
+published ports, masquerade and isolation work as on a bridge network, and the wire \
+sees only the host's MAC.";
+
 /// `ferry network ...`.
 pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<ExitCode> {
     match action {
@@ -67,6 +85,7 @@ pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<E
             subnet,
             internal,
             opts,
+            driver,
             name,
         } => {
             let options = opts
@@ -81,11 +100,15 @@ pub async fn network(client: &Client, action: NetworkAction) -> anyhow::Result<E
                 name,
                 subnet: subnet.unwrap_or_default(),
                 internal,
+                driver,
                 options,
             };
             let net: NetworkJson = client
                 .call(Method::POST, "/networks/create", Some(&req))
                 .await?;
+            if net.driver == "macvlan" {
+                eprintln!("{MACVLAN_NOTE}");
+            }
             out!("{}", net.id);
         }
         NetworkAction::Ls { quiet } => {
