@@ -3,8 +3,11 @@
 //! publish-http, from a client namespace (the outside):
 //! - host: nginx in a plain namespace, reached over a veth (the limit);
 //! - ferry: nginx in a ferry container with `-p 8080:80`;
+//! - ferry-macvlan: the same on a macvlan network of the uplink (no veth);
 //! - veth-routed: nginx behind a plain veth, kernel forwarding, no NAT and
 //!   no program (what crossing a veth costs by itself);
+//! - macvlan: nginx behind a macvlan slave of the uplink, addressed
+//!   directly (what crossing a macvlan costs by itself);
 //! - docker: nginx in a namespace on a bridge behind Docker's iptables DNAT
 //!   (see `docker.rs`).
 //!
@@ -133,12 +136,26 @@ pub(super) fn nginx_conf(
 /// same file from the same filesystem as in every other variant, not
 /// through the container's overlay root.
 pub(super) fn run_nginx(world: &World, out_dir: &Path, conf: &str) -> anyhow::Result<()> {
+    run_nginx_on(world, out_dir, conf, None)
+}
+
+/// `run_nginx` on network `network` (else the default one).
+fn run_nginx_on(
+    world: &World,
+    out_dir: &Path,
+    conf: &str,
+    network: Option<&str>,
+) -> anyhow::Result<()> {
     let dir = out_dir.to_str().context("utf-8 path")?;
     let volume = format!("{dir}:{dir}");
-    world.ferry_ok(&[
-        "run", "-d", "--name", "nginx", "-p", "8080:80", "-v", &volume, "--", "taskset", "-c", "0",
-        "nginx", "-c", conf,
-    ]);
+    let mut args = vec![
+        "run", "-d", "--name", "nginx", "-p", "8080:80", "-v", &volume,
+    ];
+    if let Some(network) = network {
+        args.extend(["--network", network]);
+    }
+    args.extend(["--", "taskset", "-c", "0", "nginx", "-c", conf]);
+    world.ferry_ok(&args);
     Ok(())
 }
 
@@ -208,6 +225,29 @@ pub(super) fn ferry_target(
     })
 }
 
+/// nginx in a ferry container on a macvlan network of the uplink: the
+/// same published port, translated on the uplink itself, no veth.
+pub(super) fn macvlan_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let world = World::with_ferryd_args(&["--xdp-prefilter", "auto"]);
+    world.ferry_ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "-o",
+        "parent=uplink0",
+        "mvnet",
+    ]);
+    let conf = nginx_conf(out_dir, "ferry-macvlan", 80, root)?;
+    let conf = conf.to_str().context("utf-8 path")?;
+    run_nginx_on(&world, out_dir, conf, Some("mvnet"))?;
+    let base = Target::at("ferry-macvlan", world.client_ns_path(), ferry_url());
+    Ok(Target {
+        _world: Some(world),
+        ..base
+    })
+}
+
 fn docker_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     let bridge = DockerBridge::new("172.30.0", 1)?;
     let client = client_of(&bridge.host, "10.203.0");
@@ -240,6 +280,29 @@ fn routed_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
     capture(&mut host.cmd("sysctl", &["-qw", "net.ipv4.ip_forward=1"]))?;
     let nginx = nginx_in(out_dir, root, "veth-routed", &server.path(), 80)?;
     let base = Target::at("veth-routed", client.path(), "http://172.28.0.2:80/".into());
+    Ok(Target {
+        _servers: vec![nginx],
+        _netns: vec![client, server, host],
+        ..base
+    })
+}
+
+/// nginx in a namespace behind a macvlan slave of the uplink, on the
+/// client's own subnet, reached directly on L2: no NAT, no program, no
+/// veth (what a macvlan crossing costs by itself).
+fn macvlan_plain_target(out_dir: &Path, root: &Path) -> anyhow::Result<Target> {
+    let host = TempNetns::new(&unique_name("fym"));
+    let client = client_of(&host, "10.208.0");
+    let server = TempNetns::new(&format!("{}-s", host.name));
+    host.ip(&[
+        "link", "add", "link", "uplink0", "name", "mv0", "type", "macvlan", "mode", "private",
+    ]);
+    host.ip(&["link", "set", "mv0", "netns", &server.name]);
+    server.ip(&["addr", "add", "10.208.0.3/24", "dev", "mv0"]);
+    server.ip(&["link", "set", "mv0", "up"]);
+    server.ip(&["link", "set", "lo", "up"]);
+    let nginx = nginx_in(out_dir, root, "macvlan", &server.path(), 80)?;
+    let base = Target::at("macvlan", client.path(), "http://10.208.0.3:80/".into());
     Ok(Target {
         _servers: vec![nginx],
         _netns: vec![client, server, host],
@@ -351,23 +414,37 @@ pub(super) fn wrk(
 pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
     step("bench publish-http: host, ferry and Docker-datapath nginx");
     let root = docroot(out_dir)?;
-    let targets = vec![
-        host_target(out_dir, &root)?,
-        ferry_target(out_dir, &root, "ferry", "auto")?,
-        ferry_target(out_dir, &root, "ferry-xdp", "on")?,
-        routed_target(out_dir, &root)?,
-        docker_target(out_dir, &root)?,
-        engine_target(out_dir, &root)?,
-        engine_ferry_target(out_dir, &root)?,
+    type Make = fn(&Path, &Path) -> anyhow::Result<Target>;
+    let all: [(&str, Make); 9] = [
+        ("host", host_target),
+        ("ferry", |o, r| ferry_target(o, r, "ferry", "auto")),
+        ("ferry-xdp", |o, r| ferry_target(o, r, "ferry-xdp", "on")),
+        ("ferry-macvlan", macvlan_target),
+        ("veth-routed", routed_target),
+        ("macvlan", macvlan_plain_target),
+        ("docker", docker_target),
+        ("docker-engine", engine_target),
+        ("docker-engine-ferry", engine_ferry_target),
     ];
+    let chosen = crate::select(&args.variants, &all.map(|(name, _)| name), "variant")?;
+    let mut targets = Vec::new();
+    for (name, make) in all {
+        if chosen.contains(&name) {
+            targets.push(make(out_dir, &root)?);
+        }
+    }
     let method = format!(
         "nginx (Debian's, one worker on CPU 0) serving one 560-byte page, wrk -t1 on CPU 1 from \
          a client namespace (the outside): host = nginx in a plain namespace over a veth (the \
          limit); ferry = nginx in a ferry container published with -p 8080:80, docroot \
          bind-mounted, tc only (the default on a veth uplink); ferry-xdp = the same with the \
-         XDP prefilter on the uplink; veth-routed = nginx in a namespace behind a plain veth \
+         XDP prefilter on the uplink; ferry-macvlan = the ferry container on a macvlan network \
+         of the uplink (`network create -d macvlan -o parent=uplink0`: no veth, the same \
+         published port translated on the uplink); veth-routed = nginx in a namespace behind a plain veth \
          reached by kernel forwarding, no NAT, no bridge, no program (the cost of the veth \
-         crossing alone); docker = nginx in a namespace on a bridge behind Docker's iptables \
+         crossing alone); macvlan = nginx in a namespace behind a macvlan slave of the uplink \
+         on the client's subnet, reached directly, no NAT, no program (the macvlan crossing \
+         alone); docker = nginx in a namespace on a bridge behind Docker's iptables \
          DNAT/MASQUERADE/filter rules; docker-engine = Debian's dockerd 20.10 (own namespaces, \
          overlay2, cgroupfs) running `docker run -p 8080:80` of an image imported from the host's \
          nginx, docroot bind-mounted, its docker-proxy running as by default; docker-engine-ferry = the same dockerd, image and \
@@ -376,13 +453,11 @@ pub fn publish(args: &BenchArgs, out_dir: &Path) -> anyhow::Result<Section> {
          Connection: close.",
         args.reps, args.seconds
     );
-    run_targets(
-        "publish-http",
-        method,
-        &targets,
-        &["host", "docker-engine", "veth-routed"],
-        args,
-    )
+    let baselines: Vec<&'static str> = ["host", "docker-engine", "veth-routed"]
+        .into_iter()
+        .filter(|b| targets.iter().any(|t| t.name == *b))
+        .collect();
+    run_targets("publish-http", method, &targets, &baselines, args)
 }
 
 /// The demo's short side-by-side: nginx through the host network, ferry

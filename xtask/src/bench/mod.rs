@@ -42,6 +42,10 @@ pub struct BenchArgs {
     /// Rounds of the interleaved variants.
     #[arg(long, default_value_t = 3)]
     pub reps: u32,
+    /// publish-http: only these variants (comma-separated names, e.g.
+    /// host,ferry,ferry-macvlan,veth-routed); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub variants: Vec<String>,
     /// Round trips per latency sample.
     #[arg(long, default_value_t = 20_000)]
     pub rr_count: u32,
