@@ -19,6 +19,14 @@ fn fails(world: &World, args: &[&str], says: &str) {
     assert!(err.contains(says), "{args:?}: {says:?} missing from: {err}");
 }
 
+/// `ferry network create -d macvlan -o parent=uplink0 <flags> mv`.
+fn create_mv(world: &World, flags: &[&str]) {
+    let mut args = vec!["network", "create", "-d", "macvlan", "-o", "parent=uplink0"];
+    args.extend_from_slice(flags);
+    args.push("mv");
+    world.ferry_ok(&args);
+}
+
 fn reaches(from: &std::path::Path, to: &str) -> bool {
     ping(from, to, 1, &[])
 }
@@ -115,17 +123,7 @@ fn macvlan_networks_are_checked_and_leave_nothing_behind() {
     assert_eq!(world.footprint(), before, "failures left something behind");
     assert!(egress_filters(&world).is_empty());
 
-    world.ferry_ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=uplink0",
-        "--subnet",
-        "10.93.0.0/24",
-        "mv",
-    ]);
+    create_mv(&world, &["--subnet", "10.93.0.0/24"]);
     let out = world.ferry_ok(&["network", "inspect", "mv"]);
     let nets: Vec<Value> = serde_json::from_str(&out).expect("network JSON");
     assert_eq!(nets[0]["Driver"], "macvlan");
@@ -169,15 +167,7 @@ fn macvlan_networks_are_checked_and_leave_nothing_behind() {
 #[test]
 fn macvlan_containers_have_what_bridge_containers_have() {
     let world = World::new();
-    world.ferry_ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "-o",
-        "parent=uplink0",
-        "mv",
-    ]);
+    create_mv(&world, &[]);
     let web = responder(&world, "web", "mv", &["8080:80"]);
     let peer = world.run_with("peer", &["--network", "mv"], &["sleep", "infinity"]);
     let other = world.run("other", &["sleep", "infinity"]);
