@@ -307,3 +307,35 @@ fn a_restart_clears_what_a_crash_left_behind() {
         "the adopted container stopped answering"
     );
 }
+
+#[test]
+fn a_restart_publishes_endpoints_again_into_a_map_made_anew() {
+    let mut world = World::new();
+    let web = world.run_with(
+        "web",
+        &["-p", "8080:80"],
+        &["busybox", "httpd", "-f", "-p", "80", "-h", "/etc"],
+    );
+    let url = format!("http://{HOST_UPLINK_IP}:8080/hostname");
+    assert!(
+        wait_until(Duration::from_secs(5), || http_ok(&world, &url)),
+        "the published port never answered"
+    );
+    world.stop_ferryd();
+    // What a build whose `Endpoint` has another layout does to the pinned
+    // map: a new, empty one.
+    std::fs::remove_file(world.pin_dir.join("endpoints")).expect("unpin endpoints");
+    world.start_ferryd();
+    assert!(
+        wait_until(Duration::from_secs(5), || http_ok(&world, &url)),
+        "the restart did not publish the container again"
+    );
+    // Published once, in the new map, with its counters counting.
+    let datapath = world.datapath();
+    assert_eq!(
+        ferry_integration::map_of(&datapath, "endpoints")["Entries"],
+        1
+    );
+    let stats = world.stats(&web.name);
+    assert!(stats["RxPackets"].as_u64().unwrap_or(0) > 0, "{stats}");
+}

@@ -614,10 +614,29 @@ impl Agent {
     }
 
     /// Re-attaches an endpoint recorded by an earlier ferryd to this one's
-    /// programs and holds its address.
+    /// programs, holds its address, and publishes it to the datapath
+    /// again: in place (same counters) when the pinned map still holds
+    /// it, anew when this build made the map anew (another layout).
     pub fn adopt(&mut self, owner: &str, net: &NetworkRecord) {
         if let Err(e) = self.networks.reserve(&net.network, net.ip) {
             warn!(%owner, %e, "address conflict while adopting");
+        }
+        match self.networks.find(&net.network) {
+            Ok(def) => {
+                let endpoint = Endpoint {
+                    ifindex: net.host_ifindex,
+                    net_id: def.net_id,
+                    mac: net.mac,
+                    host_mac: net.host_mac,
+                    // Kept or given by the datapath.
+                    stats: 0,
+                    flags: if net.macvlan { EP_MACVLAN } else { 0 },
+                };
+                if let Err(e) = self.datapath.add_endpoint(net.ip, endpoint) {
+                    warn!(%owner, %e, "cannot publish the endpoint again");
+                }
+            }
+            Err(e) => warn!(%owner, %e, "an adopted endpoint's network is gone"),
         }
         // A macvlan endpoint's parent is served once for all its endpoints.
         if !net.macvlan
