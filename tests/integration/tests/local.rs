@@ -215,19 +215,21 @@ out.append("tcp peer %s:%d %s" % (p[0], p[1], t.recv(100).decode().strip()))
 print("\n".join(out))
 "#;
     for addr in ["127.0.0.1", HOST_UPLINK_IP] {
-        let mut got = String::new();
+        let (mut got, mut err) = (String::new(), String::new());
         // One try takes up to 3 s while the echo is not yet listening (a
         // lost datagram waits out its timeout): room for several.
         let ok = wait_until(Duration::from_secs(15), || {
-            let out = output(
-                world
-                    .in_host("python3", &["-c", script, addr, &direct])
-                    .stderr(Stdio::null()),
-            );
+            let out = output(&mut world.in_host("python3", &["-c", script, addr, &direct]));
             got = String::from_utf8_lossy(&out.stdout).into_owned();
+            err = String::from_utf8_lossy(&out.stderr).into_owned();
             out.status.success()
         });
-        assert!(ok, "no answers via {addr}: {got:?}\n{}", world.ferryd_log());
+        assert!(
+            ok,
+            "no answers via {addr}: {got:?} {err}\n{}\n{}",
+            world.ferry_ok(&["datapath"]),
+            world.ferryd_log()
+        );
         assert_eq!(
             got,
             format!(
