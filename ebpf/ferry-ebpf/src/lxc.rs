@@ -101,22 +101,11 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
     let me = sender(ctx, eth, &src)?;
     count_tx(me, ctx.len());
 
-    let policy = network_flags(me.net_id);
-    // SAFETY: as in `sender`.
-    let Some(peer) = (unsafe { endpoints.get(dst) }) else {
-        // An internal network's containers reach only each other.
-        if policy & NET_INTERNAL != 0 {
-            return Err(DropReason::PolicyDenied);
-        }
-        // SAFETY: as in `sender`.
-        if unsafe { host_addrs.get(dst) }.is_some() {
-            return Ok(TC_ACT_OK);
-        }
-        return to_outside(ctx, ip, &src, &dst, me, Exit::VETH);
+    let peer = match destination(me, &dst)? {
+        Dest::Peer(peer) => peer,
+        Dest::Host => return Ok(TC_ACT_OK),
+        Dest::Outside => return to_outside(ctx, ip, &src, &dst, me, Exit::VETH),
     };
-    if peer.net_id != me.net_id || policy & NET_NO_ICC != 0 {
-        return Err(DropReason::PolicyDenied);
-    }
     // Make the frame look as if the peer's gateway had sent it.
     // SAFETY: Ethernet header bounds checked by the caller.
     unsafe {
@@ -132,11 +121,47 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
     Ok(TC_ACT_REDIRECT)
 }
 
+/// Where a validated packet from container `me` to `dst` may go.
+pub enum Dest {
+    /// A local container of its network.
+    Peer(&'static Endpoint),
+    /// One of the host's addresses.
+    Host,
+    /// Anything else: published-port replies and masquerade.
+    Outside,
+}
+
+/// The network policy, one place for every kind of endpoint: another
+/// network's containers, a peer where icc is off, and anything outside an
+/// internal network are `policy_denied`. A network has one driver (and a
+/// macvlan network one parent), so a peer is wired like the sender.
+#[inline(always)]
+pub fn destination(me: &Endpoint, dst: &Ipv4Key) -> Result<Dest, DropReason> {
+    let policy = network_flags(me.net_id);
+    // SAFETY: hash map values are valid for the program run (RCU); ferryd
+    // only replaces endpoints whole.
+    if let Some(peer) = unsafe { endpoints.get(dst) } {
+        if peer.net_id != me.net_id || policy & NET_NO_ICC != 0 {
+            return Err(DropReason::PolicyDenied);
+        }
+        return Ok(Dest::Peer(peer));
+    }
+    // An internal network's containers reach only each other.
+    if policy & NET_INTERNAL != 0 {
+        return Err(DropReason::PolicyDenied);
+    }
+    // SAFETY: as above; only presence is checked.
+    if unsafe { host_addrs.get(dst) }.is_some() {
+        return Ok(Dest::Host);
+    }
+    Ok(Dest::Outside)
+}
+
 /// The `NET_*` policy bits of a network. The default network (`net_id`
 /// 0) never has an entry (ferryd numbers user-defined networks from 1), so
 /// its packets, most of them, skip the lookup.
 #[inline(always)]
-pub fn network_flags(net_id: u32) -> u32 {
+fn network_flags(net_id: u32) -> u32 {
     if net_id == 0 {
         return 0;
     }

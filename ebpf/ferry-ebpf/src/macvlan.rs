@@ -13,13 +13,13 @@
 //! source MAC: the uplink's own MAC is the host's, any other a slave's.
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use ferry_common::{DropReason, EP_MACVLAN, Endpoint, Ipv4Key, NET_INTERNAL, NET_NO_ICC};
+use ferry_common::{DropReason, EP_MACVLAN, Endpoint, Ipv4Key};
 
 use crate::{
     counters::{count_rx, count_tx, tc_verdict},
     csum::set_macs,
-    lxc::{Exit, network_flags, to_outside},
-    maps::{endpoints, host_addrs, macvlan_parents},
+    lxc::{Dest, Exit, destination, to_outside},
+    maps::{endpoints, macvlan_parents},
     nat::Way,
     parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, mac_eq, ptr_at, pull},
     uplink::reinject,
@@ -126,27 +126,16 @@ fn from_slave(
     me: &Endpoint,
     exit: Exit,
 ) -> Result<i32, DropReason> {
-    let policy = network_flags(me.net_id);
-    // SAFETY: hash map values are valid for the program run; copied out.
-    if let Some(peer) = (unsafe { endpoints.get(dst) }).copied() {
-        // A network has one driver, so a peer on it is a macvlan slave of
-        // this uplink too.
-        if peer.net_id != me.net_id || policy & NET_NO_ICC != 0 || peer.flags & EP_MACVLAN == 0 {
-            return Err(DropReason::PolicyDenied);
+    match destination(me, dst)? {
+        Dest::Peer(peer) => to_slave(ctx, peer),
+        Dest::Host => {
+            // To the host: its own ingress, addressed to the uplink's MAC
+            // (the container's gateway entry says so already).
+            set_macs(ctx, &me.host_mac, &me.mac)?;
+            reinject(ctx, me.ifindex, false)
         }
-        return to_slave(ctx, &peer);
+        Dest::Outside => to_outside(ctx, ip, src, dst, me, exit),
     }
-    if policy & NET_INTERNAL != 0 {
-        return Err(DropReason::PolicyDenied);
-    }
-    // SAFETY: hash map values are valid for the program run.
-    if unsafe { host_addrs.get(dst) }.is_some() {
-        // To the host: its own ingress, addressed to the uplink's MAC (the
-        // container's gateway entry says so already).
-        set_macs(ctx, &me.host_mac, &me.mac)?;
-        return reinject(ctx, me.ifindex, false);
-    }
-    to_outside(ctx, ip, src, dst, me, exit)
 }
 
 /// Into macvlan container `peer` through the ingress of its parent, as if
