@@ -15,7 +15,7 @@ use std::{
 };
 
 use ferry_common::{EP_MACVLAN, Endpoint, GATEWAY_V4, NETNS_CONTAINER, PortKey, PortTarget};
-use tracing::warn;
+use tracing::{info, warn};
 
 mod record;
 
@@ -213,6 +213,26 @@ impl Agent {
             .map_err(AgentError::internal)
     }
 
+    /// Serves every macvlan network's parent (at start). A parent that is
+    /// gone or no uplink any more leaves its networks' containers
+    /// unreachable, not ferryd unable to start.
+    pub async fn serve_parents(&mut self) {
+        for parent in self.parents() {
+            match self.serve_parent(&parent).await {
+                Ok(()) => info!(%parent, "macvlan networks served on this uplink"),
+                Err(e) => warn!(%parent, %e, "cannot serve this uplink's macvlan networks"),
+            }
+        }
+    }
+
+    /// The uplinks macvlan networks have as their parent.
+    fn parents(&self) -> std::collections::BTreeSet<String> {
+        self.networks
+            .list()
+            .filter_map(|d| d.parent.clone())
+            .collect()
+    }
+
     /// The address macvlan containers of uplink `index` are masqueraded
     /// to: its primary IPv4 address.
     async fn parent_address(&self, index: u32) -> Result<Option<Ipv4Addr>, AgentError> {
@@ -224,17 +244,16 @@ impl Agent {
         Ok(addrs.into_iter().find(|a| !a.is_loopback()))
     }
 
-    /// Follows the macvlan parents' addresses (after an address event).
+    /// Follows the served macvlan parents' addresses (after an address
+    /// event).
     async fn refresh_parents(&mut self) -> Result<(), AgentError> {
-        let parents: std::collections::BTreeSet<String> = self
-            .networks
-            .list()
-            .filter_map(|d| d.parent.clone())
-            .collect();
-        for parent in parents {
+        for parent in self.parents() {
             let Ok((index, mac)) = self.parent_link(&parent).await else {
                 continue;
             };
+            if !self.uplinks.contains(&parent) {
+                continue;
+            }
             let addr = self.parent_address(index).await?;
             self.datapath
                 .set_macvlan_parent(index, mac, addr)
@@ -270,10 +289,7 @@ impl Agent {
             warn!(network = %def.name, %e, "cannot remove the network's policy");
         }
         if let Some(parent) = &def.parent
-            && !self
-                .networks
-                .list()
-                .any(|d| d.parent.as_ref() == Some(parent))
+            && !self.parents().contains(parent)
         {
             let detached = match self.netlink.index_of(parent).await {
                 Ok(Some(index)) => self

@@ -311,20 +311,7 @@ impl Daemon {
             inner.agent.datapath.attach_uplink(&uplink, xdp)?;
             info!(%uplink, xdp_prefilter = xdp, "published ports served on this uplink");
         }
-        let parents: std::collections::BTreeSet<String> = inner
-            .agent
-            .networks
-            .list()
-            .filter_map(|d| d.parent.clone())
-            .collect();
-        for parent in parents {
-            // A parent that is gone or no uplink any more leaves its
-            // networks' containers unreachable, not ferryd unable to start.
-            match inner.agent.serve_parent(&parent).await {
-                Ok(()) => info!(%parent, "macvlan networks served on this uplink"),
-                Err(e) => warn!(%parent, %e, "cannot serve this uplink's macvlan networks"),
-            }
-        }
+        inner.agent.serve_parents().await;
         inner.agent.datapath.attach_loopback()?;
         netns::loopback_hairpin(true)
             .map_err(|e| anyhow::anyhow!("cannot set up lo for published ports: {e}"))?;
