@@ -46,6 +46,11 @@ const PACKAGES: &[&str] = &[
     "skopeo",
     // htpasswd: the bcrypt password file of a registry that wants a login.
     "apache2-utils",
+    // The cluster store of `ferryd --cluster` and its tests (etcdctl for
+    // their health checks); protoc builds the etcd client's protocol.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

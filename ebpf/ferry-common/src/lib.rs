@@ -122,6 +122,34 @@ const _: () = assert!(size_of::<MacvlanParent>() == 12);
 /// Capacity of the macvlan parent map.
 pub const MAX_MACVLAN_PARENTS: u32 = 64;
 
+/// `RemoteNode::kind`: the entry is a cluster member's block of container
+/// addresses.
+pub const REMOTE_BLOCK: u8 = 1;
+/// `RemoteNode::kind`: the entry is a cluster member's own (underlay)
+/// address.
+pub const REMOTE_NODE: u8 = 2;
+
+/// Where another member of the cluster is reached (`remotes` map, an LPM
+/// trie by address prefix: each member's block and its own address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RemoteNode {
+    /// The member's underlay address (network order): the next hop.
+    pub underlay: [u8; 4],
+    /// The MAC the member sends from: packets from its block or address
+    /// are accepted from this MAC only.
+    pub mac: [u8; 6],
+    /// `REMOTE_BLOCK` or `REMOTE_NODE`.
+    pub kind: u8,
+    pub pad: u8,
+    /// The uplink the member is reached through.
+    pub ifindex: u32,
+}
+const _: () = assert!(size_of::<RemoteNode>() == 16);
+
+/// Capacity of the `remotes` map: two entries per member.
+pub const MAX_REMOTES: u32 = 2048;
+
 /// Traffic counters of a container (`ep_stats`, at `Endpoint::stats`) or of a published port
 /// (`port_stats`), per CPU (userspace sums the CPUs). `tx` is what the
 /// container sent, `rx` what was delivered to it.
@@ -462,6 +490,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::MacvlanParent {}
+    unsafe impl aya::Pod for super::RemoteNode {}
     unsafe impl aya::Pod for super::EndpointStats {}
 }
 

@@ -16,10 +16,11 @@ use aya_ebpf::{
 };
 use ferry_common::{
     CT_DNAT_REPLY, CT_SNAT, CT_SNAT_REPLY, CtEntry, CtKey, DropReason, Endpoint, FragKey,
-    IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC,
+    IPPROTO_ICMP, Ipv4Key, NET_INTERNAL, NET_NO_ICC, REMOTE_BLOCK, RemoteNode,
 };
 
 use crate::{
+    cluster::{remote_of, to_member},
     counters::{Way, count_port, count_rx, count_tx, tc_verdict},
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, ttl_dec},
     ct, frag,
@@ -104,6 +105,7 @@ fn ipv4_from_container(ctx: &TcContext, eth: *mut EthHdr) -> Result<i32, DropRea
     let peer = match destination(me, &dst)? {
         Dest::Peer(peer) => peer,
         Dest::Host => return Ok(TC_ACT_OK),
+        Dest::Remote(node) => return to_member(ctx, &node, 0),
         Dest::Outside => return to_outside(ctx, ip, &src, &dst, me, Exit::VETH),
     };
     // Make the frame look as if the peer's gateway had sent it.
@@ -127,6 +129,9 @@ pub enum Dest {
     Peer(&'static Endpoint),
     /// One of the host's addresses.
     Host,
+    /// A container of the default network on another member of the
+    /// cluster, or that member itself: routed to it as is.
+    Remote(RemoteNode),
     /// Anything else: published-port replies and masquerade.
     Outside,
 }
@@ -134,7 +139,10 @@ pub enum Dest {
 /// The network policy, one place for every kind of endpoint: another
 /// network's containers, a peer where icc is off, and anything outside an
 /// internal network are `policy_denied`. A network has one driver (and a
-/// macvlan network one parent), so a peer is wired like the sender.
+/// macvlan network one parent), so a peer is wired like the sender. The
+/// default network spans the cluster: its containers reach the others'
+/// blocks and hosts unchanged; a user-defined network's containers reach
+/// no other block, and other hosts only masqueraded, as anything outside.
 #[inline(always)]
 pub fn destination(me: &Endpoint, dst: &Ipv4Key) -> Result<Dest, DropReason> {
     let policy = network_flags(me.net_id);
@@ -153,6 +161,14 @@ pub fn destination(me: &Endpoint, dst: &Ipv4Key) -> Result<Dest, DropReason> {
     // SAFETY: as above; only presence is checked.
     if unsafe { host_addrs.get(dst) }.is_some() {
         return Ok(Dest::Host);
+    }
+    if let Some(node) = remote_of(dst.ip) {
+        if me.net_id == 0 {
+            return Ok(Dest::Remote(node));
+        }
+        if node.kind == REMOTE_BLOCK {
+            return Err(DropReason::PolicyDenied);
+        }
     }
     Ok(Dest::Outside)
 }

@@ -16,6 +16,7 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use ferry_common::{DropReason, EP_MACVLAN, Endpoint, Ipv4Key};
 
 use crate::{
+    cluster::to_member,
     counters::{count_rx, count_tx, tc_verdict},
     csum::set_macs,
     lxc::{Dest, Exit, destination, to_outside},
@@ -134,6 +135,7 @@ fn from_slave(
             set_macs(ctx, &me.host_mac, &me.mac)?;
             reinject(ctx, me.ifindex, false)
         }
+        Dest::Remote(node) => to_member(ctx, &node, exit.leaving),
         Dest::Outside => to_outside(ctx, ip, src, dst, me, exit),
     }
 }

@@ -2,12 +2,14 @@
 //! veth of each container; `uplink`: the host's outside interfaces;
 //! `macvlan`: the egress of uplinks that are macvlan parents; `local`: the
 //! host's loopback; `xdp`: the uplinks' early prefilter; `sock`: cgroup socket hooks) and one
-//! per subsystem (`parse`, `csum`, `ct`, `nat`, `frag`, `counters`), all maps in `maps`.
+//! per subsystem (`parse`, `csum`, `ct`, `nat`, `frag`, `counters`, `cluster`), all maps in `maps`.
 //!
 //! Built for `bpfel-unknown-none` by `userspace/ferry-net/build.rs`; on any other
 //! target this crate is an empty binary so workspace-wide tooling still works.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod cluster;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]

@@ -8,14 +8,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SkStorage},
     macros::btf_map,
 };
 use ferry_common::{
     CT_STATS, CtEntry, CtKey, DropReason, Endpoint, EndpointStats, FragKey, Ipv4Key, MAX_CT,
     MAX_CT_NEW, MAX_ENDPOINTS, MAX_FRAGS, MAX_HOST_ADDRS, MAX_MACVLAN_PARENTS, MAX_NETNS,
-    MAX_NETWORKS, MAX_PORTMAPS, MAX_SOCK_REVNAT, MacvlanParent, NetPolicy, PortKey, PortTarget,
-    SockPeer, SockRevKey,
+    MAX_NETWORKS, MAX_PORTMAPS, MAX_REMOTES, MAX_SOCK_REVNAT, MacvlanParent, NetPolicy, PortKey,
+    PortTarget, RemoteNode, SockPeer, SockRevKey,
 };
 
 /// Traffic of each published port that crossed the uplink, by its
@@ -42,6 +42,13 @@ pub static endpoints: HashMap<Ipv4Key, Endpoint, { MAX_ENDPOINTS as usize }> = H
 #[btf_map]
 pub static macvlan_parents: HashMap<u32, MacvlanParent, { MAX_MACVLAN_PARENTS as usize }> =
     HashMap::new();
+
+/// The other members of the cluster: each one's block of container
+/// addresses and its own address, by longest prefix. Written by ferryd
+/// only, from the cluster's view; empty on a single host, where a lookup
+/// costs next to nothing.
+#[btf_map]
+pub static remotes: LpmTrie<[u8; 4], RemoteNode, { MAX_REMOTES as usize }> = LpmTrie::new();
 
 /// Policy of each user-defined network by `Endpoint::net_id` (`NET_*`
 /// bits). Written by ferryd only.

@@ -72,16 +72,24 @@ pub fn route(ctx: &TcContext, key: &CtKey, flags: u32) -> Result<FibParams, Drop
 /// resolves the next hop's MAC.
 #[inline(always)]
 pub fn send(fib: &FibParams) -> Result<i32, DropReason> {
+    // SAFETY: reading the IPv4 member the FIB lookup wrote.
+    let next_hop = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    redirect_neigh(fib.ifindex, next_hop.to_ne_bytes())
+}
+
+/// Sends the packet out of `ifindex` to the IPv4 next hop `next_hop`
+/// (network order); the kernel resolves its MAC.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32, next_hop: [u8; 4]) -> Result<i32, DropReason> {
     let mut nh = bpf_redir_neigh {
         nh_family: u32::from(AF_INET),
         // SAFETY: an all-zero union is valid; the IPv4 member is set next.
         __bindgen_anon_1: unsafe { core::mem::zeroed() },
     };
-    // SAFETY: reading the IPv4 member the FIB lookup wrote.
-    nh.__bindgen_anon_1.ipv4_nh = unsafe { fib.__bindgen_anon_4.ipv4_dst };
+    nh.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(next_hop);
     // SAFETY: `nh` is a valid bpf_redir_neigh of the given size.
     let rc =
-        unsafe { bpf_redirect_neigh(fib.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
+        unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) };
     if rc != i64::from(TC_ACT_REDIRECT) {
         return Err(DropReason::RedirectFailed);
     }

@@ -12,6 +12,7 @@ use ferry_common::{
 };
 
 use crate::{
+    cluster::from_member,
     counters::{Way, count_port, count_rx, tc_verdict},
     csum::{Side, Ttl, rewrite_addr, rewrite_icmp_error, rewrite_v4, set_macs, ttl_dec},
     ct, frag,
@@ -46,7 +47,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     // SAFETY: hash map values are valid for the program run; only presence
     // is checked.
     if unsafe { host_addrs.get(Ipv4Key { ip: daddr }) }.is_none() {
-        return not_for_host(ctx, daddr);
+        return not_for_host(ctx, eth, saddr, daddr);
     }
     if let Some(fragment) = later_fragment_of(ip) {
         return later_fragment_in(ctx, &fragment);
@@ -92,15 +93,29 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, DropReason> {
     deliver(ctx, &l4, saddr, daddr, &endpoint, target.ip, target.port)
 }
 
-/// A packet for an address that is not the host's. One for a macvlan
-/// container passes (to macvlan's receive handler, which delivers it by
-/// MAC) only if `uplink_egress` re-injected it, from the host or another
-/// container: from outside, containers are reached through published ports
-/// only. Everything else passes to the host stack, which does not forward
-/// it; a macvlan container's own address costs the one endpoint lookup.
+/// A packet for an address that is not the host's. One for a container of
+/// the default network from another member of the cluster (its block or
+/// its own address, from its MAC) goes into the container as is. One for
+/// a macvlan container passes (to macvlan's receive handler, which
+/// delivers it by MAC) only if `uplink_egress` re-injected it, from the
+/// host or another container: from outside, containers are reached through
+/// published ports only. Everything else passes to the host stack, which
+/// does not forward it; a container's own address costs the one endpoint
+/// lookup.
 #[inline(always)]
-fn not_for_host(ctx: &TcContext, daddr: [u8; 4]) -> Result<i32, DropReason> {
-    if endpoint_of(daddr).is_none_or(|ep| ep.flags & EP_MACVLAN == 0) {
+fn not_for_host(
+    ctx: &TcContext,
+    eth: *const EthHdr,
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+) -> Result<i32, DropReason> {
+    let Some(endpoint) = endpoint_of(daddr) else {
+        return Ok(TC_ACT_OK);
+    };
+    if endpoint.flags & EP_MACVLAN == 0 {
+        if endpoint.net_id == 0 && from_member(eth, saddr) {
+            return into_container(ctx, &endpoint);
+        }
         return Ok(TC_ACT_OK);
     }
     // SAFETY: the program runs on an skb.

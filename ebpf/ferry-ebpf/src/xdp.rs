@@ -9,6 +9,7 @@ use aya_ebpf::{
 use ferry_common::{DropReason, Ipv4Key};
 
 use crate::{
+    cluster::from_member,
     counters::count_drop,
     maps::endpoints,
     parse::{ETH_HLEN, ETH_P_IP, EthHdr, IPV4_MIN_HLEN, Ipv4Hdr, ptr_at},
@@ -21,7 +22,9 @@ use crate::{
 /// malformed IPv4 (version, IHL, total length beyond the frame), packets
 /// with a container's address as source (spoofed: containers are never
 /// outside) or as destination (containers are reached only through
-/// published ports and masquerade, both addressed to the host); `XDP_PASS`
+/// published ports and masquerade, both addressed to the host), unless it
+/// comes from another member of the cluster (its block or own address,
+/// from its MAC); `XDP_PASS`
 /// for everything else, untouched.
 #[xdp]
 pub fn xdp_prefilter(ctx: XdpContext) -> u32 {
@@ -61,8 +64,9 @@ fn try_prefilter(ctx: &XdpContext) -> Result<u32, DropReason> {
     if unsafe { endpoints.get(Ipv4Key { ip: src }) }.is_some() {
         return Err(DropReason::OutsideSpoofed);
     }
-    // SAFETY: as above.
-    if unsafe { endpoints.get(Ipv4Key { ip: dst }) }.is_some() {
+    // SAFETY: as above. Other members of the cluster reach containers
+    // directly (tc ingress delivers them).
+    if unsafe { endpoints.get(Ipv4Key { ip: dst }) }.is_some() && !from_member(eth, src) {
         return Err(DropReason::OutsideToContainer);
     }
     Ok(XDP_PASS)

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod cluster;
 pub mod cni;
 pub mod docker;
 mod footprint;
@@ -150,40 +151,43 @@ impl World {
     /// ferryd's flags for this world.
     pub fn ferryd_args(&self) -> Vec<String> {
         let d = |p: &str| self.dir.join(p).display().to_string();
-        vec![
-            "--subnet".into(),
-            self.subnet.clone(),
-            "--state-dir".into(),
-            d("state"),
-            "--run-dir".into(),
-            d("run"),
-            "--pin-dir".into(),
-            self.pin_dir.display().to_string(),
-            "--socket".into(),
-            self.socket.display().to_string(),
-            // Always explicit: a world never relies on default-route detection.
-            "--uplink".into(),
-            "uplink0".into(),
-            "--cgroup".into(),
-            self.cgroup.display().to_string(),
-            // Containers' cgroups under a parent of the world's own name.
-            "--cgroup-parent".into(),
-            self.name.clone(),
-            // Never the machine's /run/docker/plugins: worlds run side by side.
-            "--docker-plugin".into(),
-            d("plugins/ferry.sock"),
-        ]
-        .into_iter()
-        // The uplink is a veth, where `auto` leaves XDP off: tests want
-        // the prefilter unless they say otherwise.
-        .chain(
-            (!self.extra_args.iter().any(|a| a == "--xdp-prefilter"))
-                .then(|| ["--xdp-prefilter".to_owned(), "on".to_owned()])
-                .into_iter()
-                .flatten(),
-        )
-        .chain(self.extra_args.iter().cloned())
-        .collect()
+        // In a cluster the subnet is the block the node claims.
+        let clustered = self.extra_args.iter().any(|a| a == "--cluster");
+        (!clustered)
+            .then(|| ["--subnet".to_owned(), self.subnet.clone()])
+            .into_iter()
+            .flatten()
+            .chain([
+                "--state-dir".into(),
+                d("state"),
+                "--run-dir".into(),
+                d("run"),
+                "--pin-dir".into(),
+                self.pin_dir.display().to_string(),
+                "--socket".into(),
+                self.socket.display().to_string(),
+                // Always explicit: a world never relies on default-route detection.
+                "--uplink".into(),
+                "uplink0".into(),
+                "--cgroup".into(),
+                self.cgroup.display().to_string(),
+                // Containers' cgroups under a parent of the world's own name.
+                "--cgroup-parent".into(),
+                self.name.clone(),
+                // Never the machine's /run/docker/plugins: worlds run side by side.
+                "--docker-plugin".into(),
+                d("plugins/ferry.sock"),
+            ])
+            // The uplink is a veth, where `auto` leaves XDP off: tests want
+            // the prefilter unless they say otherwise.
+            .chain(
+                (!self.extra_args.iter().any(|a| a == "--xdp-prefilter"))
+                    .then(|| ["--xdp-prefilter".to_owned(), "on".to_owned()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(self.extra_args.iter().cloned())
+            .collect()
     }
 
     /// A `ferryd` command in the host namespace with this world's flags.

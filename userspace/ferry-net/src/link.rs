@@ -377,6 +377,16 @@ impl Netlink {
     /// The IPv4 addresses of interface `index` (all interfaces: `None`),
     /// primary first.
     pub async fn ipv4_addresses_of(&self, index: Option<u32>) -> Result<Vec<Ipv4Addr>, LinkError> {
+        let nets = self.ipv4_networks_of(index).await?;
+        Ok(nets.iter().map(ipnet::Ipv4Net::addr).collect())
+    }
+
+    /// Like [`Netlink::ipv4_addresses_of`], with each address's prefix
+    /// length: the subnets the interface is connected to.
+    pub async fn ipv4_networks_of(
+        &self,
+        index: Option<u32>,
+    ) -> Result<Vec<ipnet::Ipv4Net>, LinkError> {
         let mut request = self.handle.address().get();
         if let Some(index) = index {
             request = request.set_link_index_filter(index);
@@ -388,16 +398,50 @@ impl Netlink {
             .await
             .map_err(Self::fail("list addresses", "all"))?
         {
+            let len = msg.header.prefix_len;
             for attr in msg.attributes {
                 if let AddressAttribute::Local(IpAddr::V4(a))
                 | AddressAttribute::Address(IpAddr::V4(a)) = attr
-                    && !out.contains(&a)
+                    && let Ok(net) = ipnet::Ipv4Net::new(a, len)
+                    && !out.iter().any(|n: &ipnet::Ipv4Net| n.addr() == a)
                 {
-                    out.push(a);
+                    out.push(net);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// `ip route replace <net> via <gateway> dev <index>`.
+    pub async fn replace_route_via(
+        &self,
+        net: ipnet::Ipv4Net,
+        gateway: Ipv4Addr,
+        index: u32,
+    ) -> Result<(), LinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::fail("replace route", net))
+    }
+
+    /// Deletes the main table's route to `net`. Missing is fine.
+    pub async fn delete_route(&self, net: ipnet::Ipv4Net) -> Result<(), LinkError> {
+        let route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .build();
+        match self.handle.route().del(route).execute().await {
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => Ok(()),
+            other => other.map_err(Self::fail("delete route", net)),
+        }
     }
 
     /// `ip route add default via <gateway> dev <index> onlink`.

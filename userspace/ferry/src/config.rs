@@ -56,6 +56,62 @@ pub struct Config {
     pub insecure_registries: Vec<String>,
     /// `--userns-remap`: `default` or `USER[:GROUP]`.
     pub userns_remap: Option<String>,
+    /// `--cluster`: membership of a cluster kept in etcd (`None`: this
+    /// host alone).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Default pool of container addresses of a cluster, and each node's
+/// share of it.
+pub const DEFAULT_CLUSTER_POOL: &str = "10.88.0.0/14";
+pub const DEFAULT_CLUSTER_BLOCK: u8 = 24;
+
+/// How this ferryd takes part in a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// etcd's client URLs.
+    pub endpoints: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    pub pool: Ipv4Net,
+    pub block_len: u8,
+    pub lease_ttl: std::time::Duration,
+    /// The underlay address others reach this node at (`None`: the first
+    /// uplink's first IPv4 address).
+    pub address: Option<Ipv4Addr>,
+}
+
+/// `--cluster`: `etcd://HOST:PORT[,HOST:PORT...]`, or the path of a file
+/// holding that (one line; `#` comments).
+pub fn parse_cluster(value: &str) -> Result<Vec<String>, String> {
+    let text = if value.starts_with('/') || value.starts_with('.') {
+        let text = std::fs::read_to_string(value)
+            .map_err(|e| format!("cannot read the cluster file {value}: {e}"))?;
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or_default().trim())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(",")
+    } else {
+        value.to_owned()
+    };
+    let Some(list) = text.strip_prefix("etcd://") else {
+        return Err(format!(
+            "{text:?} is not etcd://HOST:PORT[,HOST:PORT...] (nor a file holding that)"
+        ));
+    };
+    let mut endpoints = Vec::new();
+    for member in list.split(',').map(str::trim) {
+        let member = member.strip_prefix("etcd://").unwrap_or(member);
+        let port_ok = member
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("etcd member {member:?} is not HOST:PORT"));
+        }
+        endpoints.push(format!("http://{member}"));
+    }
+    Ok(endpoints)
 }
 
 /// `--xdp-prefilter`: XDP on veth and virtio_net uplinks costs their GRO
@@ -135,6 +191,21 @@ mod tests {
             Ok("0.0.0.0:9100".to_owned())
         );
         assert!(parse_metrics_addr("reset").is_err());
+    }
+
+    #[test]
+    fn cluster_endpoints_parse() {
+        assert_eq!(
+            parse_cluster("etcd://10.0.0.1:2379,h2:2379"),
+            Ok(vec![
+                "http://10.0.0.1:2379".to_owned(),
+                "http://h2:2379".to_owned()
+            ])
+        );
+        assert!(parse_cluster("http://10.0.0.1:2379").is_err());
+        assert!(parse_cluster("etcd://10.0.0.1").is_err());
+        assert!(parse_cluster("etcd://10.0.0.1:2379,:2379").is_err());
+        assert!(parse_cluster("/no/such/cluster/file").is_err());
     }
 
     #[test]

@@ -17,8 +17,10 @@ use std::{
 use ferry_common::{EP_MACVLAN, Endpoint, GATEWAY_V4, NETNS_CONTAINER, PortKey, PortTarget};
 use tracing::{info, warn};
 
+mod cluster;
 mod record;
 
+pub use self::cluster::{Member, Underlay};
 pub use self::record::{HOST_VETH_PREFIX, Link, NetworkRecord, is_host_veth, macs_for, port_key};
 use crate::{
     datapath::{self, Datapath},

@@ -151,7 +151,7 @@ impl Datapath {
 
     /// What a failed insert into `name` means: the map is full, or the
     /// kernel's error.
-    fn insert_error(&self, name: &'static str, e: aya::maps::MapError) -> DatapathError {
+    pub(super) fn insert_error(&self, name: &'static str, e: aya::maps::MapError) -> DatapathError {
         match &e {
             aya::maps::MapError::SyscallError(s)
                 if s.io_error.raw_os_error() == Some(libc::E2BIG) =>

@@ -50,6 +50,8 @@ use tracing::{debug, info};
 
 mod entries;
 mod pins;
+mod remotes;
+pub use remotes::pinned_remote_blocks;
 
 pub(crate) use pins::lookup_batch;
 use pins::{count_keys, remove_changed_maps, remove_stale_pins, update_pinned_link};
@@ -73,7 +75,8 @@ pub const MAP_CT_STATS: &str = "ct_stats";
 pub const MAP_PORT_STATS: &str = "port_stats";
 pub const MAP_NETWORKS: &str = "networks";
 pub const MAP_MACVLAN_PARENTS: &str = "macvlan_parents";
-const MAPS: [&str; 16] = [
+pub const MAP_REMOTES: &str = "remotes";
+const MAPS: [&str; 17] = [
     MAP_ENDPOINTS,
     MAP_EP_STATS,
     MAP_DROPS,
@@ -90,6 +93,7 @@ const MAPS: [&str; 16] = [
     MAP_PORT_STATS,
     MAP_NETWORKS,
     MAP_MACVLAN_PARENTS,
+    MAP_REMOTES,
 ];
 
 pub const PROG_FROM_CONTAINER: &str = "from_container";

@@ -209,6 +209,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/containers/{id}/attach", post(streams::attach))
         .route("/containers/{id}", delete(remove))
         .route("/datapath", get(datapath))
+        .route("/cluster", get(cluster))
         .route("/datapath/debug", post(datapath_debug))
         .route("/conntrack", get(conntrack).delete(conntrack_flush))
         .route("/networks", get(network_list))
@@ -294,6 +295,10 @@ async fn stats(
 
 async fn datapath(State(d): State<Arc<Daemon>>) -> Result<Json<DatapathJson>, ApiError> {
     Ok(Json(d.datapath_info().await?))
+}
+
+async fn cluster(State(d): State<Arc<Daemon>>) -> Result<Json<ClusterJson>, ApiError> {
+    Ok(Json(d.cluster_info().await?))
 }
 
 async fn conntrack(

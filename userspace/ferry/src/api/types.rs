@@ -512,6 +512,33 @@ pub struct WaitResponse {
     pub oom_killed: bool,
 }
 
+/// `GET /cluster`: this node and the other members as it sees them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ClusterJson {
+    pub node: String,
+    pub endpoints: Vec<String>,
+    /// Whether etcd answered the last call.
+    pub connected: bool,
+    pub error: Option<String>,
+    /// Seconds since etcd last answered.
+    pub last_contact_secs: Option<u64>,
+    /// This node first, then the others by name.
+    pub members: Vec<MemberJson>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct MemberJson {
+    pub name: String,
+    pub block: String,
+    pub address: String,
+    /// `self`, `native` (same segment: routed as is) or `unreachable`.
+    pub mode: String,
+    /// Seconds the member's lease has left, as etcd counts them.
+    pub lease_ttl: Option<i64>,
+}
+
 /// `GET /datapath`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

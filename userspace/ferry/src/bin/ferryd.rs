@@ -12,9 +12,32 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(version, about = "ferry daemon: containers on an eBPF datapath")]
 struct Args {
-    /// Subnet containers get their addresses from.
-    #[arg(long, default_value = config::DEFAULT_SUBNET)]
+    /// Subnet containers get their addresses from (in a cluster: the
+    /// block this node claims).
+    #[arg(long, default_value = config::DEFAULT_SUBNET, conflicts_with = "cluster")]
     subnet: String,
+    /// Join a cluster whose state etcd keeps: etcd://HOST:PORT[,HOST:PORT...]
+    /// or a file holding that. Containers of the default network on every
+    /// node then reach each other by their own addresses.
+    #[arg(long, env = "FERRY_CLUSTER", value_name = "etcd://HOST:PORT,...|FILE")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (default: the host name).
+    #[arg(long, requires = "cluster")]
+    node_name: Option<String>,
+    /// The cluster's pool of container addresses.
+    #[arg(long, default_value = config::DEFAULT_CLUSTER_POOL)]
+    cluster_pool: String,
+    /// Prefix length of the block each node claims from the pool.
+    #[arg(long, default_value_t = config::DEFAULT_CLUSTER_BLOCK, value_parser = clap::value_parser!(u8).range(8..=30))]
+    cluster_block: u8,
+    /// Seconds a node stays a member without renewing its lease: how soon
+    /// the others forget a dead node.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    cluster_lease_ttl: u64,
+    /// The address other nodes reach this one at (default: the first
+    /// uplink's first IPv4 address).
+    #[arg(long, requires = "cluster")]
+    cluster_address: Option<std::net::Ipv4Addr>,
     /// Persistent state (containers, logs).
     #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -194,6 +217,20 @@ fn run(args: Args) -> anyhow::Result<()> {
             ports: args.port_max,
         },
         xdp_prefilter: args.xdp_prefilter,
+        cluster: match &args.cluster {
+            Some(spec) => Some(config::ClusterConfig {
+                endpoints: config::parse_cluster(spec).map_err(anyhow::Error::msg)?,
+                node: match args.node_name {
+                    Some(name) => name,
+                    None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
+                },
+                pool: ferry::network::parse_subnet(&args.cluster_pool)?,
+                block_len: args.cluster_block,
+                lease_ttl: std::time::Duration::from_secs(args.cluster_lease_ttl),
+                address: args.cluster_address,
+            }),
+            None => None,
+        },
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {

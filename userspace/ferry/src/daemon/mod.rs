@@ -7,6 +7,7 @@
 //! network`, `observe` the counters, conntrack and metrics, `reset`
 //! `ferryd reset`.
 
+mod cluster;
 mod containers;
 mod control;
 mod docker;
@@ -112,6 +113,8 @@ pub struct Daemon {
     ct_pins: std::path::PathBuf,
     ct_timeouts: Timeouts,
     api: ApiCounters,
+    /// This node's membership of a cluster (`--cluster`).
+    cluster: Option<Arc<cluster::Cluster>>,
 }
 
 struct Inner {
@@ -263,10 +266,22 @@ fn random_id() -> Result<String, ApiError> {
 
 impl Daemon {
     async fn start(config: &Config) -> anyhow::Result<Arc<Self>> {
+        let netlink = Netlink::current()?;
+        let uplinks = uplinks(config, &netlink).await?;
+        // Before anything is pinned: a node that cannot join leaves nothing.
+        let cluster = match &config.cluster {
+            Some(c) => Some(Arc::new(
+                cluster::Cluster::join(c, &config.state_dir, &netlink, &uplinks).await?,
+            )),
+            None => None,
+        };
         let datapath = Datapath::load_sized(&config.pin_dir, config.map_sizes)?;
         let store = Store::new(&config.state_dir)?;
         let endpoint_store = EndpointStore::new(&config.state_dir)?;
-        let netlink = Netlink::current()?;
+        // In a cluster, the default network's subnet is this node's block.
+        let subnet = cluster
+            .as_ref()
+            .map_or(config.subnet, |c| c.membership.block());
         let (records, orphans) = store.load_all()?;
         let cgroups = Cgroups::detect(&config.cgroup_parent, &config.cgroup)?;
         info!(version = cgroups.version(), parent = %config.cgroup_parent, "container cgroups");
@@ -298,14 +313,14 @@ impl Daemon {
             store,
             agent: Agent::new(
                 datapath,
-                Networks::load(&config.state_dir, config.subnet)?,
+                Networks::load(&config.state_dir, subnet)?,
                 netlink,
                 config.dns_upstreams.clone(),
             ),
             endpoints: BTreeMap::new(),
             endpoint_store,
         };
-        inner.agent.uplinks = uplinks(config, &inner.agent.netlink).await?;
+        inner.agent.uplinks = uplinks;
         for uplink in inner.agent.uplinks.clone() {
             let xdp = config.xdp_prefilter.applies_to(&uplink);
             inner.agent.datapath.attach_uplink(&uplink, xdp)?;
@@ -342,6 +357,7 @@ impl Daemon {
             ct_pins: config.pin_dir.clone(),
             ct_timeouts: config.ct_timeouts,
             api: ApiCounters::default(),
+            cluster,
         });
         spawn_ct_gc(&daemon.ct_pins, config.ct_timeouts, config.ct_gc_interval)?;
         if let Some(logger) = daemon.inner.lock().await.agent.datapath.take_logger() {
@@ -351,6 +367,7 @@ impl Daemon {
         daemon.adopt(records).await;
         daemon.adopt_endpoints().await;
         daemon.inner.lock().await.reconcile(host_cookie).await;
+        daemon.follow_cluster();
         Ok(daemon)
     }
 

@@ -96,6 +96,17 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
     if let Err(e) = portmap::reserve_snat_ports(false) {
         failures.push(format!("release the masquerade ports: {e}"));
     }
+    // Routes to other members' blocks, as the pinned map lists them.
+    match datapath::pinned_remote_blocks(&config.pin_dir) {
+        Ok(blocks) => {
+            for block in blocks {
+                if let Err(e) = netlink.delete_route(block).await {
+                    failures.push(format!("delete the route to {block}: {e}"));
+                }
+            }
+        }
+        Err(e) => failures.push(format!("read the remote blocks: {e}")),
+    }
     let plugin = config.docker_plugin.iter().map(|p| (p, false));
     for (path, is_dir) in [(&config.pin_dir, true), (&config.socket, false)]
         .into_iter()

@@ -1,0 +1,302 @@
+//! Containers on different hosts, as a user of `ferryd --cluster` meets
+//! them: hosts are namespaces on one segment, each with its own ferryd,
+//! joined through a three-member etcd. Containers of the default network
+//! reach each other (and the other hosts) by their own addresses, natively
+//! routed; isolation holds across hosts; a dead host is forgotten within
+//! its lease and comes back with its block; losing an etcd member, or
+//! quorum, stops nothing that runs.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use ferry_integration::{
+    Background, Container, World,
+    cluster::{Etcd, FABRIC_NET, Fabric},
+    in_netns, map_of, output, ping, tcp_exchange, wait_until,
+};
+
+/// A server in `ns` answering each TCP connection on `port` with `tag`
+/// and the peer's address.
+fn tcp_responder(ns: &Path, port: u16, tag: &str) -> Background {
+    Background::spawn(in_netns(
+        ns,
+        "socat",
+        &[
+            &format!("TCP-LISTEN:{port},fork,reuseaddr"),
+            &format!("SYSTEM:echo {tag} $SOCAT_PEERADDR"),
+        ],
+    ))
+}
+
+/// The same over UDP: each datagram is answered with the sender's address.
+fn udp_responder(ns: &Path, port: u16) -> Background {
+    Background::spawn(in_netns(
+        ns,
+        "socat",
+        &[
+            &format!("UDP-RECVFROM:{port},fork,reuseaddr"),
+            "SYSTEM:echo $SOCAT_PEERADDR",
+        ],
+    ))
+}
+
+/// What a UDP datagram from `ns` to `ip:port` gets back (empty: nothing).
+fn udp_exchange(ns: &Path, ip: &str, port: u16) -> String {
+    let target = format!("UDP:{ip}:{port}");
+    let mut got = String::new();
+    wait_until(Duration::from_secs(8), || {
+        let out = output(&mut in_netns(
+            ns,
+            "sh",
+            &["-c", &format!("echo hi | socat -T 1 - {target}")],
+        ));
+        got = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        !got.is_empty()
+    });
+    got
+}
+
+fn reaches(from: &Container, to: &str) -> bool {
+    ping(&from.netns, to, 1, &["-W", "1"])
+}
+
+fn eventually_reaches(from: &Container, to: &str) -> bool {
+    wait_until(Duration::from_secs(10), || reaches(from, to))
+}
+
+fn in_block(ip: &str, block: &str) -> bool {
+    let ip: std::net::Ipv4Addr = ip.parse().expect("container IP");
+    let block: ipnet::Ipv4Net = block.parse().expect("block");
+    block.contains(&ip)
+}
+
+/// Entries of the `remotes` map.
+fn remotes(world: &World) -> u64 {
+    map_of(&world.datapath(), "remotes")["Entries"]
+        .as_u64()
+        .expect("remotes entries")
+}
+
+#[test]
+fn containers_on_two_hosts_reach_each_other_by_their_own_addresses() {
+    let fabric = Fabric::new();
+    let etcd = Etcd::start(&fabric, 3);
+    let a = World::cluster_member(&fabric, &etcd.url(), 11, &[]);
+    let b = World::cluster_member(&fabric, &etcd.url(), 12, &[]);
+    a.wait_for_member(&b.name, "native");
+    b.wait_for_member(&a.name, "native");
+    let (block_a, block_b) = (a.block(), b.block());
+    assert_ne!(block_a, block_b, "each node claims a block of its own");
+    let nodes = a.nodes();
+    assert_eq!(nodes["Connected"], true, "{nodes}");
+    let lease = nodes["Members"][1]["LeaseTtl"].as_i64().unwrap_or(-1);
+    assert!(lease > 0, "a member's lease time is shown: {nodes}");
+
+    let ca = a.run("ca", &["sleep", "infinity"]);
+    let cb = b.run("cb", &["sleep", "infinity"]);
+    assert!(in_block(&ca.ip, &block_a), "{} not in {block_a}", ca.ip);
+    assert!(in_block(&cb.ip, &block_b), "{} not in {block_b}", cb.ip);
+    // Each side's forwarding: the other's block and address.
+    assert_eq!(remotes(&a), 2);
+    assert!(
+        a.host_routes()
+            .contains(&format!("{block_b} via {FABRIC_NET}.12 dev fab0")),
+        "{}",
+        a.host_routes()
+    );
+
+    // ping both ways, by the containers' own addresses.
+    assert!(
+        eventually_reaches(&ca, &cb.ip),
+        "ca cannot ping cb\n{}",
+        a.ferry_ok(&["datapath"])
+    );
+    assert!(reaches(&cb, &ca.ip), "cb cannot ping ca");
+
+    // TCP and UDP: the receiver sees the sender's own address.
+    let _tcp = tcp_responder(&cb.netns, 80, "b");
+    assert_eq!(
+        tcp_exchange(&ca.netns, &cb.ip, 80, "x").trim(),
+        format!("b {}", ca.ip)
+    );
+    let _udp = udp_responder(&cb.netns, 5300);
+    assert_eq!(udp_exchange(&ca.netns, &cb.ip, 5300), ca.ip);
+
+    // A host reaches the other host's containers, and they it.
+    let host_a = format!("{FABRIC_NET}.11");
+    assert_eq!(
+        tcp_exchange(&a.host_ns_path(), &cb.ip, 80, "x").trim(),
+        format!("b {host_a}")
+    );
+    let _on_host = tcp_responder(&a.host_ns_path(), 7000, "host-a");
+    assert_eq!(
+        tcp_exchange(&cb.netns, &host_a, 7000, "x").trim(),
+        format!("host-a {}", cb.ip)
+    );
+
+    // Isolation: a user-defined network stays on its host.
+    a.ferry_ok(&["network", "create", "iso"]);
+    let ci = a.run_with("ci", &["--network", "iso"], &["sleep", "infinity"]);
+    let denied = a.drops("policy_denied");
+    assert!(
+        !reaches(&ci, &cb.ip),
+        "a user network reached another host's container"
+    );
+    assert!(a.drops("policy_denied") > denied, "the refusal is counted");
+
+    for w in [&a, &b] {
+        for reason in [
+            "redirect_failed",
+            "no_route",
+            "outside_to_container",
+            "spoofed_ip",
+        ] {
+            assert_eq!(w.drops(reason), 0, "{} dropped {reason}", w.name);
+        }
+    }
+}
+
+#[test]
+fn a_dead_host_is_forgotten_within_its_lease_and_comes_back_with_its_block() {
+    const TTL: u64 = 3;
+    let ttl = TTL.to_string();
+    let flags = ["--cluster-lease-ttl", ttl.as_str()];
+    let fabric = Fabric::new();
+    let etcd = Etcd::start(&fabric, 3);
+    let a = World::cluster_member(&fabric, &etcd.url(), 11, &flags);
+    let mut b = World::cluster_member(&fabric, &etcd.url(), 12, &flags);
+    a.wait_for_member(&b.name, "native");
+    let block_b = b.block();
+    let ca = a.run("ca", &["sleep", "infinity"]);
+    let cb = b.run("cb", &["sleep", "infinity"]);
+    assert!(eventually_reaches(&ca, &cb.ip));
+
+    b.kill_ferryd();
+    let killed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(TTL + 5), || remotes(&a) == 0),
+        "host b's entries outlived its lease: {}",
+        a.ferry_ok(&["node", "ls"])
+    );
+    let forgotten = killed.elapsed();
+    // The lease runs out TTL after the last renewal, which came at most a
+    // third of it before the kill; etcd checks expiry every 500 ms.
+    assert!(
+        forgotten < Duration::from_secs(TTL + 2),
+        "forgotten after {forgotten:?}"
+    );
+    assert!(!a.host_routes().contains(&block_b), "{}", a.host_routes());
+    eprintln!("host b forgotten {forgotten:?} after its ferryd died (lease TTL {TTL} s)");
+
+    b.start_ferryd();
+    assert_eq!(b.block(), block_b, "a restarted node gets its block back");
+    a.wait_for_member(&b.name, "native");
+    assert_eq!(
+        b.container("cb").ip,
+        cb.ip,
+        "its containers keep their addresses"
+    );
+    assert!(eventually_reaches(&ca, &cb.ip), "ca cannot reach cb again");
+    assert!(reaches(&cb, &ca.ip));
+}
+
+#[test]
+fn losing_an_etcd_member_or_quorum_stops_nothing_that_runs() {
+    let fabric = Fabric::new();
+    let mut etcd = Etcd::start(&fabric, 3);
+    let a = World::cluster_member(&fabric, &etcd.url(), 11, &[]);
+    let b = World::cluster_member(&fabric, &etcd.url(), 12, &[]);
+    a.wait_for_member(&b.name, "native");
+    b.wait_for_member(&a.name, "native");
+    let ca = a.run("ca", &["sleep", "infinity"]);
+    let cb = b.run("cb", &["sleep", "infinity"]);
+    assert!(eventually_reaches(&ca, &cb.ip));
+
+    // One member down: nobody notices.
+    etcd.kill(0);
+    let ca2 = a.run("ca2", &["sleep", "infinity"]);
+    assert!(
+        eventually_reaches(&cb, &ca2.ip),
+        "cb cannot reach a new container"
+    );
+    assert!(reaches(&ca, &cb.ip));
+    assert!(
+        wait_until(Duration::from_secs(15), || a.nodes()["Connected"] == true),
+        "a lost etcd with two members of three up: {}",
+        a.nodes()
+    );
+
+    // Quorum lost: forwarding goes on with what is known, and new local
+    // containers still work.
+    etcd.kill(1);
+    assert!(
+        wait_until(Duration::from_secs(30), || a.nodes()["Connected"] == false),
+        "a did not notice etcd's quorum loss: {}",
+        a.nodes()
+    );
+    assert_eq!(remotes(&a), 2, "a kept its members");
+    assert!(reaches(&ca, &cb.ip), "traffic stopped without quorum");
+    let ca3 = a.run("ca3", &["sleep", "infinity"]);
+    assert!(
+        eventually_reaches(&cb, &ca3.ip),
+        "a new container is unreachable"
+    );
+    let log = a.ferryd_log();
+    assert!(log.contains("etcd unreachable"), "{log}");
+
+    // Quorum back: connected again, the same members.
+    etcd.restart(1);
+    assert!(
+        wait_until(Duration::from_secs(30), || a.nodes()["Connected"] == true),
+        "a did not reconnect: {}",
+        a.nodes()
+    );
+    a.wait_for_member(&b.name, "native");
+    assert!(reaches(&ca3, &cb.ip));
+}
+
+#[test]
+fn a_node_that_cannot_join_says_why_and_leaves_nothing() {
+    let fabric = Fabric::new();
+    // Nothing listens there.
+    let nowhere = format!("etcd://{FABRIC_NET}.250:2379");
+    let mut world = World::with_subnet_unstarted(None);
+    fabric.plug(&world.host, "fab0", 11);
+    world.extra_args = ["--cluster", &nowhere, "--uplink", "fab0"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let bad = [
+        ("http://x:2379", "is not etcd://HOST:PORT"),
+        ("etcd://x", "is not HOST:PORT"),
+    ];
+    for (spec, says) in bad {
+        let out = output(&mut world.ferryd_command_with(&[("--cluster", spec)]));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{spec}: {err}");
+    }
+    let out = output(
+        world
+            .ferryd_command()
+            .args(["--cluster-address", "10.9.9.9"]),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("--cluster-address 10.9.9.9 is on none of the uplinks"),
+        "{err}"
+    );
+    let started = Instant::now();
+    let out = output(&mut world.ferryd_command());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("cannot join the cluster at http://10.201.0.250:2379"),
+        "{err}"
+    );
+    eprintln!("gave up joining after {:?}", started.elapsed());
+    assert!(!world.pin_dir.exists(), "pins left behind by a failed join");
+    assert!(!world.dir.join("state/cluster.json").exists());
+}
