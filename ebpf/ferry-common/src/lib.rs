@@ -129,6 +129,16 @@ pub const REMOTE_BLOCK: u8 = 1;
 /// address.
 pub const REMOTE_NODE: u8 = 2;
 
+/// `RemoteNode::mode`: the member shares a segment with this node;
+/// packets go to it as they are.
+pub const REMOTE_NATIVE: u8 = 0;
+/// `RemoteNode::mode`: packets go to the member through the VXLAN device.
+pub const REMOTE_VXLAN: u8 = 1;
+
+/// The VXLAN network identifier of the default network's traffic between
+/// members.
+pub const CLUSTER_VNI: u32 = 1;
+
 /// Where another member of the cluster is reached (`remotes` map, an LPM
 /// trie by address prefix: each member's block and its own address).
 #[repr(C)]
@@ -141,8 +151,10 @@ pub struct RemoteNode {
     pub mac: [u8; 6],
     /// `REMOTE_BLOCK` or `REMOTE_NODE`.
     pub kind: u8,
-    pub pad: u8,
-    /// The uplink the member is reached through.
+    /// `REMOTE_NATIVE` or `REMOTE_VXLAN`.
+    pub mode: u8,
+    /// The device packets to the member leave by: the underlay uplink
+    /// (native) or the VXLAN device.
     pub ifindex: u32,
 }
 const _: () = assert!(size_of::<RemoteNode>() == 16);
@@ -431,11 +443,15 @@ pub enum DropReason {
     FragmentUnknown = 12,
     /// A packet from outside for a container arrived with TTL 1 or 0.
     TtlExpired = 13,
+    /// The tunnel metadata of a packet for a member could not be set, or
+    /// a packet arrived through the tunnel from something that is not the
+    /// member its source address belongs to, or for no local container.
+    TunnelRefused = 14,
 }
 
 impl DropReason {
     /// Every reason, in index order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Malformed,
         Self::SpoofedIp,
         Self::SpoofedMac,
@@ -450,6 +466,7 @@ impl DropReason {
         Self::OutsideToContainer,
         Self::FragmentUnknown,
         Self::TtlExpired,
+        Self::TunnelRefused,
     ];
     /// Number of reasons: the size of the `drops` map.
     pub const COUNT: u32 = Self::ALL.len() as u32;
@@ -472,6 +489,7 @@ impl DropReason {
             Self::OutsideToContainer => "outside_to_container",
             Self::FragmentUnknown => "fragment_unknown",
             Self::TtlExpired => "ttl_expired",
+            Self::TunnelRefused => "tunnel_refused",
         }
     }
 }

@@ -1,8 +1,8 @@
-//! Several hosts and an etcd cluster, all namespaces on one segment: a
-//! fabric namespace holding a bridge; worlds whose ferryd joins the
-//! cluster through a second uplink (`fab0`) plugged into it; etcd members
-//! in namespaces of their own on the same bridge. Everything goes when its
-//! owner drops, etcd members by their PIDs.
+//! Several hosts and an etcd cluster as namespaces: a fabric namespace
+//! holding a bridge (a segment); worlds whose ferryd joins the cluster
+//! through a second uplink (`fab0`) plugged into one; etcd members in
+//! namespaces of their own on it; a router joining two segments.
+//! Everything goes when its owner drops, etcd members by their PIDs.
 
 use std::{
     fs::File,
@@ -15,27 +15,42 @@ use std::{
 
 use crate::*;
 
-/// The segment's first three octets; hosts and etcd members take the last.
+/// The first segment's first three octets; hosts and etcd members take
+/// the last.
 pub const FABRIC_NET: &str = "10.201.0";
 
 pub struct Fabric {
     pub ns: TempNetns,
+    /// The segment's /24, as its first three octets.
+    pub net: String,
     ports: AtomicU32,
 }
 
 impl Fabric {
+    /// A segment on `FABRIC_NET`.
     pub fn new() -> Self {
+        Self::with_net(FABRIC_NET)
+    }
+
+    /// A segment on `<net>.0/24`.
+    pub fn with_net(net: &str) -> Self {
         let ns = TempNetns::new(&unique_name("fyf"));
         ns.ip(&["link", "add", "br0", "type", "bridge"]);
         ns.ip(&["link", "set", "br0", "up"]);
         Self {
             ns,
+            net: net.to_owned(),
             ports: AtomicU32::new(0),
         }
     }
 
-    /// Plugs namespace `ns` in as `ifname` at `FABRIC_NET.<octet>/24`;
-    /// returns that address.
+    /// `<net>.0/24`.
+    pub fn cidr(&self) -> String {
+        format!("{}.0/24", self.net)
+    }
+
+    /// Plugs namespace `ns` in as `ifname` at `<net>.<octet>/24`; returns
+    /// that address.
     pub fn plug(&self, ns: &TempNetns, ifname: &str, octet: u8) -> String {
         let port = format!("p{}", self.ports.fetch_add(1, Ordering::SeqCst));
         ns.ip(&[
@@ -52,10 +67,25 @@ impl Fabric {
         ]);
         self.ns.ip(&["link", "set", &port, "master", "br0"]);
         self.ns.ip(&["link", "set", &port, "up"]);
-        let ip = format!("{FABRIC_NET}.{octet}");
+        let ip = format!("{}.{octet}", self.net);
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname]);
         ns.ip(&["link", "set", ifname, "up"]);
         ip
+    }
+}
+
+/// A namespace forwarding between two segments, at `.1` on each.
+pub struct Router {
+    pub ns: TempNetns,
+}
+
+impl Router {
+    pub fn new(a: &Fabric, b: &Fabric) -> Self {
+        let ns = TempNetns::new(&unique_name("fyr"));
+        a.plug(&ns, "eth0", 1);
+        b.plug(&ns, "eth1", 1);
+        check(&mut ns.cmd("sysctl", &["-qw", "net.ipv4.ip_forward=1"]));
+        Self { ns }
     }
 }
 
@@ -202,6 +232,13 @@ impl Etcd {
         }
     }
 
+    /// Gives every member a route to `cidr` via `gateway`.
+    pub fn route(&self, cidr: &str, gateway: &str) {
+        for m in &self.members {
+            m.ns.ip(&["route", "add", cidr, "via", gateway]);
+        }
+    }
+
     /// Starts member `i` again on its data.
     pub fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none(), "member {i} is running");
@@ -223,6 +260,18 @@ impl World {
     /// through `fab0`, plugged into `fabric` at `FABRIC_NET.<octet>`, with
     /// `extra` ferryd flags.
     pub fn cluster_member(fabric: &Fabric, cluster: &str, octet: u8, extra: &[&str]) -> Self {
+        let mut world = Self::cluster_member_unstarted(fabric, cluster, octet, extra);
+        world.start_ferryd();
+        world
+    }
+
+    /// [`World::cluster_member`] without starting ferryd (to route first).
+    pub fn cluster_member_unstarted(
+        fabric: &Fabric,
+        cluster: &str,
+        octet: u8,
+        extra: &[&str],
+    ) -> Self {
         let mut world = Self::with_subnet_unstarted(None);
         let ip = fabric.plug(&world.host, "fab0", octet);
         let name = world.name.clone();
@@ -240,7 +289,6 @@ impl World {
         .chain(extra)
         .map(|a| (*a).to_owned())
         .collect();
-        world.start_ferryd();
         world
     }
 

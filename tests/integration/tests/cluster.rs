@@ -2,9 +2,10 @@
 //! them: hosts are namespaces on one segment, each with its own ferryd,
 //! joined through a three-member etcd. Containers of the default network
 //! reach each other (and the other hosts) by their own addresses, natively
-//! routed; isolation holds across hosts; a dead host is forgotten within
-//! its lease and comes back with its block; losing an etcd member, or
-//! quorum, stops nothing that runs.
+//! routed on one segment, through VXLAN across a router; isolation holds
+//! across hosts; a dead host is forgotten within its lease and comes back
+//! with its block; losing an etcd member, or quorum, stops nothing that
+//! runs.
 
 use std::{
     path::Path,
@@ -12,8 +13,8 @@ use std::{
 };
 
 use ferry_integration::{
-    Background, Container, World,
-    cluster::{Etcd, FABRIC_NET, Fabric},
+    Background, Container, World, check,
+    cluster::{Etcd, FABRIC_NET, Fabric, Router},
     in_netns, map_of, output, ping, tcp_exchange, wait_until,
 };
 
@@ -299,4 +300,133 @@ fn a_node_that_cannot_join_says_why_and_leaves_nothing() {
     eprintln!("gave up joining after {:?}", started.elapsed());
     assert!(!world.pin_dir.exists(), "pins left behind by a failed join");
     assert!(!world.dir.join("state/cluster.json").exists());
+}
+
+/// What `bytes` zero bytes sent over TCP from `ns` to `ip:port` (a
+/// counting server) were counted as.
+fn bulk(ns: &Path, ip: &str, port: u16, bytes: usize) -> String {
+    let script =
+        format!("head -c {bytes} /dev/zero | socat -T 5 - TCP:{ip}:{port},connect-timeout=2");
+    let out = output(&mut in_netns(ns, "sh", &["-c", &script]));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn a_host_on_another_subnet_is_reached_through_vxlan() {
+    let fabric = Fabric::new();
+    let far = Fabric::with_net("10.202.0");
+    let router = Router::new(&fabric, &far);
+    let etcd = Etcd::start(&fabric, 3);
+    etcd.route(&far.cidr(), &format!("{FABRIC_NET}.1"));
+    let a = World::cluster_member(&fabric, &etcd.url(), 11, &[]);
+    a.host.ip(&[
+        "route",
+        "add",
+        &far.cidr(),
+        "via",
+        &format!("{FABRIC_NET}.1"),
+    ]);
+    let mut c = World::cluster_member_unstarted(&far, &etcd.url(), 13, &[]);
+    c.host
+        .ip(&["route", "add", &fabric.cidr(), "via", "10.202.0.1"]);
+    c.start_ferryd();
+    a.wait_for_member(&c.name, "vxlan");
+    c.wait_for_member(&a.name, "vxlan");
+
+    let ca = a.run("ca", &["sleep", "infinity"]);
+    let cc = c.run("cc", &["sleep", "infinity"]);
+    // Room for the tunnel's header inside the containers.
+    let link = check(&mut in_netns(
+        &ca.netns,
+        "ip",
+        &["-o", "link", "show", "eth0"],
+    ));
+    assert!(link.contains("mtu 1450"), "{link}");
+
+    assert!(
+        eventually_reaches(&ca, &cc.ip),
+        "ca cannot ping cc through the tunnel\n{}",
+        a.ferry_ok(&["datapath"])
+    );
+    assert!(reaches(&cc, &ca.ip), "cc cannot ping ca");
+    // A full-size packet, not fragmented, fits.
+    assert!(
+        ping(&ca.netns, &cc.ip, 1, &["-M", "do", "-s", "1422"]),
+        "a 1450-byte packet did not cross"
+    );
+    let _tcp = tcp_responder(&cc.netns, 80, "c");
+    assert_eq!(
+        tcp_exchange(&ca.netns, &cc.ip, 80, "x").trim(),
+        format!("c {}", ca.ip)
+    );
+    let _udp = udp_responder(&cc.netns, 5300);
+    assert_eq!(udp_exchange(&ca.netns, &cc.ip, 5300), ca.ip);
+    let _count = Background::spawn(in_netns(
+        &cc.netns,
+        "socat",
+        &["TCP-LISTEN:81,fork,reuseaddr", "SYSTEM:wc -c"],
+    ));
+    wait_until(Duration::from_secs(5), || {
+        !bulk(&ca.netns, &cc.ip, 81, 10).is_empty()
+    });
+    assert_eq!(
+        bulk(&ca.netns, &cc.ip, 81, 4_000_000),
+        "4000000",
+        "bulk TCP through the tunnel"
+    );
+
+    // The host's own processes, both ways.
+    let host_a = format!("{FABRIC_NET}.11");
+    assert_eq!(
+        tcp_exchange(&a.host_ns_path(), &cc.ip, 80, "x").trim(),
+        format!("c {host_a}")
+    );
+    let _on_host = tcp_responder(&a.host_ns_path(), 7000, "host-a");
+    assert_eq!(
+        tcp_exchange(&cc.netns, &host_a, 7000, "x").trim(),
+        format!("host-a {}", cc.ip)
+    );
+    assert_eq!(c.drops("tunnel_refused"), 0);
+    assert_eq!(a.drops("tunnel_refused"), 0);
+    // Something that is not C (the router) tunnels a packet claiming to
+    // be from C's container: refused, counted.
+    let refused = a.drops("tunnel_refused");
+    let r = &router.ns;
+    r.ip(&[
+        "link", "add", "vxs", "type", "vxlan", "id", "1", "remote", &host_a, "dstport", "4789",
+        "dev", "eth0",
+    ]);
+    r.ip(&["addr", "add", &format!("{}/32", cc.ip), "dev", "vxs"]);
+    r.ip(&["link", "set", "vxs", "up"]);
+    r.ip(&["route", "add", &format!("{}/32", ca.ip), "dev", "vxs"]);
+    r.ip(&[
+        "neigh",
+        "add",
+        &ca.ip,
+        "lladdr",
+        "02:00:00:00:00:01",
+        "dev",
+        "vxs",
+        "nud",
+        "permanent",
+    ]);
+    assert!(
+        !ping(&r.path(), &ca.ip, 2, &["-I", &cc.ip]),
+        "a forged tunnel packet got an answer"
+    );
+    assert!(
+        a.drops("tunnel_refused") >= refused + 2,
+        "forged tunnel packets not counted"
+    );
+
+    // It all went through the tunnel device.
+    let stats = check(&mut a.in_host("ip", &["-s", "-j", "link", "show", "ferry_vxlan"]));
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("ip -j");
+    let tx = stats[0]["stats64"]["tx"]["bytes"].as_u64().unwrap_or(0);
+    assert!(tx > 4_000_000, "{tx} bytes through ferry_vxlan: {stats}");
+    for w in [&a, &c] {
+        for reason in ["redirect_failed", "no_route"] {
+            assert_eq!(w.drops(reason), 0, "{} dropped {reason}", w.name);
+        }
+    }
 }

@@ -13,9 +13,12 @@ use std::{
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, MacVlanMode},
+    link::{InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, MacVlanMode},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    route::{RouteAttribute, RouteHeader, RouteScope},
+    route::{
+        RouteAttribute, RouteHeader, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap,
+        RouteScope,
+    },
 };
 use rtnetlink::{
     Handle, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
@@ -40,6 +43,9 @@ pub enum LinkError {
 }
 
 pub type Mac = [u8; 6];
+
+/// VXLAN's IANA port.
+pub const VXLAN_PORT: u16 = 4789;
 
 /// Formats a MAC the way `ip link` prints it.
 pub fn mac_to_string(mac: &Mac) -> String {
@@ -91,7 +97,8 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host_name` here, `peer_name` directly inside
-    /// `peer_netns`, both with fixed MACs. Returns the host side's ifindex.
+    /// `peer_netns`, both with fixed MACs (and `mtu`, else the default).
+    /// Returns the host side's ifindex.
     pub async fn create_veth(
         &self,
         host_name: &str,
@@ -99,16 +106,21 @@ impl Netlink {
         peer_name: &str,
         peer_mac: Mac,
         peer_netns: BorrowedFd<'_>,
+        mtu: Option<u32>,
     ) -> Result<u32, LinkError> {
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer_name.to_owned())
             .address(peer_mac.to_vec())
-            .setns_by_fd(peer_netns.as_raw_fd())
-            .build();
-        let msg = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .setns_by_fd(peer_netns.as_raw_fd());
+        let mut host = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .name(host_name.to_owned())
-            .address(host_mac.to_vec())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(host_mac.to_vec());
+        if let Some(mtu) = mtu {
+            peer = peer.mtu(mtu);
+            host = host.mtu(mtu);
+        }
+        let msg = host
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         self.handle
             .link()
@@ -146,6 +158,56 @@ impl Netlink {
             .execute()
             .await
             .map_err(Self::fail("create macvlan", name))
+    }
+
+    /// Creates (or keeps) `name`, a VXLAN device in external mode
+    /// (collect_md: one device for every far end, each packet's set by the
+    /// datapath) on `underlay`, UDP port 4789, no learning, no ARP; up.
+    /// Its MTU is the underlay's less the encapsulation. Returns its
+    /// ifindex.
+    pub async fn ensure_vxlan(&self, name: &str, underlay: u32) -> Result<u32, LinkError> {
+        if let Some(index) = self.index_of(name).await? {
+            return Ok(index);
+        }
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Vxlan)
+            .name(name.to_owned())
+            .set_info_data(InfoData::Vxlan(vec![
+                InfoVxlan::CollectMetadata(true),
+                InfoVxlan::Link(underlay),
+                InfoVxlan::Port(VXLAN_PORT),
+                InfoVxlan::Learning(false),
+            ]))
+            .arp(false)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(Self::fail("create vxlan", name))?;
+        self.index_of(name)
+            .await?
+            .ok_or_else(|| LinkError::Request {
+                op: "find new vxlan",
+                target: name.to_owned(),
+                source: rtnetlink::Error::RequestFailed,
+            })
+    }
+
+    /// The MTU of interface `index`.
+    pub async fn mtu_of(&self, index: u32) -> Result<Option<u32>, LinkError> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        let msg = links
+            .try_next()
+            .await
+            .map_err(Self::fail("look up", index))?;
+        Ok(msg.and_then(|m| {
+            m.attributes.into_iter().find_map(|a| match a {
+                LinkAttribute::Mtu(mtu) => Some(mtu),
+                _ => None,
+            })
+        }))
     }
 
     /// The interface called `name`, `None` if there is none.
@@ -424,6 +486,39 @@ impl Netlink {
             .gateway(gateway)
             .output_interface(index)
             .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(Self::fail("replace route", net))
+    }
+
+    /// `ip route replace <net> encap ip id <vni> dst <far_end> dev <index>
+    /// src <src>`: the host's own packets for `net` through a VXLAN device
+    /// in external mode.
+    pub async fn replace_route_encap(
+        &self,
+        net: ipnet::Ipv4Net,
+        vni: u32,
+        far_end: Ipv4Addr,
+        index: u32,
+        src: Ipv4Addr,
+    ) -> Result<(), LinkError> {
+        let mut route = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .output_interface(index)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .build();
+        route
+            .attributes
+            .push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
+        route.attributes.push(RouteAttribute::Encap(vec![
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(u64::from(vni))),
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(far_end)),
+        ]));
         self.handle
             .route()
             .add(route)

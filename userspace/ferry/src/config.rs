@@ -79,6 +79,30 @@ pub struct ClusterConfig {
     /// The underlay address others reach this node at (`None`: the first
     /// uplink's first IPv4 address).
     pub address: Option<Ipv4Addr>,
+    /// `--cluster-routing`.
+    pub routing: ferry_net::agent::Routing,
+}
+
+/// `--cluster-routing`: how members are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterRouting {
+    /// Natively when on a subnet the underlay is connected to, else VXLAN.
+    Auto,
+    /// Natively only (containers keep the full MTU; members elsewhere are
+    /// unreachable).
+    Native,
+    /// Always VXLAN.
+    Vxlan,
+}
+
+impl From<ClusterRouting> for ferry_net::agent::Routing {
+    fn from(r: ClusterRouting) -> Self {
+        match r {
+            ClusterRouting::Auto => Self::Auto,
+            ClusterRouting::Native => Self::Native,
+            ClusterRouting::Vxlan => Self::Vxlan,
+        }
+    }
 }
 
 /// `--cluster`: `etcd://HOST:PORT[,HOST:PORT...]`, or the path of a file

@@ -5,7 +5,9 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use ferry_common::{REMOTE_BLOCK, REMOTE_NODE, RemoteNode};
+use ferry_common::{
+    CLUSTER_VNI, REMOTE_BLOCK, REMOTE_NATIVE, REMOTE_NODE, REMOTE_VXLAN, RemoteNode,
+};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
@@ -21,26 +23,55 @@ pub struct Member {
     pub mac: Mac,
 }
 
-/// The interface this node reaches the others through, and the subnets it
-/// is connected to (a member on one of them is reached natively).
+/// How members are reached (`ferryd --cluster-routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// Natively on a connected subnet, else through the tunnel.
+    Auto,
+    /// Natively only: members elsewhere are unreachable.
+    Native,
+    /// Always through the tunnel.
+    Vxlan,
+}
+
+/// The interface this node reaches the others through, the subnets it is
+/// connected to, its address there, and the VXLAN device, if any.
 #[derive(Debug, Clone)]
 pub struct Underlay {
     pub ifname: String,
     pub ifindex: u32,
     pub subnets: Vec<Ipv4Net>,
+    pub address: Ipv4Addr,
+    /// The VXLAN device's ifindex (none with `Routing::Native`).
+    pub vxlan: Option<u32>,
+    pub routing: Routing,
 }
 
 impl Underlay {
-    /// Whether `member` is reached natively: on a connected subnet.
-    pub fn reaches(&self, member: &Member) -> bool {
-        self.subnets.iter().any(|s| s.contains(&member.address))
+    /// How `member` is reached: `REMOTE_NATIVE`, `REMOTE_VXLAN`, or not.
+    pub fn mode(&self, member: &Member) -> Option<u8> {
+        let on_segment = self.subnets.iter().any(|s| s.contains(&member.address));
+        match (self.routing, on_segment, self.vxlan) {
+            (Routing::Auto | Routing::Native, true, _) => Some(REMOTE_NATIVE),
+            (Routing::Auto | Routing::Vxlan, _, Some(_)) => Some(REMOTE_VXLAN),
+            _ => None,
+        }
+    }
+}
+
+/// `ferry node ls`'s word for a mode.
+pub fn mode_name(mode: Option<u8>) -> &'static str {
+    match mode {
+        Some(REMOTE_NATIVE) => "native",
+        Some(_) => "vxlan",
+        None => "unreachable",
     }
 }
 
 impl Agent {
     /// Makes forwarding match `members`, the whole cluster but this node:
     /// entries and routes of members gone are removed, new and changed ones
-    /// written. Members not on a connected subnet are left out, logged.
+    /// written. Members it cannot reach are left out, logged.
     pub async fn apply_members(
         &mut self,
         underlay: &Underlay,
@@ -48,21 +79,24 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let mut want = BTreeMap::new();
         for member in members {
-            if !underlay.reaches(member) {
+            let Some(mode) = underlay.mode(member) else {
                 warn!(
                     member = %member.name,
                     address = %member.address,
                     underlay = %underlay.ifname,
-                    "member not on a connected subnet of the underlay: not reachable without a tunnel"
+                    "member not on a connected subnet of the underlay and no tunnel: unreachable"
                 );
                 continue;
-            }
+            };
             let node = |kind| RemoteNode {
                 underlay: member.address.octets(),
                 mac: member.mac,
                 kind,
-                pad: 0,
-                ifindex: underlay.ifindex,
+                mode,
+                ifindex: match (mode, underlay.vxlan) {
+                    (REMOTE_VXLAN, Some(vxlan)) => vxlan,
+                    _ => underlay.ifindex,
+                },
             };
             want.insert(member.block, node(REMOTE_BLOCK));
             want.insert(Ipv4Net::from(member.address), node(REMOTE_NODE));
@@ -95,14 +129,21 @@ impl Agent {
             self.datapath
                 .set_remote(*net, *node)
                 .map_err(AgentError::internal)?;
-            if node.kind == REMOTE_BLOCK {
-                let via = Ipv4Addr::from(node.underlay);
-                self.netlink
-                    .replace_route_via(*net, via, underlay.ifindex)
-                    .await
-                    .map_err(AgentError::internal)?;
-                info!(block = %net, %via, "remote block reached natively");
+            if node.kind != REMOTE_BLOCK {
+                continue;
             }
+            let via = Ipv4Addr::from(node.underlay);
+            let routed = if node.mode == REMOTE_VXLAN {
+                self.netlink
+                    .replace_route_encap(*net, CLUSTER_VNI, via, node.ifindex, underlay.address)
+                    .await
+            } else {
+                self.netlink
+                    .replace_route_via(*net, via, node.ifindex)
+                    .await
+            };
+            routed.map_err(AgentError::internal)?;
+            info!(block = %net, %via, mode = mode_name(Some(node.mode)), "remote block reached");
         }
         Ok(())
     }

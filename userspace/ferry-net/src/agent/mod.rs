@@ -20,7 +20,7 @@ use tracing::{info, warn};
 mod cluster;
 mod record;
 
-pub use self::cluster::{Member, Underlay};
+pub use self::cluster::{Member, Routing, Underlay, mode_name};
 pub use self::record::{HOST_VETH_PREFIX, Link, NetworkRecord, is_host_veth, macs_for, port_key};
 use crate::{
     datapath::{self, Datapath},
@@ -149,6 +149,9 @@ pub struct Agent {
     /// The uplinks ferryd serves (set by the daemon): the interfaces a
     /// macvlan network may have as its parent.
     pub uplinks: Vec<String>,
+    /// The MTU of containers' veths (set by the daemon; `None`: the
+    /// kernel's default): lower in a cluster that may tunnel.
+    pub mtu: Option<u32>,
 }
 
 impl Agent {
@@ -167,6 +170,7 @@ impl Agent {
             dns_tasks: HashMap::new(),
             dns_upstreams,
             uplinks: Vec::new(),
+            mtu: None,
         }
     }
 
@@ -387,7 +391,7 @@ impl Agent {
         partial.host_ifname = Some(host_ifname.clone());
         let host_ifindex = self
             .netlink
-            .create_veth(&host_ifname, host_mac, &link.ifname, mac, peer_fd)
+            .create_veth(&host_ifname, host_mac, &link.ifname, mac, peer_fd, self.mtu)
             .await
             .map_err(AgentError::internal)?;
         partial.host_ifindex = Some(host_ifindex);

@@ -100,6 +100,9 @@ pub const PROG_FROM_CONTAINER: &str = "from_container";
 pub const PROG_TO_CONTAINER: &str = "to_container";
 pub const PROG_UPLINK_INGRESS: &str = "uplink_ingress";
 pub const PROG_UPLINK_EGRESS: &str = "uplink_egress";
+pub const PROG_TUNNEL_INGRESS: &str = "tunnel_ingress";
+/// The VXLAN device of a cluster member, where `tunnel_ingress` runs.
+pub const VXLAN_DEVICE: &str = "ferry_vxlan";
 pub const PROG_XDP_PREFILTER: &str = "xdp_prefilter";
 pub const PROG_LOCAL_INGRESS: &str = "local_ingress";
 /// Where `local_ingress` goes: ferryd's own namespace's loopback.
@@ -111,11 +114,12 @@ pub const SOCK_PROGRAMS: [&str; 4] = [
     "sock_recvmsg4",
     "sock_peername4",
 ];
-pub const PROGRAMS: [&str; 10] = [
+pub const PROGRAMS: [&str; 11] = [
     PROG_FROM_CONTAINER,
     PROG_TO_CONTAINER,
     PROG_UPLINK_INGRESS,
     PROG_UPLINK_EGRESS,
+    PROG_TUNNEL_INGRESS,
     PROG_XDP_PREFILTER,
     PROG_LOCAL_INGRESS,
     SOCK_PROGRAMS[0],
@@ -336,6 +340,12 @@ impl Datapath {
                 (PROG_TO_CONTAINER, TcAttachType::Egress),
             ],
         )
+    }
+
+    /// Attaches `tunnel_ingress` to the VXLAN device `ifname` (tc ingress),
+    /// replacing an earlier ferryd's.
+    pub fn attach_tunnel(&mut self, ifname: &str) -> Result<(), DatapathError> {
+        self.attach_programs(ifname, &[(PROG_TUNNEL_INGRESS, TcAttachType::Ingress)])
     }
 
     /// Attaches `uplink_ingress` (tc ingress) and `xdp_prefilter` to an

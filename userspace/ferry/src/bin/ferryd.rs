@@ -38,6 +38,11 @@ struct Args {
     /// uplink's first IPv4 address).
     #[arg(long, requires = "cluster")]
     cluster_address: Option<std::net::Ipv4Addr>,
+    /// How other members are reached: auto (natively on a connected
+    /// subnet, else VXLAN), native, vxlan. With a tunnel possible,
+    /// containers' MTU leaves room for its header.
+    #[arg(long, value_enum, default_value_t = config::ClusterRouting::Auto)]
+    cluster_routing: config::ClusterRouting,
     /// Persistent state (containers, logs).
     #[arg(long, default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -228,6 +233,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 block_len: args.cluster_block,
                 lease_ttl: std::time::Duration::from_secs(args.cluster_lease_ttl),
                 address: args.cluster_address,
+                routing: args.cluster_routing.into(),
             }),
             None => None,
         },

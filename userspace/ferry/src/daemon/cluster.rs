@@ -3,14 +3,13 @@
 //! is made into forwarding by the agent.
 
 use std::{
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use ferry_cluster::{Membership, Settings, View};
-use ferry_net::agent::{Member, Underlay};
+use ferry_net::agent::{Member, Routing, Underlay, mode_name};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
@@ -24,6 +23,10 @@ use crate::{
 /// How long a first start waits for etcd to hand out a block.
 const FIRST_JOIN_WAIT: Duration = Duration::from_secs(15);
 
+/// What VXLAN adds to a packet: outer Ethernet, IPv4, UDP and VXLAN
+/// headers.
+const VXLAN_OVERHEAD: u32 = 50;
+
 /// This node's place in the cluster, kept across restarts: a restarted
 /// node asks for its own block back, and starts with it even while etcd
 /// cannot be reached.
@@ -36,7 +39,8 @@ struct Saved {
 pub struct Cluster {
     pub membership: Membership,
     pub underlay: Underlay,
-    address: Ipv4Addr,
+    /// Containers' MTU when a tunnel is possible.
+    pub mtu: Option<u32>,
 }
 
 impl Cluster {
@@ -56,7 +60,8 @@ impl Cluster {
                 config.pool
             );
         }
-        let (underlay, address) = underlay(config, netlink, uplinks).await?;
+        let mut underlay = underlay(config, netlink, uplinks).await?;
+        let address = underlay.address;
         let mac = netlink
             .mac_of(underlay.ifindex)
             .await?
@@ -100,11 +105,20 @@ impl Cluster {
         let json = serde_json::to_vec_pretty(&saved)?;
         ferry_net::files::write_atomically(&path, &json)
             .map_err(|e| anyhow::anyhow!("cannot save {}: {e}", path.display()))?;
-        info!(node = %config.node, block = %membership.block(), %address, underlay = %underlay.ifname, "cluster member");
+        let mut mtu = None;
+        if config.routing != Routing::Native {
+            let vxlan = netlink
+                .ensure_vxlan(ferry_net::datapath::VXLAN_DEVICE, underlay.ifindex)
+                .await?;
+            underlay.vxlan = Some(vxlan);
+            let outer = netlink.mtu_of(underlay.ifindex).await?.unwrap_or(1500);
+            mtu = Some(outer.saturating_sub(VXLAN_OVERHEAD));
+        }
+        info!(node = %config.node, block = %membership.block(), %address, underlay = %underlay.ifname, ?mtu, "cluster member");
         Ok(Self {
             membership,
             underlay,
-            address,
+            mtu,
         })
     }
 
@@ -117,7 +131,7 @@ impl Cluster {
         let mut members = vec![MemberJson {
             name: settings.node.clone(),
             block: self.membership.block().to_string(),
-            address: self.address.to_string(),
+            address: self.underlay.address.to_string(),
             mode: "self".into(),
             lease_ttl: None,
         }];
@@ -127,10 +141,7 @@ impl Cluster {
                 name: peer.node.name.clone(),
                 block: peer.node.block.to_string(),
                 address: peer.node.address.to_string(),
-                mode: match member {
-                    Some(m) if self.underlay.reaches(&m) => "native".into(),
-                    _ => "unreachable".into(),
-                },
+                mode: mode_name(member.and_then(|m| self.underlay.mode(&m))).into(),
                 lease_ttl: ttls.get(&peer.lease).copied(),
             });
         }
@@ -153,12 +164,12 @@ fn saved_path(state_dir: &Path) -> PathBuf {
 }
 
 /// The uplink holding `config.address` (else the first uplink and its
-/// first address), and the subnets it is connected to.
+/// first address), and the subnets it is connected to; no tunnel yet.
 async fn underlay(
     config: &ClusterConfig,
     netlink: &Netlink,
     uplinks: &[String],
-) -> anyhow::Result<(Underlay, Ipv4Addr)> {
+) -> anyhow::Result<Underlay> {
     for ifname in uplinks {
         let Some(ifindex) = netlink.index_of(ifname).await? else {
             continue;
@@ -169,12 +180,14 @@ async fn underlay(
             None => subnets.first().map(Ipv4Net::addr),
         };
         if let Some(address) = address {
-            let underlay = Underlay {
+            return Ok(Underlay {
                 ifname: ifname.clone(),
                 ifindex,
                 subnets,
-            };
-            return Ok((underlay, address));
+                address,
+                vxlan: None,
+                routing: config.routing,
+            });
         }
     }
     match config.address {

@@ -321,6 +321,17 @@ impl Daemon {
             endpoint_store,
         };
         inner.agent.uplinks = uplinks;
+        if let Some(cluster) = &cluster {
+            inner.agent.mtu = cluster.mtu;
+            if cluster.underlay.vxlan.is_some() {
+                let device = ferry_net::datapath::VXLAN_DEVICE;
+                inner.agent.datapath.attach_tunnel(device)?;
+                info!(
+                    device,
+                    "members reached through VXLAN where not on the segment"
+                );
+            }
+        }
         for uplink in inner.agent.uplinks.clone() {
             let xdp = config.xdp_prefilter.applies_to(&uplink);
             inner.agent.datapath.attach_uplink(&uplink, xdp)?;

@@ -48,7 +48,7 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
             failures.push(e.to_string());
         }
         for net in record.attachments() {
-            delete_veth(&netlink, &net.host_ifname, &mut failures).await;
+            delete_link(&netlink, &net.host_ifname, &mut failures).await;
         }
         if let Err(e) = store.remove(&record.id) {
             failures.push(e.to_string());
@@ -59,7 +59,7 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
     // interfaces ferry put in them go.
     let endpoints = EndpointStore::new(&config.state_dir)?;
     for endpoint in endpoints.load_all()? {
-        delete_veth(&netlink, &endpoint.network.host_ifname, &mut failures).await;
+        delete_link(&netlink, &endpoint.network.host_ifname, &mut failures).await;
         if let Err(e) = endpoints.remove(&endpoint.id) {
             failures.push(e.to_string());
         }
@@ -96,6 +96,8 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
     if let Err(e) = portmap::reserve_snat_ports(false) {
         failures.push(format!("release the masquerade ports: {e}"));
     }
+    // The VXLAN device of a cluster member (its encap routes go with it).
+    delete_link(&netlink, datapath::VXLAN_DEVICE, &mut failures).await;
     // Routes to other members' blocks, as the pinned map lists them.
     match datapath::pinned_remote_blocks(&config.pin_dir) {
         Ok(blocks) => {
@@ -132,9 +134,9 @@ pub async fn reset(config: &Config) -> anyhow::Result<()> {
     }
 }
 
-/// Deletes a host-side veth by name (its peer goes with it); a missing one
-/// is fine.
-async fn delete_veth(netlink: &Netlink, name: &str, failures: &mut Vec<String>) {
+/// Deletes an interface by name (a veth's peer goes with it); a missing
+/// one is fine.
+async fn delete_link(netlink: &Netlink, name: &str, failures: &mut Vec<String>) {
     match netlink.index_of(name).await {
         Ok(Some(index)) => {
             if let Err(e) = netlink.delete(index).await {
