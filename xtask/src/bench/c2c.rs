@@ -24,13 +24,13 @@ use super::{
 use crate::step;
 
 /// One way to join two endpoints; the fields keep its namespaces alive.
-struct Variant {
-    name: &'static str,
-    client_ns: PathBuf,
-    server_ns: PathBuf,
-    server_ip: String,
-    _world: Option<World>,
-    _netns: Vec<TempNetns>,
+pub struct Variant {
+    pub name: &'static str,
+    pub client_ns: PathBuf,
+    pub server_ns: PathBuf,
+    pub server_ip: String,
+    pub _world: Option<World>,
+    pub _netns: Vec<TempNetns>,
 }
 
 fn ferry_variant() -> Variant {
@@ -97,15 +97,43 @@ fn rr(v: &Variant, count: u32) -> anyhow::Result<Value> {
 pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
     step("bench c2c: building ferry, bridge and veth topologies");
     let variants = vec![ferry_variant(), bridge_variant()?, veth_variant()];
+    let method = format!(
+        "Two containers on one host: ferry (bpf_redirect_peer between host veths), bridge \
+         (two namespaces on a Linux bridge wired as Docker does) and veth (one veth pair \
+         joining the namespaces, the floor for any veth design). Per round: iperf3 TCP for \
+         {} s and {} 64-byte TCP request/response round trips; server on CPU 0, client on \
+         CPU 1.",
+        args.seconds, args.rr_count
+    );
+    measure(
+        args,
+        "c2c",
+        method,
+        &variants,
+        &[("ferry", &["bridge", "veth"])],
+    )
+}
+
+/// Measures `variants` side by side, interleaved: iperf3 throughput and
+/// request/response latency per round, medians, and the ratios of
+/// each variant of `ratios` to each it is set against (one table per
+/// variant).
+pub fn measure(
+    args: &BenchArgs,
+    scenario: &str,
+    method: String,
+    variants: &[Variant],
+    ratios: &[(&str, &[&str])],
+) -> anyhow::Result<Section> {
     let exe = self_exe()?;
     let exe = exe.to_str().context("utf-8 path")?.to_owned();
     let mut servers = Vec::new();
-    for v in &variants {
+    for v in variants {
         servers.push(spawn_in(&v.server_ns, 0, "iperf3", &["-s"]));
         servers.push(spawn_in(&v.server_ns, 0, &exe, &["rr-server", "7777"]));
     }
     // Give the servers a moment, and prove each path works before timing it.
-    for v in &variants {
+    for v in variants {
         rr(v, 100).with_context(|| format!("{}: no request/response path", v.name))?;
     }
 
@@ -114,8 +142,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
     let mut p99: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut raw = Vec::new();
     for rep in 1..=args.reps {
-        for v in &variants {
-            step(&format!("bench c2c: round {rep}/{}: {}", args.reps, v.name));
+        for v in variants {
+            step(&format!(
+                "bench {scenario}: round {rep}/{}: {}",
+                args.reps, v.name
+            ));
             let g = iperf3_gbits(&v.client_ns, &v.server_ip, args.seconds, false)?;
             let r = rr(v, args.rr_count)?;
             gbits.entry(v.name).or_default().push(g);
@@ -134,7 +165,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
         |m: &BTreeMap<&str, Vec<f64>>, k: &str| spread(m.get(k).map_or(&[][..], Vec::as_slice));
     let mut table = Table::new(
         format!(
-            "c2c: {} rounds, {} s of iperf3 and {} round trips each",
+            "{scenario}: {} rounds, {} s of iperf3 and {} round trips each",
             args.reps, args.seconds, args.rr_count
         ),
         &[
@@ -144,7 +175,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
             "RR p99 us",
         ],
     );
-    for v in &variants {
+    for v in variants {
         let (g, gl, gh) = med(&gbits, v.name);
         let (l, ll, lh) = med(&p50, v.name);
         let (t, _, _) = med(&p99, v.name);
@@ -155,20 +186,28 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
             format!("{t:.1}"),
         ]);
     }
-    let (fg, _, _) = med(&gbits, "ferry");
-    let (fl, _, _) = med(&p50, "ferry");
-    let mut ratios = Table::new(
-        "c2c ratios (above 1.00x favours ferry)",
-        &["vs", "throughput ferry/vs", "latency p50 vs/ferry"],
-    );
-    for other in ["bridge", "veth"] {
-        let (g, _, _) = med(&gbits, other);
-        let (l, _, _) = med(&p50, other);
-        ratios.row(vec![
-            other.to_owned(),
-            format!("{:.2}x", fg / g),
-            format!("{:.2}x", l / fl),
-        ]);
+    let mut tables = vec![table];
+    for &(ours, against) in ratios {
+        let (fg, _, _) = med(&gbits, ours);
+        let (fl, _, _) = med(&p50, ours);
+        let mut ratios = Table::new(
+            format!("{scenario} ratios (above 1.00x favours {ours})"),
+            &[
+                "vs",
+                &format!("throughput {ours}/vs"),
+                &format!("latency p50 vs/{ours}"),
+            ],
+        );
+        for &other in against {
+            let (g, _, _) = med(&gbits, other);
+            let (l, _, _) = med(&p50, other);
+            ratios.row(vec![
+                other.to_owned(),
+                format!("{:.2}x", fg / g),
+                format!("{:.2}x", l / fl),
+            ]);
+        }
+        tables.push(ratios);
     }
     let bars = |m: &BTreeMap<&str, Vec<f64>>| -> Vec<(String, f64)> {
         variants
@@ -177,26 +216,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<Section> {
             .collect()
     };
     Ok(Section {
-        scenario: "c2c".into(),
-        method: format!(
-            "Two containers on one host: ferry (bpf_redirect_peer between host veths), bridge \
-             (two namespaces on a Linux bridge wired as Docker does) and veth (one veth pair \
-             joining the namespaces, the floor for any veth design). Per round: iperf3 TCP for \
-             {} s and {} 64-byte TCP request/response round trips; server on CPU 0, client on \
-             CPU 1.",
-            args.seconds, args.rr_count
-        ),
-        tables: vec![table, ratios],
+        scenario: scenario.into(),
+        method,
+        tables,
         charts: vec![
             Chart {
-                file: "c2c-throughput".into(),
-                title: "c2c: TCP throughput (median)".into(),
+                file: format!("{scenario}-throughput"),
+                title: format!("{scenario}: TCP throughput (median)"),
                 unit: "Gbit/s".into(),
                 groups: vec![("iperf3".into(), bars(&gbits))],
             },
             Chart {
-                file: "c2c-latency".into(),
-                title: "c2c: request/response latency (median of rounds)".into(),
+                file: format!("{scenario}-latency"),
+                title: format!("{scenario}: request/response latency (median of rounds)"),
                 unit: "microseconds".into(),
                 groups: vec![("p50".into(), bars(&p50)), ("p99".into(), bars(&p99))],
             },

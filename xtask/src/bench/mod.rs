@@ -3,6 +3,7 @@
 //! spread reported, with ratios. Never a pass/fail: numbers only.
 
 mod c2c;
+mod cross_host;
 mod ct_flood;
 mod ct_scale;
 mod docker;
@@ -32,7 +33,7 @@ use crate::{build, capture, require_root, setup, step, workspace_root};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Scenarios to run (default: all). Known: c2c, publish-http, podman-http,
+    /// Scenarios to run (default: all). Known: c2c, cross-host, publish-http, podman-http,
     /// local-http, egress, start, port-scale, conntrack-scale, ct-flood,
     /// publish-profile, pull.
     pub scenarios: Vec<String>,
@@ -53,6 +54,7 @@ pub struct BenchArgs {
 
 const SCENARIOS: &[&str] = &[
     "c2c",
+    "cross-host",
     "publish-http",
     "podman-http",
     "local-http",
@@ -79,6 +81,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     for s in selected {
         let section = match s {
             "c2c" => c2c::run(args)?,
+            "cross-host" => cross_host::run(args)?,
             "publish-http" => http::publish(args, &out_dir)?,
             "podman-http" => podman::run(args, &out_dir)?,
             "local-http" => http::local(args, &out_dir)?,
