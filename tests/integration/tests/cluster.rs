@@ -259,6 +259,43 @@ fn losing_an_etcd_member_or_quorum_stops_nothing_that_runs() {
 }
 
 #[test]
+fn a_node_restarts_with_its_block_while_etcd_is_down() {
+    let fabric = Fabric::new();
+    let mut etcd = Etcd::start(&fabric, 1);
+    let mut a = World::cluster_member(&fabric, &etcd.url(), 11, &[]);
+    let b = World::cluster_member(&fabric, &etcd.url(), 12, &[]);
+    a.wait_for_member(&b.name, "native");
+    b.wait_for_member(&a.name, "native");
+    let block_a = a.block();
+    let ca = a.run("ca", &["sleep", "infinity"]);
+    let cb = b.run("cb", &["sleep", "infinity"]);
+    assert!(eventually_reaches(&ca, &cb.ip));
+
+    etcd.kill(0);
+    a.stop_ferryd();
+    a.start_ferryd();
+    assert_eq!(a.block(), block_a, "the saved block");
+    assert_eq!(a.nodes()["Connected"], false, "{}", a.nodes());
+    assert_eq!(remotes(&a), 2, "the members forwarding knew stay");
+    assert!(reaches(&ca, &cb.ip) && reaches(&cb, &ca.ip));
+    let ca2 = a.run("ca2", &["sleep", "infinity"]);
+    assert!(
+        eventually_reaches(&cb, &ca2.ip),
+        "a new container is unreachable"
+    );
+
+    etcd.restart(0);
+    assert!(
+        wait_until(Duration::from_secs(30), || a.nodes()["Connected"] == true),
+        "a did not join once etcd was back: {}",
+        a.nodes()
+    );
+    a.wait_for_member(&b.name, "native");
+    b.wait_for_member(&a.name, "native");
+    assert!(reaches(&cb, &ca2.ip));
+}
+
+#[test]
 fn a_node_that_cannot_join_says_why_and_leaves_nothing() {
     let fabric = Fabric::new();
     // Nothing listens there.
@@ -332,6 +369,18 @@ fn a_host_on_another_subnet_is_reached_through_vxlan() {
     c.start_ferryd();
     a.wait_for_member(&c.name, "vxlan");
     c.wait_for_member(&a.name, "vxlan");
+    // A member that never tunnels leaves C out, and keeps the full MTU.
+    let n = World::cluster_member(&fabric, &etcd.url(), 15, &["--cluster-routing", "native"]);
+    n.wait_for_member(&c.name, "unreachable");
+    n.wait_for_member(&a.name, "native");
+    let cn = n.run("cn", &["sleep", "infinity"]);
+    let link = check(&mut in_netns(
+        &cn.netns,
+        "ip",
+        &["-o", "link", "show", "eth0"],
+    ));
+    assert!(link.contains("mtu 1500"), "{link}");
+    assert_eq!(remotes(&n), 2, "only a's entries");
 
     let ca = a.run("ca", &["sleep", "infinity"]);
     let cc = c.run("cc", &["sleep", "infinity"]);

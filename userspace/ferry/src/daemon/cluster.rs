@@ -125,8 +125,14 @@ impl Cluster {
     /// `ferry node ls`.
     pub async fn describe(&self) -> ClusterJson {
         let view = self.membership.subscribe().borrow().clone();
+        // Without etcd there is nothing to ask (and each member would wait
+        // out the request timeout).
         let leases: Vec<i64> = view.peers.values().map(|p| p.lease).collect();
-        let ttls = self.membership.lease_ttls(&leases).await;
+        let ttls = if view.connected {
+            self.membership.lease_ttls(&leases).await
+        } else {
+            Default::default()
+        };
         let settings = self.membership.settings();
         let mut members = vec![MemberJson {
             name: settings.node.clone(),
