@@ -5,7 +5,7 @@
 //! device's receive side.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, bpf_tunnel_key},
+    bindings::{BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT, bpf_tunnel_key},
     btf_maps::lpm_trie::Key,
     helpers::{bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::classifier,
@@ -64,9 +64,17 @@ pub fn to_member(ctx: &TcContext, node: &RemoteNode, leaving: u32) -> Result<i32
     key.tunnel_id = CLUSTER_VNI;
     key.__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(node.underlay);
     key.tunnel_ttl = TUNNEL_TTL;
+    // No outer UDP checksum, as the kernel's own VXLAN devices send over
+    // IPv4 by default (RFC 7348 allows it; the inner packet keeps its own).
+    let flags = u64::from(BPF_F_ZERO_CSUM_TX);
     // SAFETY: `key` is a valid bpf_tunnel_key of the given size.
     let rc = unsafe {
-        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            &mut key,
+            size_of::<bpf_tunnel_key>() as u32,
+            flags,
+        )
     };
     if rc != 0 {
         return Err(DropReason::TunnelRefused);
