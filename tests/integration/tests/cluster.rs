@@ -59,6 +59,29 @@ fn udp_exchange(ns: &Path, ip: &str, port: u16) -> String {
     got
 }
 
+/// TCP and UDP from container `local` (on host `a`, at `FABRIC_NET.11`)
+/// to `remote` on another host, and TCP between host `a` itself and
+/// `remote` both ways: each receiver sees the sender's own address.
+fn assert_addresses_preserved(a: &World, local: &Container, remote: &Container) {
+    let _tcp = tcp_responder(&remote.netns, 80, "remote");
+    assert_eq!(
+        tcp_exchange(&local.netns, &remote.ip, 80, "x").trim(),
+        format!("remote {}", local.ip)
+    );
+    let _udp = udp_responder(&remote.netns, 5300);
+    assert_eq!(udp_exchange(&local.netns, &remote.ip, 5300), local.ip);
+    let host_a = format!("{FABRIC_NET}.11");
+    assert_eq!(
+        tcp_exchange(&a.host_ns_path(), &remote.ip, 80, "x").trim(),
+        format!("remote {host_a}")
+    );
+    let _on_host = tcp_responder(&a.host_ns_path(), 7000, "host-a");
+    assert_eq!(
+        tcp_exchange(&remote.netns, &host_a, 7000, "x").trim(),
+        format!("host-a {}", remote.ip)
+    );
+}
+
 fn reaches(from: &Container, to: &str) -> bool {
     ping(&from.netns, to, 1, &["-W", "1"])
 }
@@ -117,25 +140,7 @@ fn containers_on_two_hosts_reach_each_other_by_their_own_addresses() {
     assert!(reaches(&cb, &ca.ip), "cb cannot ping ca");
 
     // TCP and UDP: the receiver sees the sender's own address.
-    let _tcp = tcp_responder(&cb.netns, 80, "b");
-    assert_eq!(
-        tcp_exchange(&ca.netns, &cb.ip, 80, "x").trim(),
-        format!("b {}", ca.ip)
-    );
-    let _udp = udp_responder(&cb.netns, 5300);
-    assert_eq!(udp_exchange(&ca.netns, &cb.ip, 5300), ca.ip);
-
-    // A host reaches the other host's containers, and they it.
-    let host_a = format!("{FABRIC_NET}.11");
-    assert_eq!(
-        tcp_exchange(&a.host_ns_path(), &cb.ip, 80, "x").trim(),
-        format!("b {host_a}")
-    );
-    let _on_host = tcp_responder(&a.host_ns_path(), 7000, "host-a");
-    assert_eq!(
-        tcp_exchange(&cb.netns, &host_a, 7000, "x").trim(),
-        format!("host-a {}", cb.ip)
-    );
+    assert_addresses_preserved(&a, &ca, &cb);
 
     // Isolation: a user-defined network stays on its host.
     a.ferry_ok(&["network", "create", "iso"]);
@@ -403,13 +408,7 @@ fn a_host_on_another_subnet_is_reached_through_vxlan() {
         ping(&ca.netns, &cc.ip, 1, &["-M", "do", "-s", "1422"]),
         "a 1450-byte packet did not cross"
     );
-    let _tcp = tcp_responder(&cc.netns, 80, "c");
-    assert_eq!(
-        tcp_exchange(&ca.netns, &cc.ip, 80, "x").trim(),
-        format!("c {}", ca.ip)
-    );
-    let _udp = udp_responder(&cc.netns, 5300);
-    assert_eq!(udp_exchange(&ca.netns, &cc.ip, 5300), ca.ip);
+    assert_addresses_preserved(&a, &ca, &cc);
     let _count = Background::spawn(in_netns(
         &cc.netns,
         "socat",
@@ -424,17 +423,7 @@ fn a_host_on_another_subnet_is_reached_through_vxlan() {
         "bulk TCP through the tunnel"
     );
 
-    // The host's own processes, both ways.
     let host_a = format!("{FABRIC_NET}.11");
-    assert_eq!(
-        tcp_exchange(&a.host_ns_path(), &cc.ip, 80, "x").trim(),
-        format!("c {host_a}")
-    );
-    let _on_host = tcp_responder(&a.host_ns_path(), 7000, "host-a");
-    assert_eq!(
-        tcp_exchange(&cc.netns, &host_a, 7000, "x").trim(),
-        format!("host-a {}", cc.ip)
-    );
     assert_eq!(c.drops("tunnel_refused"), 0);
     assert_eq!(a.drops("tunnel_refused"), 0);
     // Something that is not C (the router) tunnels a packet claiming to

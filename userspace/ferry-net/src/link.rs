@@ -122,17 +122,28 @@ impl Netlink {
         let msg = host
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
+        self.add_link(msg, "create veth", host_name).await
+    }
+
+    /// Adds the interface `msg` describes, `name` in this namespace, and
+    /// returns its ifindex.
+    async fn add_link(
+        &self,
+        msg: netlink_packet_route::link::LinkMessage,
+        op: &'static str,
+        name: &str,
+    ) -> Result<u32, LinkError> {
         self.handle
             .link()
             .add(msg)
             .execute()
             .await
-            .map_err(Self::fail("create veth", host_name))?;
-        self.index_of(host_name)
+            .map_err(Self::fail(op, name))?;
+        self.index_of(name)
             .await?
             .ok_or_else(|| LinkError::Request {
-                op: "find new veth",
-                target: host_name.to_owned(),
+                op,
+                target: name.to_owned(),
                 source: rtnetlink::Error::RequestFailed,
             })
     }
@@ -180,19 +191,7 @@ impl Netlink {
             .arp(false)
             .up()
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(Self::fail("create vxlan", name))?;
-        self.index_of(name)
-            .await?
-            .ok_or_else(|| LinkError::Request {
-                op: "find new vxlan",
-                target: name.to_owned(),
-                source: rtnetlink::Error::RequestFailed,
-            })
+        self.add_link(msg, "create vxlan", name).await
     }
 
     /// The MTU of interface `index`.
