@@ -165,6 +165,36 @@ fn containers_on_two_hosts_reach_each_other_by_their_own_addresses() {
 }
 
 #[test]
+fn nodes_starting_at_once_claim_blocks_of_their_own() {
+    let fabric = Fabric::new();
+    let etcd = Etcd::start(&fabric, 1);
+    let url = etcd.url();
+    let worlds: Vec<World> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..3u8)
+            .map(|i| {
+                let (fabric, url) = (&fabric, &url);
+                s.spawn(move || World::cluster_member(fabric, url, 11 + i, &[]))
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("a member failed to start"))
+            .collect()
+    });
+    let mut blocks: Vec<String> = worlds.iter().map(World::block).collect();
+    blocks.sort();
+    blocks.dedup();
+    assert_eq!(blocks.len(), 3, "blocks shared: {blocks:?}");
+    for w in &worlds {
+        for other in &worlds {
+            if other.name != w.name {
+                w.wait_for_member(&other.name, "native");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_dead_host_is_forgotten_within_its_lease_and_comes_back_with_its_block() {
     const TTL: u64 = 3;
     let ttl = TTL.to_string();

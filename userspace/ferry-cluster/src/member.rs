@@ -121,24 +121,15 @@ impl Membership {
         wait: Duration,
     ) -> Result<Self, ClusterError> {
         let store = Arc::new(Store::new(&settings.endpoints).await?);
-        let block = match previous {
-            Some(block) => block,
+        let (block, lease) = match previous {
+            Some(block) => (block, None),
             None => {
-                let deadline = tokio::time::Instant::now() + wait;
-                loop {
-                    match choose_block(&store, &settings).await {
-                        Ok(block) => break block,
-                        Err(ClusterError::Store(e)) if tokio::time::Instant::now() < deadline => {
-                            warn!(%e, "cannot claim an address block yet; retrying");
-                            tokio::time::sleep(RETRY).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+                let (block, lease) = first_claim(&store, &settings, wait).await?;
+                (block, Some(lease))
             }
         };
         let (tx, view) = watch::channel(View::default());
-        let task = tokio::spawn(stay(Arc::clone(&store), settings.clone(), block, tx));
+        let task = tokio::spawn(stay(Arc::clone(&store), settings.clone(), block, lease, tx));
         Ok(Self {
             store,
             settings,
@@ -225,6 +216,36 @@ async fn choose_block(store: &Store, settings: &Settings) -> Result<Ipv4Net, Clu
     })
 }
 
+/// A first start's block, claimed for real before it is used: a block
+/// that looked free but another node claimed first (two nodes starting at
+/// once) is given up for the next. Returns the block and its lease.
+async fn first_claim(
+    store: &Store,
+    settings: &Settings,
+    wait: Duration,
+) -> Result<(Ipv4Net, i64), ClusterError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let claimed = match choose_block(store, settings).await {
+            Ok(block) => register(store, settings, block)
+                .await
+                .map(|lease| (block, lease)),
+            Err(e) => Err(e),
+        };
+        match claimed {
+            Ok(claimed) => return Ok(claimed),
+            Err(ClusterError::BlockTaken { block, owner, .. }) => {
+                info!(%block, %owner, "block claimed by another node first; choosing again");
+            }
+            Err(ClusterError::Store(e)) if tokio::time::Instant::now() < deadline => {
+                warn!(%e, "cannot claim an address block yet; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Claims `block` and registers this node, both under a new lease.
 async fn register(store: &Store, settings: &Settings, block: Ipv4Net) -> Result<i64, ClusterError> {
     let ttl = i64::try_from(settings.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
@@ -302,13 +323,24 @@ async fn register(store: &Store, settings: &Settings, block: Ipv4Net) -> Result<
     Ok(lease)
 }
 
-/// Keeps this node in the cluster for as long as ferryd runs: registers,
-/// renews the lease and follows the other members; on any failure, the
-/// view is marked disconnected (its peers stay) and all of it starts over.
-async fn stay(store: Arc<Store>, settings: Settings, block: Ipv4Net, tx: watch::Sender<View>) {
+/// Keeps this node in the cluster for as long as ferryd runs: registers
+/// (unless `registered` is a lease a first claim just took), renews the
+/// lease and follows the other members; on any failure, the view is
+/// marked disconnected (its peers stay) and all of it starts over.
+async fn stay(
+    store: Arc<Store>,
+    settings: Settings,
+    block: Ipv4Net,
+    mut registered: Option<i64>,
+    tx: watch::Sender<View>,
+) {
     let mut announced = false;
     loop {
-        let failure = match register(&store, &settings, block).await {
+        let lease = match registered.take() {
+            Some(lease) => Ok(lease),
+            None => register(&store, &settings, block).await,
+        };
+        let failure = match lease {
             Ok(lease) => {
                 if !announced {
                     info!(node = %settings.node, %block, lease, "joined the cluster");
