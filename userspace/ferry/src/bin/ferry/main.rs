@@ -19,6 +19,7 @@ mod credentials;
 mod engines;
 mod images;
 mod networks;
+mod nodes;
 mod run;
 mod stats;
 mod system;
@@ -28,7 +29,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use ferry::{
-    api::{ClusterJson, ContainerJson, DatapathJson, ExecRequest, WaitResponse},
+    api::{ContainerJson, DatapathJson, ExecRequest, WaitResponse},
     client::{Client, ClientError},
     config,
     conntrack::Flow,
@@ -225,7 +226,7 @@ enum Command {
     /// The cluster's members (ferryd --cluster).
     Node {
         #[command(subcommand)]
-        action: NodeAction,
+        action: nodes::NodeAction,
     },
     /// Endpoints other engines made on ferry's networks.
     Endpoint {
@@ -257,17 +258,6 @@ enum DebugTarget {
     Datapath {
         #[arg(value_parser = ["on", "off"])]
         state: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum NodeAction {
-    /// Members, their blocks, underlay addresses, modes and lease time
-    /// left, and whether this ferryd reaches etcd.
-    #[command(alias = "list")]
-    Ls {
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -668,39 +658,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 out!("removed {} entries", r["Removed"]);
             }
         },
-        Command::Node {
-            action: NodeAction::Ls { json },
-        } => {
-            let c: ClusterJson = client.call(Method::GET, "/cluster", NO_BODY).await?;
-            if json {
-                out!("{}", serde_json::to_string_pretty(&c)?);
-            } else {
-                let etcd = match (&c.error, c.last_contact_secs) {
-                    (None, _) => "connected".to_owned(),
-                    (Some(e), Some(ago)) => format!("unreachable for {ago}s ({e})"),
-                    (Some(e), None) => format!("never reached ({e})"),
-                };
-                out!("etcd:  {} ({})", c.endpoints.join(","), etcd);
-                out!(
-                    "{:<20} {:<18} {:<16} {:<12} LEASE",
-                    "NAME",
-                    "BLOCK",
-                    "ADDRESS",
-                    "MODE"
-                );
-                for m in &c.members {
-                    let lease = m.lease_ttl.map_or("-".to_owned(), |t| format!("{t}s"));
-                    out!(
-                        "{:<20} {:<18} {:<16} {:<12} {}",
-                        m.name,
-                        m.block,
-                        m.address,
-                        m.mode,
-                        lease
-                    );
-                }
-            }
-        }
+        Command::Node { action } => return nodes::node(&client, action).await,
         Command::Datapath { json } => {
             let d: DatapathJson = client.call(Method::GET, "/datapath", NO_BODY).await?;
             if json {
